@@ -1,0 +1,425 @@
+"""paperlab — landmark LLM papers as notes, verified reproductions and study sheets.
+
+The command line only: it parses, calls `repro.lab`, and prints. Commands that only read notes
+(list, show, sheet, new, validate, schema) never import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import click
+
+from repro.lab.errors import NoteError, PaperlabError
+from repro.lab.library import PAPERS_ENV, Library, Paper
+
+VERDICT_STYLE = {
+    "verified": "green",
+    "failed": "bold red",
+    "error": "bold red",
+    "cited": "blue",
+    "skipped": "yellow",
+    "not yet run": "dim",
+}
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+class State:
+    def __init__(self, papers_dir: Path | None, debug: bool) -> None:
+        self.library = Library(papers_dir)
+        self.debug = debug
+
+    @property
+    def runs_dir(self) -> Path:
+        from repro.lab.runner import default_runs_dir
+
+        return default_runs_dir(self.library.root)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+class PaperlabGroup(click.Group):
+    """Turns library errors into one `Error: …` line and exit code 2 (tracebacks with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PaperlabError as exc:
+            if (ctx.obj is not None and ctx.obj.debug) or os.environ.get("PAPERLAB_DEBUG"):
+                raise
+            lines = exc.problems if isinstance(exc, NoteError) else [str(exc)]
+            for line in lines:
+                click.echo(f"Error: {line}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=PaperlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--papers-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=PAPERS_ENV,
+    help=f"Library of paper folders (default: ./papers of this checkout; env {PAPERS_ENV}).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="paperlab")
+@click.pass_context
+def cli(ctx: click.Context, papers_dir: Path | None, debug: bool) -> None:
+    """Landmark LLM papers as notes, verified reproductions and interview study sheets."""
+    ctx.obj = State(papers_dir, debug)
+
+
+def _emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _status_summary(paper: Paper, runs_dir: Path) -> dict:
+    from repro.lab.runner import latest_results
+
+    note = paper.note
+    latest = latest_results(runs_dir, paper.slug)
+    counts: dict[str, int] = {}
+    for c in note.claims:
+        if c.kind == "cited":
+            verdict = "cited"
+        else:
+            verdict = latest[c.id].verdict.value if c.id in latest else "not yet run"
+        counts[verdict] = counts.get(verdict, 0) + 1
+    return counts
+
+
+# --- list / show ---------------------------------------------------------------------------
+
+
+@cli.command("list")
+@click.option("--tag", help="Only papers with this tag.")
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+@pass_state
+def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
+    """Papers in the library with the status of their claims."""
+    rows = []
+    for slug, paper in state.library.papers.items():
+        try:
+            note = paper.note
+        except NoteError as exc:
+            rows.append({"slug": slug, "error": f"invalid note ({len(exc.problems)} problems)"})
+            continue
+        if tag and tag not in note.tags:
+            continue
+        rows.append(
+            {
+                "slug": slug,
+                "title": note.title,
+                "year": note.year,
+                "priority": note.priority,
+                "tags": note.tags,
+                "claims": _status_summary(paper, state.runs_dir),
+            }
+        )
+    if as_json:
+        _emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"paperlab — {len(rows)} papers", title_justify="left")
+    for col in ("paper", "title", "year", "priority", "claims"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["slug"], f"[red]{r['error']}[/]", "", "", "")
+            continue
+        claims = ", ".join(
+            f"[{VERDICT_STYLE.get(k, '')}]{n} {k}[/]" for k, n in sorted(r["claims"].items())
+        )
+        table.add_row(r["slug"], r["title"], str(r["year"]), r["priority"], claims or "—")
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("slug")
+@pass_state
+def show(state: State, slug: str) -> None:
+    """A paper's note, rendered in the terminal."""
+    from rich.markdown import Markdown
+
+    from repro.lab.runner import latest_results
+    from repro.lab.sheets import render_sheet
+
+    paper = state.library.get(slug)
+    text = render_sheet(paper, latest_results(state.runs_dir, paper.slug), "md")
+    _console().print(Markdown(text))
+
+
+# --- run / check ---------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator:
+    """A rich progress bar on stderr, started at the first report; yields the callback."""
+    bar = None
+    tasks: dict[str, int] = {}
+
+    def report(description: str, completed: int, total: int) -> None:
+        nonlocal bar
+        if not enabled:
+            return
+        if bar is None:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=_console(stderr=True),
+                transient=True,
+            )
+            bar.start()
+        if description not in tasks:
+            tasks[description] = bar.add_task(description, total=total)
+        bar.update(tasks[description], completed=completed, total=total)
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _results_table(reports: list) -> None:
+    from rich.table import Table
+
+    from repro.lab.sheets import format_value
+
+    table = Table(title_justify="left")
+    for col in ("paper", "claim", "kind", "expected", "measured", "tolerance", "verdict"):
+        table.add_column(col, overflow="fold")
+    for report in reports:
+        for r in report.results:
+            style = VERDICT_STYLE.get(r.verdict.value, "")
+            measured = format_value(r.measured)
+            if r.verdict.value in ("error", "skipped"):
+                measured = r.message
+            table.add_row(
+                r.paper,
+                r.id,
+                r.kind,
+                format_value(r.expected),
+                measured,
+                r.tolerance or "—",
+                f"[{style}]{r.verdict.value}[/]",
+            )
+    _console().print(table)
+
+
+def _summary_line(reports: list, seconds: float) -> str:
+    counts: dict[str, int] = {}
+    for report in reports:
+        for r in report.results:
+            counts[r.verdict.value] = counts.get(r.verdict.value, 0) + 1
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    return f"{len(reports)} papers: {parts or 'no claims'} in {seconds:.1f}s"
+
+
+def _common_run_options(fn):
+    fn = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")(fn)
+    fn = click.option("--seed", default=0, show_default=True, type=int)(fn)
+    fn = click.option("--no-save", is_flag=True, help="Don't store results under runs/.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("slug")
+@click.option("--quick", is_flag=True, help="The quick preset (seconds) instead of the full one.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override an experiment setting (repeatable).")
+@_common_run_options
+@pass_state
+def run(state, slug, quick, overrides, device, seed, no_save, as_json) -> None:
+    """Run a paper's experiment and check its claims; results go to runs/<slug>/<stamp>/."""
+    from repro.lab.runner import run_paper
+
+    paper = state.library.get(slug)
+    start = time.perf_counter()
+    with _progress(not as_json) as progress:
+        report = run_paper(
+            paper,
+            quick=quick,
+            experiment=True,
+            device=device,
+            seed=seed,
+            overrides=tuple(overrides),
+            progress=progress,
+            runs_dir=None if no_save else state.runs_dir,
+        )
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        if report.metrics:
+            from rich.pretty import Pretty
+
+            _console().print(Pretty(report.metrics, max_length=12))
+        _results_table([report])
+        err = report.environment.get("experiment_error")
+        if err:
+            click.echo(f"Error: {err}", err=True)
+        where = f"; saved to {report.run_dir}" if report.run_dir else ""
+        click.echo(_summary_line([report], time.perf_counter() - start) + where, err=True)
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.argument("slugs", nargs=-1)
+@click.option("--full", is_flag=True, help="The full preset (minutes) instead of the quick one.")
+@click.option("--claim", "claim_ids", multiple=True, help="Only this claim id (repeatable).")
+@click.option("--skip-benchmarks", is_flag=True, help="Leave out wall-clock timing claims.")
+@_common_run_options
+@pass_state
+def check(state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save, as_json) -> None:
+    """Verify claims (all papers when none is named); exit 1 if any fails."""
+    from repro.lab.runner import run_paper
+
+    papers = state.library.select(slugs)
+    for paper in papers:  # every note must load before anything runs
+        paper.note  # noqa: B018
+    start = time.perf_counter()
+    reports = []
+    with _progress(not as_json) as progress:
+        for paper in papers:
+            reports.append(
+                run_paper(
+                    paper,
+                    quick=not full,
+                    device=device,
+                    seed=seed,
+                    claim_ids=tuple(claim_ids),
+                    skip_benchmarks=skip_benchmarks,
+                    progress=progress,
+                    runs_dir=None if no_save else state.runs_dir,
+                )
+            )
+    if as_json:
+        _emit_json([r.to_json() for r in reports])
+    else:
+        _results_table(reports)
+        click.echo(_summary_line(reports, time.perf_counter() - start), err=True)
+    sys.exit(0 if all(r.ok for r in reports) else 1)
+
+
+# --- sheet / new / validate / schema ----------------------------------------------------------
+
+
+@cli.command()
+@click.argument("slugs", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "anki"]), default="md",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="A file (one paper, or anki) or a folder (several); default: stdout.")
+@pass_state
+def sheet(state: State, slugs: tuple[str, ...], fmt: str, output: Path | None) -> None:
+    """Study sheets with the latest verdicts (Markdown, HTML, or an Anki deck)."""
+    from repro.lab.runner import latest_results
+    from repro.lab.sheets import default_output, render_cards, render_sheet
+
+    papers = state.library.select(slugs)
+    if fmt == "anki":
+        texts = {"paperlab-deck": render_cards(papers)}
+    else:
+        texts = {
+            p.slug: render_sheet(p, latest_results(state.runs_dir, p.slug), fmt) for p in papers
+        }
+    if output is None:
+        click.echo("\n\n".join(texts.values()), nl=False)
+        return
+    if len(texts) == 1 and not output.is_dir():
+        targets = {output: next(iter(texts.values()))}
+    else:
+        output.mkdir(parents=True, exist_ok=True)
+        targets = {default_output(name, fmt, output): text for name, text in texts.items()}
+    for path, text in targets.items():
+        path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {path}", err=True)
+
+
+@cli.command()
+@click.argument("slug")
+@click.option("--title", required=True, help="The paper's title.")
+@click.option("--arxiv", default="0000.00000", show_default=True, help="arXiv id, e.g. 2106.09685.")
+@click.option("--year", default=date.today().year, show_default=True, type=int)
+@pass_state
+def new(state: State, slug: str, title: str, arxiv: str, year: int) -> None:
+    """Scaffold papers/SLUG/ (note.yaml + repro.py) from the templates; never overwrites."""
+    from repro.lab.scaffold import scaffold_paper
+
+    folder = scaffold_paper(state.library.root, slug, title, arxiv, year)
+    click.echo(f"created {folder}/note.yaml and {folder}/repro.py")
+    click.echo(f"next: fill in the TODOs, then `paperlab validate {slug}`")
+
+
+@cli.command()
+@click.argument("slugs", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+@pass_state
+def validate(state: State, slugs: tuple[str, ...], as_json: bool) -> None:
+    """Lint notes and their claim wiring (without importing torch); exit 2 on any problem."""
+    report: dict[str, list[str]] = {}
+    for paper in state.library.select(slugs):
+        try:
+            paper.note  # noqa: B018
+        except NoteError as exc:
+            report[paper.slug] = exc.problems
+            continue
+        report[paper.slug] = paper.wiring_problems()
+    bad = {slug: problems for slug, problems in report.items() if problems}
+    if as_json:
+        _emit_json({slug: {"ok": not p, "problems": p} for slug, p in report.items()})
+    else:
+        for problems in bad.values():
+            for line in problems:
+                click.echo(f"Error: {line}", err=True)
+        click.echo(f"{len(report) - len(bad)}/{len(report)} notes valid", err=True)
+    sys.exit(2 if bad else 0)
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file instead of stdout.")
+def schema(output: Path | None) -> None:
+    """The JSON Schema of note.yaml (editors use it to complete and validate notes)."""
+    from repro.lab.note import note_json_schema
+
+    text = json.dumps(note_json_schema(), indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+
+
+# --- bench ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def bench() -> None:
+    """Performance tables (attention kernels, KV-cache decoding)."""
+
+
+def main() -> None:
+    cli(prog_name="paperlab")
+
+
+if __name__ == "__main__":
+    main()

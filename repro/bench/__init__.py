@@ -1,0 +1,1 @@
+"""Benchmarks behind `paperlab bench` (attention, decode, scan): plain dicts, no printing."""

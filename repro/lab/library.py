@@ -1,0 +1,180 @@
+"""The library of papers: find `papers/<slug>/note.yaml`, load notes, wire claims to checks.
+
+Listing, loading and validating never import torch: the claim wiring of a `repro.py` is read
+from its syntax tree. The module itself is imported only when a check has to run.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from types import ModuleType
+
+from repro.lab.claims import CLAIM_ATTR, ClaimSpec
+from repro.lab.errors import NoteError, UnknownPaper, WiringError
+from repro.lab.note import Note, load_note
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PAPERS_ENV = "PAPERLAB_PAPERS"
+
+
+def default_papers_dir() -> Path:
+    """`$PAPERLAB_PAPERS`, else the `papers/` folder of this checkout."""
+    env = os.environ.get(PAPERS_ENV)
+    return Path(env) if env else REPO_ROOT / "papers"
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One paper folder."""
+
+    slug: str
+    folder: Path
+
+    @property
+    def note_path(self) -> Path:
+        return self.folder / "note.yaml"
+
+    @property
+    def repro_path(self) -> Path:
+        return self.folder / "repro.py"
+
+    def display(self, path: Path) -> str:
+        """A path as the user should read it in messages: relative to the working directory."""
+        try:
+            return os.path.relpath(path)
+        except ValueError:  # another drive on Windows
+            return str(path)
+
+    @cached_property
+    def note(self) -> Note:
+        return load_note(self.note_path, self.display(self.note_path))
+
+    def claim_ids_in_code(self) -> dict[str, int]:
+        """`@claim("id")` decorations in repro.py, read without importing it: id -> line."""
+        if not self.repro_path.exists():
+            return {}
+        shown = self.display(self.repro_path)
+        try:
+            tree = ast.parse(self.repro_path.read_text(encoding="utf-8"), filename=shown)
+        except SyntaxError as exc:
+            raise WiringError(f"{shown}:{exc.lineno}:{exc.offset}: {exc.msg}") from None
+        found: dict[str, int] = {}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for deco in node.decorator_list:
+                if (
+                    isinstance(deco, ast.Call)
+                    and getattr(deco.func, "id", getattr(deco.func, "attr", None)) == "claim"
+                    and deco.args
+                    and isinstance(deco.args[0], ast.Constant)
+                ):
+                    if deco.args[0].value in found:
+                        raise WiringError(
+                            f"{shown}:{node.lineno}: claim {deco.args[0].value!r} is "
+                            "checked by two functions"
+                        )
+                    found[deco.args[0].value] = node.lineno
+        return found
+
+    def wiring_problems(self) -> list[str]:
+        """Claims without a check, checks without a claim, cited claims that have a check."""
+        shown = self.display(self.repro_path)
+        try:
+            in_code = self.claim_ids_in_code()
+        except WiringError as exc:
+            return [str(exc)]
+        problems = []
+        for c in self.note.claims:
+            if c.kind == "cited" and c.id in in_code:
+                problems.append(
+                    f"{shown}:{in_code[c.id]}: claim {c.id!r} is cited in the note but has a check"
+                )
+            elif c.kind != "cited" and c.id not in in_code:
+                problems.append(
+                    f"{shown}: claim {c.id!r} ({c.kind}) has no @claim function"
+                )
+        in_note = {c.id for c in self.note.claims}
+        problems += [
+            f"{shown}:{line}: @claim({cid!r}) has no claim in note.yaml"
+            for cid, line in in_code.items()
+            if cid not in in_note
+        ]
+        return problems
+
+    def module(self) -> ModuleType:
+        """Import repro.py (this is where torch gets imported)."""
+        name = "paperlab_papers." + self.slug.replace("-", "_")
+        loaded = sys.modules.get(name)
+        if loaded is not None and Path(loaded.__file__) == self.repro_path:
+            return loaded
+        spec = importlib.util.spec_from_file_location(name, self.repro_path)
+        assert spec is not None and spec.loader is not None, f"cannot import {self.repro_path}"
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+
+    def checks(self) -> dict[str, tuple[ClaimSpec, object]]:
+        """claim id -> (spec, function) from the imported module."""
+        found = {}
+        for fn in vars(self.module()).values():
+            spec = getattr(fn, CLAIM_ATTR, None)
+            if isinstance(spec, ClaimSpec):
+                found[spec.id] = (spec, fn)
+        return found
+
+
+class Library:
+    """The paper folders under one root."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_papers_dir()
+
+    @cached_property
+    def papers(self) -> dict[str, Paper]:
+        if not self.root.is_dir():
+            return {}
+        return {
+            p.parent.name: Paper(p.parent.name, p.parent)
+            for p in sorted(self.root.glob("*/note.yaml"))
+        }
+
+    def slugs(self) -> list[str]:
+        return list(self.papers)
+
+    def _aliases(self) -> dict[str, str]:
+        aliases = {}
+        for slug, paper in self.papers.items():
+            try:
+                aliases.update({a: slug for a in paper.note.aliases})
+            except NoteError:
+                continue  # a broken note is reported when it is used, not when others are
+        return aliases
+
+    def get(self, name: str) -> Paper:
+        """The paper called `name` (slug or alias); UnknownPaper with a suggestion otherwise."""
+        if name in self.papers:
+            return self.papers[name]
+        aliases = self._aliases()
+        if name in aliases:
+            return self.papers[aliases[name]]
+        close = difflib.get_close_matches(name, [*self.papers, *aliases], n=1, cutoff=0.5)
+        hint = f"; did you mean '{aliases.get(close[0], close[0])}'?" if close else ""
+        known = "" if close else f" (known: {', '.join(self.papers) or 'none'})"
+        raise UnknownPaper(f"unknown paper '{name}'{hint}{known}")
+
+    def select(self, names: tuple[str, ...] | list[str]) -> list[Paper]:
+        """The named papers, or all of them when no name is given."""
+        return [self.get(n) for n in names] if names else list(self.papers.values())

@@ -1,0 +1,356 @@
+"""The note schema (three-pass reading + note template + interview block + claims) and its loader.
+
+Loading is strict: the YAML safe loader, unknown keys are errors, duplicate keys are errors, and
+every problem is reported at once as `path:line:col: field.path: message`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from repro.lab.errors import NoteError
+
+SLUG_RE = r"^[a-z0-9][a-z0-9-]*$"
+Text = Annotated[str, Field(min_length=1)]
+TextList = Annotated[list[Text], Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FirstPass(Strict):
+    """10 minutes: title, abstract, introduction, conclusion, figures → a verdict."""
+
+    skim: Text = Field(description="What title, abstract, intro, conclusion and figures say")
+    verdict: Text = Field(description="Worth a second pass? Why?")
+
+
+class SecondPass(Strict):
+    """1 hour: the argument and the evidence, skipping proofs."""
+
+    key_points: TextList
+    open_questions: TextList
+
+
+class ThirdPass(Strict):
+    """3–4 hours: re-derive and reproduce."""
+
+    derivations: TextList
+    reproduced: TextList = Field(description="What repro.py re-computes, claim by claim")
+
+
+class Passes(Strict):
+    first: FirstPass
+    second: SecondPass
+    third: ThirdPass
+
+
+class Problem(Strict):
+    what: Text
+    why: Text = Field(description="Why it matters")
+    prior_limits: Text = Field(description="What earlier work could not do")
+
+
+class Method(Strict):
+    key_idea: Text
+    details: TextList
+    steps: TextList = Field(description="The algorithm, step by step")
+
+
+class Formula(Strict):
+    name: Text
+    latex: Text
+    meaning: Text
+
+
+class Experiments(Strict):
+    datasets: TextList
+    baselines: TextList
+    results: TextList
+    ablations: list[Text] = []
+
+
+class QA(Strict):
+    question: Text
+    answer: Text
+
+
+class DeepDive(Strict):
+    topic: Text
+    explanation: Text
+
+
+class AnswerOutline(Strict):
+    """Background → core innovation → technical details → impact → follow-up questions."""
+
+    background: Text
+    innovation: Text
+    details: Text
+    impact: Text
+    follow_ups: TextList
+
+
+class Interview(Strict):
+    summary: Text = Field(description="A 5-minute spoken summary")
+    questions: Annotated[list[QA], Field(min_length=2)]
+    deep_dive: DeepDive
+    answer_outline: AnswerOutline
+
+
+class ToleranceSpec(Strict):
+    """Exactly one of: `rel` (relative), `abs` (absolute), `range` ([lo, hi], null = open)."""
+
+    rel: Annotated[float, Field(gt=0)] | None = None
+    abs: Annotated[float, Field(ge=0)] | None = None
+    range: tuple[float | None, float | None] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ToleranceSpec:
+        given = [k for k in ("rel", "abs", "range") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of rel, abs, range")
+        if self.range is not None:
+            lo, hi = self.range
+            if lo is None and hi is None:
+                raise ValueError("a range needs at least one bound")
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"range lower bound {lo} exceeds upper bound {hi}")
+        return self
+
+    def __str__(self) -> str:
+        if self.rel is not None:
+            return f"±{self.rel:.0%}" if self.rel >= 0.01 else f"±{self.rel:g} rel"
+        if self.abs is not None:
+            return f"±{self.abs:g}"
+        lo, hi = self.range
+        if hi is None:
+            return f"≥ {lo:g}"
+        if lo is None:
+            return f"≤ {hi:g}"
+        return f"[{lo:g}, {hi:g}]"
+
+
+Tolerance = Literal["exact"] | ToleranceSpec
+TOLERANCE_HELP = "expected 'exact', {rel: x}, {abs: x} or {range: [lo, hi]}"
+
+
+class Claim(Strict):
+    """A checkable statement of the paper and how it is checked."""
+
+    id: Annotated[str, Field(pattern=SLUG_RE)]
+    statement: Text
+    source: Text = Field(description="Where in the paper: section, table, figure")
+    kind: Literal["derived", "measured", "cited"] = Field(
+        description="derived: arithmetic/counting; measured: an experiment here; "
+        "cited: from the paper, not reproducible at tiny scale"
+    )
+    expected: float | int | bool | str | None = None
+    unit: str = ""
+    tolerance: Tolerance | None = None
+    why: str | None = Field(None, description="Required for cited claims: why not reproduced")
+
+    @field_validator("tolerance", mode="wrap")
+    @classmethod
+    def _one_tolerance_error(cls, value: Any, handler: Any) -> Any:
+        # A union reports one error per member; say once what a tolerance may be instead.
+        if value is None or value == "exact":
+            return handler(value)
+        if not isinstance(value, dict):
+            raise ValueError(f"{TOLERANCE_HELP}, got {value!r}")
+        try:
+            return ToleranceSpec.model_validate(value)
+        except ValidationError as exc:
+            reasons = "; ".join(f"{_dotted(e['loc'])}: {_message(e)}" for e in exc.errors())
+            raise ValueError(f"{TOLERANCE_HELP}: {reasons}") from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Claim:
+        if self.kind == "cited":
+            if not self.why:
+                raise ValueError("a cited claim needs `why` (why it is not reproduced here)")
+            if self.tolerance is not None:
+                raise ValueError("a cited claim has no tolerance: nothing is checked")
+            return self
+        if self.why is not None:
+            raise ValueError("`why` is only for cited claims")
+        if self.tolerance is None:
+            raise ValueError(f"a {self.kind} claim needs a tolerance")
+        numeric = isinstance(self.expected, int | float) and not isinstance(self.expected, bool)
+        relative = isinstance(self.tolerance, ToleranceSpec) and self.tolerance.range is None
+        if relative and not numeric:
+            raise ValueError("a rel/abs tolerance needs a numeric `expected`")
+        if self.tolerance == "exact" and self.expected is None:
+            raise ValueError("an exact tolerance needs `expected`")
+        return self
+
+    @property
+    def tolerance_text(self) -> str:
+        return "" if self.tolerance is None else str(self.tolerance)
+
+
+class Note(Strict):
+    """One paper, read with the three-pass method and written up with the note template."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"title": "paperlab note"}
+    )
+
+    title: Text
+    authors: TextList = Field(description="Full author list, first author first")
+    venue: Text
+    year: Annotated[int, Field(ge=1950, le=2100)]
+    arxiv: Annotated[str, Field(pattern=r"^\d{4}\.\d{4,5}$")]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    aliases: list[Annotated[str, Field(pattern=SLUG_RE)]] = []
+    tags: TextList
+    priority: Literal["must-know", "core", "further"] = "core"
+    passes: Passes
+    problem: Problem
+    contributions: Annotated[list[Text], Field(min_length=3, max_length=3)]
+    method: Method
+    formulas: Annotated[list[Formula], Field(min_length=1)]
+    experiments: Experiments
+    strengths: TextList
+    weaknesses: TextList
+    takeaways: TextList
+    related: list[Annotated[str, Field(pattern=SLUG_RE)]] = []
+    interview: Interview
+    claims: list[Claim] = []
+
+    @model_validator(mode="after")
+    def _unique_claims(self) -> Note:
+        seen: set[str] = set()
+        for c in self.claims:
+            if c.id in seen:
+                raise ValueError(f"duplicate claim id {c.id!r}")
+            seen.add(c.id)
+        return self
+
+
+def note_json_schema() -> dict[str, Any]:
+    """The JSON Schema of note.yaml, for editors (`paperlab schema`)."""
+    return Note.model_json_schema()
+
+
+# --- loading with positions ---------------------------------------------------------------
+
+Position = tuple[int, int]  # 1-based (line, column)
+
+
+def _positions(node: yaml.Node, path: tuple, out: dict[tuple, Position], dupes: list) -> None:
+    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if key.value in seen:
+                dupes.append((path + (key.value,), key.start_mark))
+            seen.add(key.value)
+            out.setdefault(path + (key.value,), (key.start_mark.line + 1, 1))
+            _positions(value, path + (key.value,), out, dupes)
+            # point a key's own problems (e.g. unknown field) at the key, not its value
+            out[path + (key.value,)] = (key.start_mark.line + 1, key.start_mark.column + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _positions(item, path + (i,), out, dupes)
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(note)"
+
+
+def _locate(loc: tuple, positions: dict[tuple, Position]) -> Position:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in positions:
+            return positions[loc[:n]]
+    return (1, 1)
+
+
+# pydantic adds the union member's name to a location (e.g. `tolerance.RelTolerance.rel`)
+_UNION_TAGS = re.compile(r"^(literal\[.*\]|ToleranceSpec|float|int|bool|str|none)$")
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    return tuple(p for p in loc if isinstance(p, int) or not _UNION_TAGS.match(str(p)))
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "missing":
+        return "field required"
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    msg = err["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+_POSITION = re.compile(r":(\d+):(\d+): ")
+
+
+def _line_col(problem: str) -> tuple[int, int]:
+    line, col = _POSITION.search(problem).groups()
+    return int(line), int(col)
+
+
+def parse_note(text: str, display_path: str) -> Note:
+    """Validate note text; raise NoteError listing every problem with its position."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise NoteError([f"{display_path}:{where}: invalid YAML: {problem}"]) from None
+    if root is None or not isinstance(data, dict):
+        raise NoteError([f"{display_path}:1:1: (note): expected a mapping of note fields"])
+    positions: dict[tuple, Position] = {}
+    dupes: list = []
+    _positions(root, (), positions, dupes)
+    problems = [
+        f"{display_path}:{m.line + 1}:{m.column + 1}: {_dotted(p)}: duplicate key"
+        for p, m in dupes
+    ]
+    try:
+        note = Note.model_validate(data)
+    except ValidationError as exc:
+        seen = set()
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            line, col = _locate(loc, positions)
+            entry = f"{display_path}:{line}:{col}: {_dotted(loc)}: {_message(err)}"
+            if entry not in seen:  # a union reports one error per member; keep one
+                seen.add(entry)
+                problems.append(entry)
+        raise NoteError(sorted(problems, key=_line_col)) from None
+    if problems:
+        raise NoteError(problems)
+    return note
+
+
+def load_note(path: Path, display_path: str | None = None) -> Note:
+    """Read and validate `path`; errors name `display_path` (default: the path as given)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise NoteError([f"{display_path or path}:1:1: cannot read: {exc.strerror}"]) from None
+    return parse_note(text, display_path or str(path))
+
+
+def dump_schema(path: Path) -> None:
+    path.write_text(json.dumps(note_json_schema(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,324 @@
+"""Run a paper's experiment and checks, and keep the results.
+
+Conventions a `repro.py` follows (see templates/repro.py.j2):
+- `Config`, a dataclass of the experiment's settings, and `PRESETS = {"quick": …, "full": …}`;
+- `experiment(cfg, ctx) -> dict` of metrics (optional for papers whose claims are arithmetic);
+- one `@claim("id")` function per non-cited claim of the note, taking the `Context`.
+
+Results go to `runs/<slug>/<UTC stamp>/` (config, metrics, claims, environment, log). The folder
+is assembled under a hidden temporary name and renamed at the end, so an interrupted run leaves
+no half-written result behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+import traceback
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from repro.lab.claims import ClaimResult, Context, Measured, ProgressFn, SkipClaim, Verdict, within
+from repro.lab.errors import BadOption
+from repro.lab.library import REPO_ROOT, Paper
+
+RUNS_ENV = "PAPERLAB_RUNS"
+
+
+def default_runs_dir(papers_dir: Path) -> Path:
+    """`$PAPERLAB_RUNS`, else `runs/` beside the papers folder."""
+    env = os.environ.get(RUNS_ENV)
+    return Path(env) if env else papers_dir.resolve().parent / "runs"
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def _coerce(text: str, annotation: Any, name: str) -> Any:
+    """Turn the text of `--set name=text` into the field's type."""
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list):
+        (inner, *_) = typing.get_args(annotation) or (str,)
+        items = [_coerce(t.strip(), inner, name) for t in text.split(",") if t.strip()]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        lowered = text.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise BadOption(f"--set {name}: expected true or false, got '{text}'")
+        return lowered in ("true", "1", "yes")
+    if annotation in (int, float):
+        try:
+            return annotation(text)
+        except ValueError:
+            raise BadOption(
+                f"--set {name}: expected {annotation.__name__}, got '{text}'"
+            ) from None
+    return text
+
+
+def make_config(module: Any, quick: bool, overrides: tuple[str, ...] = ()) -> Any:
+    """The paper's quick or full preset with `key=value` overrides checked against its fields."""
+    presets = getattr(module, "PRESETS", None)
+    if presets is None:
+        if overrides:
+            raise BadOption("this paper has no experiment settings to --set")
+        return None
+    cfg = presets["quick" if quick else "full"]
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    changes = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise BadOption(f"--set expects key=value, got '{item}'")
+        if key not in names:
+            raise BadOption(f"--set: unknown setting '{key}' (settings: {', '.join(names)})")
+        changes[key] = _coerce(value.strip(), hints[key], key)
+    return dataclasses.replace(cfg, **changes)
+
+
+def config_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadOption(f"--device {device}: CUDA is not available on this machine")
+        return device
+    raise BadOption(f"--device: expected cpu or cuda, got '{device}'")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_claim(paper: Paper, claim_id: str, ctx: Context) -> ClaimResult:
+    """Run one claim's check and judge it; never raises for a failing or crashing check."""
+    c = next(c for c in paper.note.claims if c.id == claim_id)
+    result = ClaimResult(
+        paper=paper.slug,
+        id=c.id,
+        statement=c.statement,
+        kind=c.kind,
+        expected=c.expected,
+        tolerance=c.tolerance_text,
+        verdict=Verdict.CITED,
+        when=_now(),
+    )
+    if c.kind == "cited":
+        result.message = c.why or ""
+        return result
+    checks = paper.checks()
+    if c.id not in checks:
+        result.verdict, result.message = Verdict.ERROR, "no @claim function in repro.py"
+        return result
+    _, fn = checks[c.id]
+    start = time.perf_counter()
+    try:
+        from repro.lab.seeding import seed_everything
+
+        seed_everything(ctx.seed)
+        out = fn(ctx)
+    except SkipClaim as exc:
+        result.verdict, result.message = Verdict.SKIPPED, str(exc)
+    except Exception as exc:
+        result.verdict, result.message = Verdict.ERROR, f"{type(exc).__name__}: {exc}"
+        result.details = {"traceback": traceback.format_exc()}
+    else:
+        measured = out if isinstance(out, Measured) else Measured(out)
+        result.measured = _plain(measured.value)
+        result.details = {k: _plain(v) for k, v in measured.details.items()}
+        ok = within(result.measured, c.expected, c.tolerance)
+        result.verdict = Verdict.VERIFIED if ok else Verdict.FAILED
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and NumPy scalars → Python values, so results are JSON."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass
+class RunReport:
+    paper: str
+    config: dict
+    metrics: dict | None
+    results: list[ClaimResult]
+    run_dir: Path | None = None
+    seconds: float = 0.0
+    environment: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.verdict not in (Verdict.FAILED, Verdict.ERROR) for r in self.results)
+
+    def to_json(self) -> dict:
+        return {
+            "paper": self.paper,
+            "ok": self.ok,
+            "config": self.config,
+            "metrics": self.metrics,
+            "claims": [r.to_json() for r in self.results],
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "seconds": self.seconds,
+        }
+
+
+def run_paper(
+    paper: Paper,
+    *,
+    quick: bool = True,
+    experiment: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    overrides: tuple[str, ...] = (),
+    claim_ids: tuple[str, ...] = (),
+    skip_benchmarks: bool = False,
+    progress: ProgressFn | None = None,
+    runs_dir: Path | None = None,
+) -> RunReport:
+    """Check a paper's claims (and run its experiment first when `experiment`); save if asked."""
+    start = time.perf_counter()
+    device = resolve_device(device)
+    module = paper.module()
+    cfg = make_config(module, quick, overrides)
+    tmp = None
+    if runs_dir is not None:
+        tmp = runs_dir / paper.slug / f".partial-{os.getpid()}-{time.time_ns()}"
+        tmp.mkdir(parents=True)
+    ctx = Context(
+        config=cfg,
+        device=device,
+        seed=seed,
+        quick=quick,
+        progress=progress or (lambda *_: None),
+        out_dir=tmp,
+        run_experiment=getattr(module, "experiment", None),
+    )
+    try:
+        metrics, failure = None, ""
+        if experiment and ctx.run_experiment is not None:
+            try:
+                metrics = ctx.experiment()
+            except Exception as exc:
+                failure = f"experiment failed: {type(exc).__name__}: {exc}"
+        checks = paper.checks()
+        wanted = [
+            c
+            for c in paper.note.claims
+            if (not claim_ids or c.id in claim_ids)
+            and not (skip_benchmarks and c.id in checks and checks[c.id][0].benchmark)
+        ]
+        results = []
+        for i, c in enumerate(wanted):
+            ctx.progress(f"{paper.slug}: {c.id}", i, len(wanted))
+            results.append(check_claim(paper, c.id, ctx))
+        ctx.progress(f"{paper.slug}: done", len(wanted), len(wanted))
+        if metrics is None and ctx._metrics is not None:
+            metrics = ctx._metrics
+        report = RunReport(
+            paper=paper.slug,
+            config=config_dict(cfg),
+            metrics=_plain(metrics) if metrics is not None else None,
+            results=results,
+            seconds=round(time.perf_counter() - start, 3),
+            environment=environment(device, seed),
+        )
+        if failure:
+            report.environment["experiment_error"] = failure
+        if tmp is not None:
+            report.run_dir = _save(report, tmp, quick)
+        return report
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def environment(device: str, seed: int) -> dict:
+    """What produced a result: versions, machine, device, seed, git commit."""
+    import torch
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+        "seed": seed,
+        "git_commit": commit or None,
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _save(report: RunReport, tmp: Path, quick: bool) -> Path:
+    _write_json(tmp / "config.json", {**report.config, "_preset": "quick" if quick else "full"})
+    _write_json(tmp / "metrics.json", report.metrics or {})
+    _write_json(tmp / "claims.json", [r.to_json() for r in report.results])
+    _write_json(tmp / "environment.json", report.environment)
+    log = [
+        f"{r.when} {r.id}: {r.verdict.value} measured={r.measured!r} expected={r.expected!r} "
+        f"tolerance={r.tolerance} ({r.seconds}s) {r.message}".rstrip()
+        for r in report.results
+    ]
+    (tmp / "log.txt").write_text("\n".join(log) + "\n", encoding="utf-8")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    final = tmp.parent / stamp
+    os.replace(tmp, final)
+    return final
+
+
+def latest_results(runs_dir: Path, slug: str) -> dict[str, ClaimResult]:
+    """The newest stored result of each claim of `slug` (torch-free)."""
+    latest: dict[str, ClaimResult] = {}
+    folder = runs_dir / slug
+    if not folder.is_dir():
+        return latest
+    for run in sorted((p for p in folder.iterdir() if not p.name.startswith(".")), reverse=True):
+        try:
+            rows = json.loads((run / "claims.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for row in rows:
+            if row.get("id") not in latest:
+                try:
+                    latest[row["id"]] = ClaimResult.from_json(row)
+                except (KeyError, TypeError, ValueError):
+                    continue
+    return latest

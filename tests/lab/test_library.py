@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from repro.lab.errors import UnknownPaper
+from repro.lab.library import Library
+
+
+def test_discovers_papers_and_aliases(library_dir: Path) -> None:
+    lib = Library(library_dir)
+    assert lib.slugs() == ["toy"]
+    assert lib.get("toy-alias").slug == "toy"
+
+
+def test_unknown_paper_suggests_the_closest(library_dir: Path) -> None:
+    with pytest.raises(UnknownPaper, match=r"^unknown paper 'tyo'; did you mean 'toy'\?$"):
+        Library(library_dir).get("tyo")
+
+
+def test_unknown_paper_without_a_close_match_lists_the_known(library_dir: Path) -> None:
+    with pytest.raises(UnknownPaper, match=r"^unknown paper 'zzzzzz' \(known: toy\)$"):
+        Library(library_dir).get("zzzzzz")
+
+
+def test_wiring_is_read_without_importing(library_dir: Path) -> None:
+    paper = Library(library_dir).get("toy")
+    assert set(paper.claim_ids_in_code()) == {
+        "two-plus-two", "wrong-sum", "crashes", "needs-gpu", "mean-loss"
+    }
+    assert paper.wiring_problems() == []
+
+
+def test_wiring_problems_in_both_directions(library_dir: Path) -> None:
+    repro = library_dir / "toy" / "repro.py"
+    text = repro.read_text().replace('@claim("crashes")', '@claim("crashes-renamed")')
+    repro.write_text(text)
+    problems = Library(library_dir).get("toy").wiring_problems()
+    assert any("claim 'crashes' (measured) has no @claim function" in p for p in problems)
+    assert any("@claim('crashes-renamed') has no claim in note.yaml" in p for p in problems)
+
+
+def test_a_cited_claim_must_not_have_a_check(library_dir: Path) -> None:
+    repro = library_dir / "toy" / "repro.py"
+    repro.write_text(repro.read_text() + '\n\n@claim("bleu")\ndef bleu(ctx):\n    return 1\n')
+    (problem,) = Library(library_dir).get("toy").wiring_problems()
+    assert "claim 'bleu' is cited in the note but has a check" in problem
+
+
+def test_missing_folder_is_an_empty_library(tmp_path: Path) -> None:
+    assert Library(tmp_path / "nowhere").slugs() == []

@@ -1,0 +1,143 @@
+import pytest
+import torch
+
+from repro.models.gpt import GPT, PRESETS, DecoupledAttention, GPTConfig
+from repro.nn.attention import Attention
+
+
+class ListCache:
+    """Stand-in for repro.nn.kv_cache.KVCache: keeps k/v by concatenation."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor):
+        if self.k is None:
+            assert pos == 0
+            self.k, self.v = k, v
+        else:
+            assert pos == self.k.shape[2]
+            self.k, self.v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
+        return self.k, self.v
+
+
+TINY = [
+    dict(n_layers=2, d_model=32, n_heads=4, vocab_size=50, max_seq_len=32),
+    dict(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, vocab_size=50, max_seq_len=32),
+    dict(n_layers=2, d_model=36, n_heads=4, head_dim=8, vocab_size=50, max_seq_len=32),
+]
+
+
+@pytest.fixture(params=TINY, ids=["mha", "gqa", "d_attn!=d_model"])
+def model(request) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**request.param)).eval()
+
+
+def test_default_config_is_tiny_and_forward_shape():
+    cfg = GPTConfig()
+    assert cfg.n_kv_heads == cfg.n_heads and cfg.d_ff == 4 * cfg.d_model
+    assert cfg.head_dim * cfg.n_heads == cfg.d_model == cfg.d_attn
+    idx = torch.randint(0, cfg.vocab_size, (3, 17))
+    assert GPT(cfg)(idx).shape == (3, 17, cfg.vocab_size)
+
+
+def test_head_is_tied_to_token_embedding(model: GPT):
+    assert model.lm_head.weight is model.wte.weight
+    untied = GPT(GPTConfig(n_layers=1, d_model=16, n_heads=2, tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.wte.weight
+
+
+def test_attention_module_choice():
+    assert type(GPT(GPTConfig(**TINY[0])).blocks[0].attn) is Attention
+    attn = GPT(GPTConfig(**TINY[2])).blocks[0].attn
+    assert isinstance(attn, DecoupledAttention)
+    assert attn.wq.weight.shape == (32, 36) and attn.wo.weight.shape == (36, 32)
+
+
+def test_no_future_leak(model: GPT):
+    idx = torch.randint(0, 50, (2, 12))
+    changed = idx.clone()
+    changed[:, 7] = (idx[:, 7] + 1) % 50
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_cached_decoding_matches_full_forward(model: GPT):
+    idx = torch.randint(0, 50, (3, 11))
+    caches = [ListCache() for _ in model.blocks]
+    with torch.no_grad():
+        full = model(idx)
+        steps = [model(idx[:, :5], 0, caches)]
+        for t in range(5, 11):
+            steps.append(model(idx[:, t : t + 1], t, caches))
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_every_parameter(model: GPT):
+    idx = torch.randint(0, 50, (2, 9))
+    model(idx).logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_positions_beyond_context_are_rejected():
+    model = GPT(GPTConfig(n_layers=1, d_model=16, n_heads=2, max_seq_len=8))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 3, dtype=torch.long), start_pos=6)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown GPT preset"):
+        GPTConfig.from_name("gpt3-huge")
+    with pytest.raises(ValueError, match="head_dim"):
+        GPTConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="multiple"):
+        GPTConfig(n_heads=4, n_kv_heads=3)
+
+
+# Table 2.1 of Brown et al.: (n_params, n_layers, d_model, n_heads, d_head).
+TABLE_2_1 = {
+    "gpt3-small": (125e6, 12, 768, 12, 64),
+    "gpt3-medium": (350e6, 24, 1024, 16, 64),
+    "gpt3-large": (760e6, 24, 1536, 16, 96),
+    "gpt3-xl": (1.3e9, 24, 2048, 24, 128),
+    "gpt3-2.7b": (2.7e9, 32, 2560, 32, 80),
+    "gpt3-6.7b": (6.7e9, 32, 4096, 32, 128),
+    "gpt3-13b": (13.0e9, 40, 5140, 40, 128),
+    "gpt3-175b": (175.0e9, 96, 12288, 96, 128),
+}
+
+
+def _meta_count(cfg: GPTConfig) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT(cfg).parameters())
+
+
+@pytest.mark.parametrize("name", list(TABLE_2_1))
+def test_presets_follow_table_2_1(name: str):
+    _, n_layers, d_model, n_heads, d_head = TABLE_2_1[name]
+    cfg = GPTConfig.from_name(name)
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim) == (
+        n_layers,
+        d_model,
+        n_heads,
+        d_head,
+    )
+    assert (cfg.vocab_size, cfg.max_seq_len, cfg.d_ff) == (50257, 2048, 4 * d_model)
+
+
+@pytest.mark.parametrize("name", [n for n in TABLE_2_1 if n != "gpt3-xl"])
+def test_built_counts_match_table_2_1(name: str):
+    assert _meta_count(GPTConfig.from_name(name)) == pytest.approx(TABLE_2_1[name][0], rel=0.03)
+
+
+def test_xl_row_as_printed_is_not_1_3b_but_16_heads_is():
+    assert _meta_count(GPTConfig.from_name("gpt3-xl")) > 1.1 * 1.3e9
+    assert _meta_count(GPTConfig.from_name("gpt3-xl", n_heads=16)) == pytest.approx(1.3e9, rel=0.03)
+
+
+def test_presets_are_all_listed():
+    assert set(PRESETS) == set(TABLE_2_1)
