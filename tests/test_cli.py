@@ -141,7 +141,7 @@ def test_bad_option_exits_2(invoke) -> None:
 
 
 def test_reading_commands_never_import_torch(library_dir: Path, tmp_path: Path) -> None:
-    script = f"""
+    script = """
 import sys
 from paperlab import cli
 for args in (["list"], ["show", "toy"], ["sheet", "toy"], ["validate"], ["schema"],

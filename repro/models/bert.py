@@ -14,7 +14,7 @@ paper's "LTR" ablation); the pooler and NSP head then see only [CLS] itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,14 +58,17 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     causal: bool = False  # left-only context (§5.1 LTR ablation)
     backend: Backend = "auto"
-    head_dim: int = field(init=False)  # d_model // n_heads
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        self.head_dim = self.d_model // self.n_heads
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
+
+    @property
+    def head_dim(self) -> int:
+        """D = d_model / n_heads."""
+        return self.d_model // self.n_heads
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> BertConfig:

@@ -16,19 +16,19 @@ Table 2.1 as printed is not self-consistent in two rows, and the presets keep it
   of 128 (2048 channels) give 1.3B: `GPTConfig.from_name("gpt3-xl", n_heads=16)`.
 - 13B: d_model 5140 is not a multiple of its 40 heads; 40 × 128 = 5120, the likely intent.
 Both are built with d_attn = n_heads · head_dim ≠ d_model: q/k/v project C -> d_attn and the
-output projection d_attn -> C (`DecoupledAttention`; Kaplan et al. 2020 also separate d_attn).
+output projection d_attn -> C (`Attention(head_dim=…)`; Kaplan et al. 2020 also separate d_attn).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from repro.nn.attention import Attention, Backend, KVCacheLike, Rope, attention
+from repro.nn.attention import Attention, Backend, KVCacheLike
 from repro.nn.ffn import FeedForward
 
 
@@ -72,7 +72,6 @@ class GPTConfig:
     bias: bool = True  # biases in every Linear but the head (GPT-2)
     tie_embeddings: bool = True  # output head shares the token embedding (GPT-2/3)
     backend: Backend = "auto"
-    d_attn: int = field(init=False)  # n_heads * head_dim
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -88,7 +87,11 @@ class GPTConfig:
             self.head_dim = self.d_model // self.n_heads
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        self.d_attn = self.n_heads * self.head_dim
+
+    @property
+    def d_attn(self) -> int:
+        """Attention width H·D (Kaplan's d_attn); differs from d_model in two Table 2.1 rows."""
+        return self.n_heads * self.head_dim
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
@@ -98,65 +101,21 @@ class GPTConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 
-class DecoupledAttention(Attention):
-    """`Attention` whose H heads of size D span d_attn = H·D channels while the residual is C wide.
-
-    q/k/v project C -> H·D (Hkv·D) and the output H·D -> C; with H·D == C it equals `Attention`.
-    """
-
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        head_dim: int,
-        n_kv_heads: int,
-        bias: bool,
-        causal: bool,
-        backend: Backend,
-    ) -> None:
-        super().__init__(n_heads * head_dim, n_heads, n_kv_heads, bias, causal, backend)
-        self.wq = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.wk = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.wv = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.wo = nn.Linear(n_heads * head_dim, d_model, bias=bias)
-
-    def forward(
-        self,
-        x: Tensor,
-        context: Tensor | None = None,
-        key_padding_mask: Tensor | None = None,
-        rope: Rope | None = None,
-        cache: KVCacheLike | None = None,
-        start_pos: int = 0,
-    ) -> Tensor:
-        """x (B, T, C), context (B, S, C) or None, key_padding_mask (B, S) -> (B, T, C)."""
-        B, T, _ = x.shape
-        kv_in = x if context is None else context
-        q = self._split(self.wq(x), self.n_heads)  # (B, H, T, D)
-        k = self._split(self.wk(kv_in), self.n_kv_heads)  # (B, Hkv, S, D)
-        v = self._split(self.wv(kv_in), self.n_kv_heads)  # (B, Hkv, S, D)
-        if rope is not None:
-            q, k = rope(q, start_pos), rope(k, start_pos)
-        if cache is not None:
-            k, v = cache.update(start_pos, k, v)  # (B, Hkv, start_pos + T, D)
-        y = attention(q, k, v, self.causal, key_padding_mask, self.backend)  # (B, H, T, D)
-        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-
-
 class Block(nn.Module):
     """Pre-LN decoder block: x + Attn(LN(x)), then x + FFN(LN(x)) (GPT-2 §2.3)."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.d_model)
-        if cfg.d_attn == cfg.d_model:
-            self.attn = Attention(
-                cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.bias, True, cfg.backend
-            )
-        else:
-            self.attn = DecoupledAttention(
-                cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.n_kv_heads, cfg.bias, True, cfg.backend
-            )
+        self.attn = Attention(
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.bias,
+            causal=True,
+            backend=cfg.backend,
+            head_dim=cfg.head_dim,
+        )
         self.ln_2 = nn.LayerNorm(cfg.d_model)
         self.mlp = FeedForward(cfg.d_model, cfg.d_ff, "gelu_tanh", bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)

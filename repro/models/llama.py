@@ -11,7 +11,7 @@ D head dim, C model width (dim), F SwiGLU hidden width, V vocabulary, L layers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -58,7 +58,6 @@ class LlamaConfig:
     norm_eps: float = 1e-6
     rope_base: float = 10000.0
     backend: Backend = "auto"
-    head_dim: int = field(init=False)  # d_model // n_heads
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -67,9 +66,13 @@ class LlamaConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of {self.n_kv_heads=}")
-        self.head_dim = self.d_model // self.n_heads
         if self.d_ff is None:
             self.d_ff = llama_hidden_dim(self.d_model, self.multiple_of, self.ffn_dim_multiplier)
+
+    @property
+    def head_dim(self) -> int:
+        """D = d_model / n_heads."""
+        return self.d_model // self.n_heads
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> LlamaConfig:

@@ -16,7 +16,7 @@ W^V, W^O; tensor2tensor's default), embeddings are initialised N(0, 1/d_model) s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,12 +46,15 @@ class TransformerConfig:
     max_seq_len: int = 512  # length of the sinusoid table; the encoding itself has no limit
     dropout: float = 0.1  # P_drop (§5.4)
     backend: Backend = "auto"
-    head_dim: int = field(init=False)  # d_k = d_model / h
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        self.head_dim = self.d_model // self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        """D = d_model / n_heads."""
+        return self.d_model // self.n_heads
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> TransformerConfig:
@@ -124,10 +127,10 @@ class Transformer(nn.Module):
 
     def _embed(self, ids: Tensor) -> Tensor:
         """ids (B, T) -> Dropout(E[ids]·√d_model + PE) (§3.4, §3.5, §5.4); (B, T, C)."""
-        T = ids.shape[1]
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds {self.cfg.max_seq_len=}")
-        return self.drop(self.embed(ids) * math.sqrt(self.cfg.d_model) + self.pe[:T])
+        if ids.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds {self.cfg.max_seq_len=}")
+        pe = self.pe[: ids.shape[1]]  # (T, C)
+        return self.drop(self.embed(ids) * math.sqrt(self.cfg.d_model) + pe)
 
     def encode(self, src: Tensor, src_pad_mask: Tensor | None = None) -> Tensor:
         """src (B, S) -> memory (B, S, C)."""

@@ -35,7 +35,7 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
 def attention_mask(
     T: int, S: int, causal: bool, key_padding_mask: Tensor | None, device: torch.device
 ) -> Tensor | None:
-    """Boolean mask broadcastable to (B, H, T, S), True = may attend; None when nothing is masked."""
+    """Bool mask broadcastable to (B, H, T, S), True = may attend; None if nothing is masked."""
     mask = None
     if causal:
         i = torch.arange(T, device=device)[:, None]
@@ -141,18 +141,21 @@ class Attention(nn.Module):
         bias: bool = True,
         causal: bool = False,
         backend: Backend = "auto",
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        assert d_model % n_heads == 0, f"d_model={d_model} not divisible by n_heads={n_heads}"
+        if head_dim is None:  # usual case: the heads split the model width
+            assert d_model % n_heads == 0, f"d_model={d_model} not divisible by n_heads={n_heads}"
+            head_dim = d_model // n_heads
         assert n_heads % n_kv_heads == 0, f"n_heads={n_heads} not a multiple of {n_kv_heads}"
-        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        self.head_dim = d_model // n_heads
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.causal, self.backend = causal, backend
-        self.wq = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
-        self.wk = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
-        self.wv = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
-        self.wo = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        # H·D may differ from C (GPT-3's XL and 13B rows; Kaplan et al.'s d_attn)
+        self.wq = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.wk = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.wv = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.wo = nn.Linear(n_heads * head_dim, d_model, bias=bias)
 
     def _split(self, x: Tensor, n_heads: int) -> Tensor:
         B, T, _ = x.shape
@@ -168,7 +171,7 @@ class Attention(nn.Module):
         start_pos: int = 0,
     ) -> Tensor:
         """x (B, T, C), context (B, S, C) or None, key_padding_mask (B, S) -> (B, T, C)."""
-        B, T, C = x.shape
+        B, T, _ = x.shape
         kv_in = x if context is None else context
         q = self._split(self.wq(x), self.n_heads)  # (B, H, T, D)
         k = self._split(self.wk(kv_in), self.n_kv_heads)  # (B, Hkv, S, D)
@@ -178,4 +181,4 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(start_pos, k, v)  # (B, Hkv, start_pos + T, D)
         y = attention(q, k, v, self.causal, key_padding_mask, self.backend)  # (B, H, T, D)
-        return self.wo(y.transpose(1, 2).reshape(B, T, C))
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

@@ -1,26 +1,9 @@
 import pytest
 import torch
 
-from repro.models.gpt import GPT, PRESETS, DecoupledAttention, GPTConfig
+from repro.models.gpt import GPT, PRESETS, GPTConfig
 from repro.nn.attention import Attention
-
-
-class ListCache:
-    """Stand-in for repro.nn.kv_cache.KVCache: keeps k/v by concatenation."""
-
-    def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor):
-        if self.k is None:
-            assert pos == 0
-            self.k, self.v = k, v
-        else:
-            assert pos == self.k.shape[2]
-            self.k, self.v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
-        return self.k, self.v
-
+from repro.nn.kv_cache import caches_for
 
 TINY = [
     dict(n_layers=2, d_model=32, n_heads=4, vocab_size=50, max_seq_len=32),
@@ -49,10 +32,9 @@ def test_head_is_tied_to_token_embedding(model: GPT):
     assert untied.lm_head.weight is not untied.wte.weight
 
 
-def test_attention_module_choice():
+def test_attention_width_can_differ_from_model_width():
     assert type(GPT(GPTConfig(**TINY[0])).blocks[0].attn) is Attention
     attn = GPT(GPTConfig(**TINY[2])).blocks[0].attn
-    assert isinstance(attn, DecoupledAttention)
     assert attn.wq.weight.shape == (32, 36) and attn.wo.weight.shape == (36, 32)
 
 
@@ -68,7 +50,7 @@ def test_no_future_leak(model: GPT):
 
 def test_cached_decoding_matches_full_forward(model: GPT):
     idx = torch.randint(0, 50, (3, 11))
-    caches = [ListCache() for _ in model.blocks]
+    caches = caches_for(model.cfg, batch=3, max_seq_len=11)
     with torch.no_grad():
         full = model(idx)
         steps = [model(idx[:, :5], 0, caches)]

@@ -5,25 +5,8 @@ import torch
 
 from repro.models.llama import PRESETS, Llama, LlamaConfig
 from repro.nn.ffn import GLUFeedForward
+from repro.nn.kv_cache import caches_for
 from repro.nn.norm import RMSNorm
-
-
-class ListCache:
-    """Stand-in for repro.nn.kv_cache.KVCache: keeps k/v by concatenation."""
-
-    def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor):
-        if self.k is None:
-            assert pos == 0
-            self.k, self.v = k, v
-        else:
-            assert pos == self.k.shape[2]
-            self.k, self.v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
-        return self.k, self.v
-
 
 TINY = [
     dict(n_layers=2, d_model=32, n_heads=4, vocab_size=50, multiple_of=16, max_seq_len=32),
@@ -64,7 +47,7 @@ def test_no_future_leak(model: Llama):
 
 def test_cached_decoding_matches_full_forward(model: Llama):
     idx = torch.randint(0, 50, (3, 11))
-    caches = [ListCache() for _ in model.layers]
+    caches = caches_for(model.cfg, batch=3, max_seq_len=11)
     with torch.no_grad():
         full = model(idx)
         steps = [model(idx[:, :4], 0, caches)]

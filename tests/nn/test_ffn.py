@@ -45,12 +45,18 @@ def test_glu_variants_are_eq_5_6(variant: str):
     assert all(m.bias is None for m in (ffn.w1, ffn.w2, ffn.w3))
 
 
-@pytest.mark.parametrize("d_model,d_ff", [(768, 3072), (64, 256), (30, 90)])
+@pytest.mark.parametrize("d_model,d_ff", [(768, 3072), (64, 192), (30, 90)])
 def test_two_thirds_rule_keeps_parameters_equal(d_model: int, d_ff: int):
     dense = FeedForward(d_model, d_ff, bias=False)
     glu = GLUFeedForward(d_model, glu_hidden_dim(d_ff))
     assert n_params(glu) == n_params(dense)
     assert glu_hidden_dim(3072) == 2048  # Shazeer §2
+
+
+@pytest.mark.parametrize("d_ff", [256, 257])
+def test_two_thirds_rule_rounds_down_when_not_divisible(d_ff: int):
+    dense, glu = FeedForward(64, d_ff, bias=False), GLUFeedForward(64, glu_hidden_dim(d_ff))
+    assert 0 < n_params(dense) - n_params(glu) < 3 * 64
 
 
 def test_llama_hidden_dim():

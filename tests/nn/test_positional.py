@@ -19,11 +19,16 @@ def test_sinusoidal_matches_the_formula(n_positions: int, dim: int):
 
 
 def test_sinusoidal_offset_is_a_linear_map():
-    """§3.5: PE[pos + k] is a linear function of PE[pos] (a rotation per frequency pair)."""
-    pe = sinusoidal_encoding(40, 16).double()
-    k = 3
-    M = torch.linalg.lstsq(pe[:30], pe[k : 30 + k]).solution
-    torch.testing.assert_close(pe[30 : 40 - k] @ M, pe[30 + k :], atol=1e-8, rtol=0)
+    """§3.5: PE[pos + k] is linear in PE[pos]: a rotation by k·ω_i per (sin, cos) pair."""
+    dim, k = 16, 3
+    pe = sinusoidal_encoding(40, dim).double()
+    M = torch.zeros(dim, dim, dtype=torch.float64)
+    for i in range(dim // 2):
+        b = torch.tensor(k / 10000 ** (2 * i / dim), dtype=torch.float64)
+        M[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = torch.stack(
+            [torch.stack([b.cos(), -b.sin()]), torch.stack([b.sin(), b.cos()])]
+        )
+    torch.testing.assert_close(pe[: 40 - k] @ M, pe[k:], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 17, 8), (3, 2, 5, 40), (1, 4, 9, 80)])

@@ -1,0 +1,341 @@
+"""FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness — reproduction.
+
+Dao, Fu, Ermon, Rudra, Ré (NeurIPS 2022), https://arxiv.org/abs/2205.14135
+
+Glossary: B batch, H heads, N sequence length (the kernel's T = S), d head dim (the kernel's D),
+M on-chip SRAM size in elements, Br / Bc query / key block rows, Tr / Tc numbers of query / key
+blocks, s fraction of non-zero blocks in a block-sparse mask.
+
+What is checked here, claim by claim (see note.yaml):
+1. exactness — the tiled kernel `repro.nn.flash.flash_attention` (online softmax forward,
+   backward by recomputation from the saved log-sum-exp) against an fp64 reference;
+2. memory — peak extra memory of a forward pass at N and 2N, each in a fresh process;
+3. IO complexity (Theorem 2, Proposition 4) — a simulator that runs the block loops of
+   Algorithm 0, Algorithm 1 and block-sparse Algorithm 5 and counts every element moved
+   between HBM and SRAM; the counts are then compared with the closed forms and fitted;
+4. speed — flash vs PyTorch SDPA on this machine (a benchmark, not the paper's A100 number).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from repro.lab.claims import Context, Measured, claim
+from repro.nn.attention import attention_ref
+from repro.nn.flash import flash_attention
+
+
+@dataclass(frozen=True)
+class Config:
+    # exactness: a length that is a multiple of neither tile, a head dim that is not a power of 2
+    exact_shape: tuple[int, ...] = (2, 3, 97, 40)  # (B, H, N, d)
+    exact_blocks: tuple[int, ...] = (16, 32)  # (Br, Bc)
+    # memory: N and 2N, one fresh process per (N, implementation)
+    memory_n: int = 1024
+    # IO simulation (Theorem 2): sweep M at fixed N, sweep N at fixed M
+    io_d: int = 64
+    io_n_fixed: int = 8192
+    io_m_sweep: tuple[int, ...] = (8192, 16384, 32768, 65536)  # M <= N d / 8
+    io_m_fixed: int = 16384  # = 4 d^2: Bc = Br = d
+    io_n_sweep: tuple[int, ...] = (2000, 3000, 5000, 8000, 13000)  # ragged; M <= N d / 8
+    io_sparsity: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
+    # speed (benchmark claim only)
+    speed_n: int = 2048
+
+
+PRESETS = {
+    "quick": Config(),
+    "full": Config(
+        memory_n=2048,
+        io_n_fixed=16384,
+        io_m_sweep=(4096, 8192, 16384, 32768, 65536, 131072),
+        io_n_sweep=(2000, 3000, 5000, 8000, 13000, 21000, 34000),
+    ),
+}
+
+
+# --- 1. exactness (Theorem 1) ----------------------------------------------------------------
+
+
+def exactness(cfg: Config, seed: int) -> dict:
+    """Max |flash - fp64 reference| of O and of dQ, dK, dV, causal and not."""
+    B, H, N, d = cfg.exact_shape
+    br, bc = cfg.exact_blocks
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, do = (torch.randn(B, H, N, d, generator=g) for _ in range(4))  # (B, H, N, d) fp32
+    out: dict = {}
+    for causal in (False, True):
+        # Alg. 1 (tiled forward), then Alg. 4 / FA-2 Alg. 2 (backward recomputing P = exp(S - L))
+        qf, kf, vf = (x.clone().requires_grad_() for x in (q, k, v))
+        o = flash_attention(qf, kf, vf, causal=causal, block_q=br, block_k=bc)  # (B, H, N, d)
+        grads = torch.autograd.grad(o, (qf, kf, vf), do)
+        # reference: S = QKᵀ/√d, P = softmax(S), O = PV materialised in fp64 (Sec. 2.2)
+        q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+        o64 = attention_ref(q64, k64, v64, causal=causal, upcast=torch.float64)
+        grads64 = torch.autograd.grad(o64, (q64, k64, v64), do.double())
+        tag = "causal" if causal else "full"
+        out[f"fwd_{tag}"] = (o.double() - o64).abs().max().item()
+        for name, a, b in zip(("dq", "dk", "dv"), grads, grads64, strict=True):
+            out[f"{name}_{tag}"] = (a.double() - b).abs().max().item()
+    return out
+
+
+# --- 2. memory (Theorem 1: O(N) extra memory) ------------------------------------------------
+
+
+def memory_growth(cfg: Config) -> dict:
+    """Peak extra memory of one forward at N and 2N, flash and naive, each in a fresh process."""
+    from repro.bench.attention import measure_peak_memory
+
+    n = cfg.memory_n
+    out = {}
+    for impl in ("flash", "naive"):
+        for size in (n, 2 * n):
+            out[f"{impl}_{size}_bytes"] = float(measure_peak_memory(size, impl))
+        out[f"{impl}_growth"] = out[f"{impl}_{2 * n}_bytes"] / out[f"{impl}_{n}_bytes"]
+    return out
+
+
+# --- 3. IO complexity (Theorem 2, Proposition 4) ---------------------------------------------
+
+
+class HBM:
+    """Counts elements read from and written to HBM (the paper's unit of IO)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.writes = 0
+
+    def read(self, *shape: int) -> None:
+        self.reads += math.prod(shape)
+
+    def write(self, *shape: int) -> None:
+        self.writes += math.prod(shape)
+
+    @property
+    def total(self) -> int:
+        return self.reads + self.writes
+
+
+def standard_io(N: int, d: int) -> int:
+    """Algorithm 0, line by line: every N×N matrix goes through HBM."""
+    hbm = HBM()
+    hbm.read(N, d), hbm.read(N, d), hbm.write(N, N)  # line 1: load Q, K; write S = QKᵀ
+    hbm.read(N, N), hbm.write(N, N)  # line 2: read S; write P = softmax(S)
+    hbm.read(N, N), hbm.read(N, d), hbm.write(N, d)  # line 3: load P, V; write O = PV
+    return hbm.total
+
+
+def block_sizes(M: int, d: int) -> tuple[int, int]:
+    """Alg. 1 line 1: Bc = ⌈M / 4d⌉, Br = min(⌈M / 4d⌉, d)."""
+    bc = math.ceil(M / (4 * d))
+    return min(bc, d), bc
+
+
+def flash_io(N: int, d: int, M: int, stride: int = 1) -> int:
+    """Algorithm 1 (stride 1) or block-sparse Algorithm 5, run block by block, counting HBM IO.
+
+    The block-sparse mask keeps block (i, j) iff i ≡ j (mod stride): a strided pattern with a
+    fraction s = 1 / stride of non-zero blocks, whose zero blocks the loop never visits.
+    """
+    br, bc = block_sizes(M, d)
+    hbm = HBM()
+    hbm.write(N, d), hbm.write(N), hbm.write(N)  # line 2: O = 0, ℓ = 0, m = -inf in HBM
+    for j, j0 in enumerate(range(0, N, bc)):  # line 5: for 1 <= j <= Tc
+        bc_j = min(bc, N - j0)  # the last block may be ragged
+        hbm.read(bc_j, d), hbm.read(bc_j, d)  # line 6: load K_j, V_j
+        for i0 in range(j % stride * br, N, stride * br):  # line 7 (Alg. 5: non-zero blocks only)
+            br_i = min(br, N - i0)
+            hbm.read(br_i, d), hbm.read(br_i, d)  # line 8: load Q_i, O_i
+            hbm.read(br_i), hbm.read(br_i)  # line 8: load ℓ_i, m_i
+            # lines 9–11 run on chip: S_ij, m~, P~, ℓ~, m_new, ℓ_new — no HBM traffic
+            hbm.write(br_i, d)  # line 12: write O_i
+            hbm.write(br_i), hbm.write(br_i)  # line 13: write ℓ_i, m_i
+    return hbm.total
+
+
+def standard_closed_form(N: int, d: int) -> int:
+    return 4 * N * d + 4 * N * N
+
+
+def flash_closed_form(N: int, d: int, M: int) -> int:
+    """Init (Nd + 2N) + K, V once (2Nd) + Tc passes reading Q, O, ℓ, m and writing O, ℓ, m."""
+    Tc = math.ceil(N / block_sizes(M, d)[1])
+    return 3 * N * d + 2 * N + Tc * (3 * N * d + 4 * N)
+
+
+def loglog_slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log y against log x: the fitted exponent of a power law."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    num = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True))
+    return num / sum((a - mx) ** 2 for a in lx)
+
+
+def io_sweeps(cfg: Config, ctx: Context) -> dict:
+    """Simulated HBM accesses over M, over N and over the sparsity s (Theorem 2, Prop. 4)."""
+    d, steps = cfg.io_d, len(cfg.io_m_sweep) + len(cfg.io_n_sweep) + len(cfg.io_sparsity)
+    rows = []  # every (N, d, M) point: simulated and closed-form counts
+
+    def point(N: int, M: int) -> dict:
+        row = {"N": N, "d": d, "M": M, "standard": standard_io(N, d), "flash": flash_io(N, d, M)}
+        row["closed_form_ok"] = row["standard"] == standard_closed_form(N, d) and row[
+            "flash"
+        ] == flash_closed_form(N, d, M)
+        rows.append(row)
+        ctx.progress("flashattention: IO simulation", len(rows), steps)
+        return row
+
+    over_m = [point(cfg.io_n_fixed, M) for M in cfg.io_m_sweep]
+    over_n = [point(N, cfg.io_m_fixed) for N in cfg.io_n_sweep]
+    n_sparse = cfg.io_n_sweep[-1]
+    dense = flash_io(n_sparse, d, cfg.io_m_fixed)
+    sparse = [flash_io(n_sparse, d, cfg.io_m_fixed, round(1 / s)) for s in cfg.io_sparsity]
+    ctx.progress("flashattention: IO simulation", steps, steps)
+    ms, ns = list(cfg.io_m_sweep), list(cfg.io_n_sweep)
+    return {
+        "io_rows": rows,
+        "io_closed_form_ok": all(r["closed_form_ok"] for r in rows),
+        "io_flash_over_m": [r["flash"] for r in over_m],
+        "io_flash_over_n": [r["flash"] for r in over_n],
+        "io_advantage_over_m": [r["standard"] / r["flash"] for r in over_m],
+        "io_flash_exponent_m": loglog_slope(ms, [r["flash"] for r in over_m]),
+        "io_flash_exponent_n": loglog_slope(ns, [r["flash"] for r in over_n]),
+        "io_standard_exponent_n": loglog_slope(ns, [r["standard"] for r in over_n]),
+        "io_advantage_exponent_m": loglog_slope(ms, [r["standard"] / r["flash"] for r in over_m]),
+        # the leading constant of Θ(N²d²/M): count · M / (N² d²) -> 12 for M << Nd
+        "io_flash_constant": [r["flash"] * r["M"] / (r["N"] * d) ** 2 for r in over_m],
+        "io_sparse_counts": sparse,
+        "io_sparse_over_dense": [c / dense for c in sparse],
+        "io_sparse_exponent_s": loglog_slope(list(cfg.io_sparsity), sparse),
+    }
+
+
+def save_plots(cfg: Config, metrics: dict, ctx: Context) -> None:
+    from repro.lab.plots import save_line_plot
+
+    ms = list(cfg.io_m_sweep)
+    d, n = cfg.io_d, cfg.io_n_fixed
+    save_line_plot(
+        ctx.out_dir / "io_vs_sram.svg",
+        {
+            "FlashAttention (simulated)": (ms, metrics["io_flash_over_m"]),
+            "12 N²d²/M": (ms, [12 * (n * d) ** 2 / m for m in ms]),
+            "standard (simulated)": (ms, [standard_io(n, d)] * len(ms)),
+        },
+        "SRAM size M (elements)",
+        "HBM accesses (elements)",
+        f"HBM accesses vs SRAM size (N={n}, d={d})",
+        logx=True,
+        logy=True,
+    )
+    ns = list(cfg.io_n_sweep)
+    save_line_plot(
+        ctx.out_dir / "io_vs_length.svg",
+        {
+            "FlashAttention (simulated)": (ns, metrics["io_flash_over_n"]),
+            "standard (simulated)": (ns, [standard_io(x, d) for x in ns]),
+        },
+        "sequence length N",
+        "HBM accesses (elements)",
+        f"HBM accesses vs sequence length (d={d}, M={cfg.io_m_fixed})",
+        logx=True,
+        logy=True,
+    )
+
+
+def experiment(cfg: Config, ctx: Context) -> dict:
+    """Exactness, memory growth and the IO simulation (the timing is a separate benchmark)."""
+    metrics = {"exact": exactness(cfg, ctx.seed)}
+    metrics.update(io_sweeps(cfg, ctx))
+    metrics["memory"] = memory_growth(cfg)
+    if ctx.out_dir is not None:
+        save_plots(cfg, metrics, ctx)
+    return metrics
+
+
+# --- claims ----------------------------------------------------------------------------------
+
+
+@claim("exact-forward")
+def exact_forward(ctx: Context) -> Measured:
+    errors = ctx.experiment()["exact"]
+    fwd = {k: v for k, v in errors.items() if k.startswith("fwd")}
+    return Measured(max(fwd.values()), fwd)
+
+
+@claim("exact-backward")
+def exact_backward(ctx: Context) -> Measured:
+    errors = ctx.experiment()["exact"]
+    bwd = {k: v for k, v in errors.items() if not k.startswith("fwd")}
+    return Measured(max(bwd.values()), bwd)
+
+
+@claim("memory-flash-linear")
+def memory_flash_linear(ctx: Context) -> Measured:
+    mem = ctx.experiment()["memory"]
+    return Measured(mem["flash_growth"], {k: v for k, v in mem.items() if k.startswith("flash")})
+
+
+@claim("memory-naive-quadratic")
+def memory_naive_quadratic(ctx: Context) -> Measured:
+    mem = ctx.experiment()["memory"]
+    return Measured(mem["naive_growth"], {k: v for k, v in mem.items() if k.startswith("naive")})
+
+
+@claim("io-counts-match-closed-form")
+def io_counts_match_closed_form(ctx: Context) -> Measured:
+    m = ctx.experiment()
+    return Measured(m["io_closed_form_ok"], {"points": m["io_rows"]})
+
+
+@claim("io-flash-exponent-m")
+def io_flash_exponent_m(ctx: Context) -> Measured:
+    m = ctx.experiment()
+    details = {
+        "M": list(ctx.config.io_m_sweep),
+        "flash": m["io_flash_over_m"],
+        "count·M/(N²d²)": m["io_flash_constant"],
+    }
+    return Measured(m["io_flash_exponent_m"], details)
+
+
+@claim("io-flash-exponent-n")
+def io_flash_exponent_n(ctx: Context) -> Measured:
+    m = ctx.experiment()
+    details = {
+        "N": list(ctx.config.io_n_sweep),
+        "flash": m["io_flash_over_n"],
+        "standard_exponent_n": m["io_standard_exponent_n"],
+    }
+    return Measured(m["io_flash_exponent_n"], details)
+
+
+@claim("io-advantage-exponent-m")
+def io_advantage_exponent_m(ctx: Context) -> Measured:
+    m = ctx.experiment()
+    cfg = ctx.config
+    details = {
+        "M": list(cfg.io_m_sweep),
+        "standard/flash": m["io_advantage_over_m"],
+        "M/(3d²)": [M / (3 * cfg.io_d**2) for M in cfg.io_m_sweep],
+    }
+    return Measured(m["io_advantage_exponent_m"], details)
+
+
+@claim("io-block-sparse-exponent-s")
+def io_block_sparse_exponent_s(ctx: Context) -> Measured:
+    m = ctx.experiment()
+    details = {"s": list(ctx.config.io_sparsity), "sparse/dense": m["io_sparse_over_dense"]}
+    return Measured(m["io_sparse_exponent_s"], details)
+
+
+@claim("speed-vs-sdpa", benchmark=True)
+def speed_vs_sdpa(ctx: Context) -> Measured:
+    from repro.bench.attention import bench_attention
+
+    rows = bench_attention(lengths=(ctx.config.speed_n,), device=ctx.device)
+    raise NotImplementedError(rows)

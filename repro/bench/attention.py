@@ -1,0 +1,251 @@
+"""Attention benchmark: FlashAttention (tiled PyTorch, or Triton on CUDA) against PyTorch's SDPA.
+
+Dao et al., "FlashAttention", https://arxiv.org/abs/2205.14135 (Sec. 4: runtime and memory against
+standard attention). Glossary: B batch, H heads, N sequence length (T = S = N), D head dim.
+
+FLOPs are counted as the paper does: 4·B·H·N²·D for the forward (Q Kᵀ and P V), half of it when
+causal, and 2.5× the forward for the backward (five matmuls instead of two). Times are medians of
+repeats that alternate flash and SDPA, so a busy machine slows both alike. Functions return plain
+dicts; `paperlab bench attention` renders them (`python -m repro.bench.attention` prints Markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from repro.nn import flash_triton
+from repro.nn.flash import flash_attention
+
+Progress = Callable[[int, int, dict], None]  # (rows done, rows in all, the row just measured)
+IMPLS = ("flash", "sdpa", "naive")  # naive = attention_ref: materialises the (N, N) scores
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _seconds(fn: Callable[[], object], device: str) -> float:
+    """Wall time of one call; CUDA events on the GPU."""
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def measure_matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a large square matmul, measured now (median of 5 after a warm-up)."""
+    n = 8192 if device.startswith("cuda") else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    out = torch.empty_like(a)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    _sync(device)
+    t = statistics.median(_seconds(lambda: torch.mm(a, b, out=out), device) for _ in range(5))
+    return 2 * n**3 / t / 1e9
+
+
+def attention_flops(n: int, causal: bool, backward: bool, B: int = 1, H: int = 8, D: int = 64):
+    """FLOPs of one attention call over T = S = n, with the backward if asked."""
+    forward = 4 * B * H * n * n * D / (2 if causal else 1)
+    return forward * (3.5 if backward else 1.0)
+
+
+def _flash_impl(q: torch.Tensor) -> tuple[str, Callable[..., torch.Tensor]]:
+    """The FlashAttention this device gets: Triton on CUDA when supported, else the tiled one."""
+    if flash_triton.supports(q, q, q, None):
+        return "triton", lambda q, k, v, causal: flash_triton.flash_attention_triton(q, k, v, causal)
+    return "flash", lambda q, k, v, causal: flash_attention(q, k, v, causal)
+
+
+def _step(fn: Callable[..., torch.Tensor], q, k, v, causal: bool, backward: bool):
+    """One forward (and backward) of fn as a no-argument callable."""
+    if not backward:
+        return lambda: fn(q, k, v, causal)
+    dout = torch.randn_like(q)
+    return lambda: torch.autograd.grad(fn(q, k, v, causal), (q, k, v), dout)
+
+
+def _time_pair(a: Callable[[], object], b: Callable[[], object], device: str, repeats: int):
+    """Median seconds of a and of b, alternating them after one warm-up each."""
+    a(), b()
+    _sync(device)
+    ta, tb = [], []
+    for _ in range(repeats):
+        ta.append(_seconds(a, device))
+        tb.append(_seconds(b, device))
+    return statistics.median(ta), statistics.median(tb)
+
+
+def bench_attention(
+    ns: tuple[int, ...] = (1024, 2048, 4096, 8192),
+    causal: tuple[bool, ...] = (False, True),
+    backward: bool = True,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    B: int = 1,
+    H: int = 8,
+    D: int = 64,
+    progress: Progress | None = None,
+    repeats: int = 5,
+) -> list[dict]:
+    """One row per (N, causal, pass) with flash and SDPA times, GFLOP/s and their ratio."""
+    peak = measure_matmul_peak(device, dtype)
+    passes = ("fwd", "fwd+bwd") if backward else ("fwd",)
+    total = len(ns) * len(causal) * len(passes)
+    rows: list[dict] = []
+    g = torch.Generator().manual_seed(0)
+    for n in ns:
+        q, k, v = (torch.randn(B, H, n, D, generator=g).to(device, dtype) for _ in range(3))
+        impl, flash_fn = _flash_impl(q)
+        for c in causal:
+            for name in passes:
+                grad = name == "fwd+bwd"
+                qq, kk, vv = (x.detach().requires_grad_(grad) for x in (q, k, v))
+                t_flash, t_sdpa = _time_pair(
+                    _step(flash_fn, qq, kk, vv, c, grad),
+                    _step(lambda q, k, v, c: F.scaled_dot_product_attention(q, k, v, is_causal=c),
+                          qq, kk, vv, c, grad),
+                    device, repeats,
+                )  # fmt: skip
+                gflop = attention_flops(n, c, grad, B, H, D) / 1e9
+                row = {
+                    "n": n, "causal": c, "pass": name, "impl": impl, "device": device,
+                    "dtype": str(dtype).removeprefix("torch."), "B": B, "H": H, "D": D,
+                    "flash_ms": 1e3 * t_flash, "sdpa_ms": 1e3 * t_sdpa,
+                    "ratio": t_flash / t_sdpa,
+                    "flash_gflops": gflop / t_flash, "sdpa_gflops": gflop / t_sdpa,
+                    "peak_gflops": peak,
+                    "flash_frac_peak": gflop / t_flash / peak,
+                    "sdpa_frac_peak": gflop / t_sdpa / peak,
+                    "threads": torch.get_num_threads(),
+                }  # fmt: skip
+                rows.append(row)
+                if progress is not None:
+                    progress(len(rows), total, row)
+    return rows
+
+
+_MEMORY_SCRIPT = """
+import resource, sys
+import torch
+import torch.nn.functional as F
+from repro.nn.attention import attention_ref
+from repro.nn.flash import flash_attention
+
+n, impl, B, H, D, causal = int(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:7])
+fn = {
+    "flash": lambda q, k, v: flash_attention(q, k, v, bool(causal)),
+    "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)),
+    "naive": lambda q, k, v: attention_ref(q, k, v, bool(causal)),
+}[impl]
+q, k, v = (torch.randn(B, H, n, D) for _ in range(3))
+with open("/proc/self/statm") as f:
+    base = int(f.read().split()[1]) * resource.getpagesize()
+with torch.no_grad():
+    out = fn(q, k, v)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+"""
+
+
+def measure_peak_memory(
+    n: int, impl: str = "flash", B: int = 1, H: int = 8, D: int = 64, causal: bool = False,
+    device: str = "cpu",
+) -> int:  # fmt: skip
+    """Extra bytes at the peak of ONE fp32 forward over inputs (B, H, n, D), for impl in IMPLS.
+
+    CPU: a fresh subprocess, peak RSS (ru_maxrss) minus the RSS after the inputs were allocated.
+    CUDA: torch.cuda.max_memory_allocated minus the memory held by the inputs.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if device.startswith("cuda"):
+        return _cuda_peak_memory(n, impl, B, H, D, causal, device)
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the repro package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    args = [str(a) for a in (n, impl, B, H, D, int(causal))]
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, *args],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def _cuda_peak_memory(n: int, impl: str, B: int, H: int, D: int, causal: bool, device: str):
+    from repro.nn.attention import attention_ref
+
+    q, k, v = (torch.randn(B, H, n, D, device=device, dtype=torch.float16) for _ in range(3))
+    fns = {
+        "flash": lambda: _flash_impl(q)[1](q, k, v, causal),
+        "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+        "naive": lambda: attention_ref(q, k, v, causal),
+    }
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with torch.no_grad():
+        fns[impl]()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = [
+        "| N | causal | pass | flash ms | SDPA ms | flash / SDPA | flash GFLOP/s | SDPA GFLOP/s "
+        "| flash % peak |",
+        "|---:|:---:|:---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n']} | {'yes' if r['causal'] else 'no'} | {r['pass']} | {r['flash_ms']:.1f} "
+            f"| {r['sdpa_ms']:.1f} | {r['ratio']:.2f} | {r['flash_gflops']:.0f} "
+            f"| {r['sdpa_gflops']:.0f} | {100 * r['flash_frac_peak']:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description="FlashAttention vs SDPA (Markdown on stdout)")
+    parser.add_argument("--ns", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory", type=int, nargs="*", default=[], help="N for memory rows")
+    parser.add_argument("--naive-max", type=int, default=4096, help="largest N for naive memory")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = bench_attention(
+        tuple(args.ns), backward=not args.no_backward, device=device, repeats=args.repeats,
+        progress=lambda i, total, row: print(f"[{i}/{total}] {row}", file=sys.stderr),
+    )  # fmt: skip
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"matmul peak {rows[0]['peak_gflops']:.0f} GFLOP/s\n")
+    print(_markdown(rows))
+    if args.memory:
+        print("\n| N | impl | extra peak MB | naive (N, N) scores MB |\n|---:|:---|---:|---:|")
+        for n in args.memory:
+            for impl in IMPLS:
+                if impl == "naive" and n > args.naive_max:
+                    continue
+                mb = measure_peak_memory(n, impl, device=device) / 2**20
+                print(f"| {n} | {impl} | {mb:.0f} | {8 * n * n * 4 / 2**20:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    _main()

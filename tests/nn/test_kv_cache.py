@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from repro.models.gpt import GPT, GPTConfig
+from repro.nn.kv_cache import KVCache, caches_for, generate, sample_next
+
+V, S_MAX = 50, 40
+LAYOUTS = {"mha": 4, "gqa": 2, "mqa": 1}  # n_kv_heads with n_heads = 4
+
+
+def tiny(n_kv_heads: int, backend: str = "auto") -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=n_kv_heads,
+        vocab_size=V,
+        max_seq_len=S_MAX,
+        backend=backend,
+    )
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("backend", ["auto", "sdpa", "ref"])
+@pytest.mark.parametrize("n_kv_heads", LAYOUTS.values(), ids=LAYOUTS.keys())
+@torch.no_grad()
+def test_cached_logits_equal_full_forward(n_kv_heads: int, backend: str):
+    model = tiny(n_kv_heads, backend)
+    idx = torch.randint(0, V, (3, 23))
+    full = model(idx)  # (B, T, V)
+    caches = caches_for(model.cfg, 3, S_MAX)
+    chunks = [(0, 9), (9, 10), (10, 16), *[(t, t + 1) for t in range(16, 23)]]
+    for a, b in chunks:  # prefill, a single token, a chunk, then token by token
+        step = model(idx[:, a:b], a, caches)
+        torch.testing.assert_close(step, full[:, a:b], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_generate_cached_tokens_equal_recomputed(n_kv_heads: int):
+    model = tiny(n_kv_heads)
+    prompt = torch.randint(0, V, (3, 5))
+    cached = generate(model, prompt, 30)
+    full = generate(model, prompt, 30, use_cache=False)
+    assert cached.shape == (3, 35) and torch.equal(cached[:, :5], prompt)
+    assert torch.equal(cached, full)
+
+
+def test_generate_top_k_sampling_is_seeded_and_cache_independent():
+    model = tiny(2)
+    prompt = torch.randint(0, V, (2, 4))
+
+    def run(use_cache: bool) -> torch.Tensor:
+        g = torch.Generator().manual_seed(7)
+        return generate(
+            model, prompt, 20, temperature=0.8, top_k=5, generator=g, use_cache=use_cache
+        )
+
+    assert torch.equal(run(True), run(True))
+    assert torch.equal(run(True), run(False))
+
+
+def test_top_k_keeps_only_the_k_largest():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.0, -2.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, 1.0, top_k=2, generator=g)) for _ in range(200)}
+    assert draws == {1, 3}
+    assert int(sample_next(logits)) == 1  # temperature 0: argmax
+
+
+def test_cache_stores_only_kv_heads():
+    model = tiny(1)
+    caches = caches_for(model.cfg, batch=3, max_seq_len=S_MAX)
+    assert len(caches) == model.cfg.n_layers
+    c = caches[0]
+    assert c.k.shape == c.v.shape == (3, 1, S_MAX, 8)  # (B, Hkv, S_max, D), D = 32 / 4
+    assert c.nbytes == 2 * 3 * 1 * S_MAX * 8 * 4
+    mha = caches_for(tiny(4).cfg, batch=3, max_seq_len=S_MAX)[0]
+    assert mha.nbytes == 4 * c.nbytes  # H / Hkv
+    half = KVCache(1, 16, 2, 8, torch.bfloat16)
+    assert half.nbytes == 2 * 16 * 2 * 8 * 2
+
+
+def test_update_writes_positions_and_returns_prefix():
+    cache = KVCache(2, 10, 2, 4)
+    k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 3, 4)
+    pk, pv = cache.update(0, k, v)
+    assert pk.shape == (2, 2, 3, 4) and torch.equal(pk, k) and torch.equal(pv, v)
+    k1, v1 = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    pk, pv = cache.update(3, k1, v1)
+    assert pk.shape == (2, 2, 4, 4)
+    assert torch.equal(pk[:, :, :3], k) and torch.equal(pk[:, :, 3:], k1)
+    assert torch.equal(pv[:, :, 3:], v1)
+    assert cache.k[:, :, 4:].abs().sum() == 0  # nothing written past pos + T
+
+
+@pytest.mark.parametrize("pos, T", [(-1, 1), (10, 1), (8, 3)])
+def test_update_out_of_range_raises(pos: int, T: int):
+    cache = KVCache(1, 10, 2, 4)
+    x = torch.zeros(1, 2, T, 4)
+    with pytest.raises(ValueError, match=r"outside the cache \(0\.\.9\)"):
+        cache.update(pos, x, x)
+
+
+def test_update_wrong_shape_raises():
+    cache = KVCache(1, 10, 2, 4)
+    x = torch.zeros(1, 4, 1, 4)  # H heads instead of Hkv
+    with pytest.raises(ValueError, match=r"\(B, Hkv, T, D\) = \(1, 2, 1, 4\)"):
+        cache.update(0, x, x)
+
+
+def test_generate_rejects_too_long_and_negative_temperature():
+    model = tiny(4)
+    prompt = torch.zeros(1, 30, dtype=torch.long)
+    with pytest.raises(ValueError, match="exceeds max_seq_len=40"):
+        generate(model, prompt, 11)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, prompt, 1, temperature=-1.0)
+    assert torch.equal(generate(model, prompt, 0), prompt)
