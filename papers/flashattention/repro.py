@@ -19,11 +19,17 @@ What is checked here, claim by claim (see note.yaml):
 from __future__ import annotations
 
 import math
+import os
+import statistics
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
 
 from repro.lab.claims import Context, Measured, claim
+from repro.lab.library import REPO_ROOT
 from repro.nn.attention import attention_ref
 from repro.nn.flash import flash_attention
 
@@ -34,7 +40,9 @@ class Config:
     exact_shape: tuple[int, ...] = (2, 3, 97, 40)  # (B, H, N, d)
     exact_blocks: tuple[int, ...] = (16, 32)  # (Br, Bc)
     # memory: N and 2N, one fresh process per (N, implementation)
-    memory_n: int = 1024
+    memory_shape: tuple[int, ...] = (8, 8, 64)  # (B, H, d): O takes 4·B·H·N·d bytes, 8 MiB at 512
+    memory_n: int = 512
+    memory_block: int = 16  # Br = Bc, fixed as in Alg. 1: the tiles do not grow with N
     # IO simulation (Theorem 2): sweep M at fixed N, sweep N at fixed M
     io_d: int = 64
     io_n_fixed: int = 8192
@@ -49,7 +57,8 @@ class Config:
 PRESETS = {
     "quick": Config(),
     "full": Config(
-        memory_n=2048,
+        memory_shape=(4, 8, 64),
+        memory_n=1024,
         io_n_fixed=16384,
         io_m_sweep=(4096, 8192, 16384, 32768, 65536, 131072),
         io_n_sweep=(2000, 3000, 5000, 8000, 13000, 21000, 34000),
@@ -85,17 +94,75 @@ def exactness(cfg: Config, seed: int) -> dict:
 
 # --- 2. memory (Theorem 1: O(N) extra memory) ------------------------------------------------
 
+# One forward pass in a fresh interpreter; prints the peak RSS minus the RSS once the inputs exist.
+# A small warm-up call with the same tile shapes first, so one-time lazy initialisation (kernel
+# scratch buffers) is not counted as attention memory; one thread, so the processes can run side
+# by side.
+_PEAK_MEMORY_SCRIPT = """
+import resource, sys
+import torch
+from repro.nn.attention import attention_ref
+from repro.nn.flash import flash_attention
 
-def memory_growth(cfg: Config) -> dict:
-    """Peak extra memory of one forward at N and 2N, flash and naive, each in a fresh process."""
-    from repro.bench.attention import measure_peak_memory
+torch.set_num_threads(1)
+impl, N, B, H, d, block = sys.argv[1], *map(int, sys.argv[2:7])
 
+
+def forward(q, k, v):
+    with torch.no_grad():
+        if impl == "flash":  # Alg. 1: only (Br, Bc) tiles of S and P ever exist
+            return flash_attention(q, k, v, block_q=block, block_k=block)
+        return attention_ref(q, k, v)  # Alg. 0: materialises S and P, (B, H, N, N)
+
+
+forward(*(torch.randn(B, H, 2 * block, d) for _ in range(3)))  # warm-up: same tile shapes
+q, k, v = (torch.randn(B, H, N, d) for _ in range(3))  # (B, H, N, d)
+with open("/proc/self/statm") as f:
+    base = int(f.read().split()[1]) * resource.getpagesize()
+out = forward(q, k, v)  # (B, H, N, d)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+"""
+
+
+def _spawn_peak_memory(impl: str, N: int, cfg: Config) -> subprocess.Popen:
+    """Start one fresh interpreter measuring one forward of `impl` at length N."""
+    args = (impl, N, *cfg.memory_shape, cfg.memory_block)
+    path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, "-c", _PEAK_MEMORY_SCRIPT, *map(str, args)],
+        env={**os.environ, "PYTHONPATH": path},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def start_memory_runs(cfg: Config) -> dict[tuple[str, int], subprocess.Popen]:
+    """Launch the four measurements (flash and naive at N and 2N); they run in the background."""
     n = cfg.memory_n
-    out = {}
+    return {
+        (impl, N): _spawn_peak_memory(impl, N, cfg)
+        for impl in ("flash", "naive")
+        for N in (n, 2 * n)
+    }
+
+
+def memory_growth(cfg: Config, runs: dict[tuple[str, int], subprocess.Popen]) -> dict:
+    """Peak extra MiB of each run, and the growth from N to 2N of flash and of naive attention."""
+    B, H, d = cfg.memory_shape
+    n = cfg.memory_n
+    out: dict = {}
+    for (impl, N), proc in runs.items():
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory measurement {impl} N={N} failed: {stderr.strip()[-500:]}")
+        out[f"{impl}_{N}_mib"] = int(stdout.split()[-1]) / 2**20
     for impl in ("flash", "naive"):
-        for size in (n, 2 * n):
-            out[f"{impl}_{size}_bytes"] = float(measure_peak_memory(size, impl))
-        out[f"{impl}_growth"] = out[f"{impl}_{2 * n}_bytes"] / out[f"{impl}_{n}_bytes"]
+        out[f"{impl}_growth"] = out[f"{impl}_{2 * n}_mib"] / out[f"{impl}_{n}_mib"]
+    # for comparison: the output O, 4·B·H·N·d bytes, is flash's O(N) part (the tiles are fixed);
+    # one (B, H, N, N) fp32 matrix is the unit of naive attention's quadratic part
+    out["output_mib"] = [4 * B * H * N * d / 2**20 for N in (n, 2 * n)]
+    out["scores_mib"] = [4 * B * H * N * N / 2**20 for N in (n, 2 * n)]
     return out
 
 
@@ -182,9 +249,8 @@ def io_sweeps(cfg: Config, ctx: Context) -> dict:
 
     def point(N: int, M: int) -> dict:
         row = {"N": N, "d": d, "M": M, "standard": standard_io(N, d), "flash": flash_io(N, d, M)}
-        row["closed_form_ok"] = row["standard"] == standard_closed_form(N, d) and row[
-            "flash"
-        ] == flash_closed_form(N, d, M)
+        same_standard = row["standard"] == standard_closed_form(N, d)
+        row["closed_form_ok"] = same_standard and row["flash"] == flash_closed_form(N, d, M)
         rows.append(row)
         ctx.progress("flashattention: IO simulation", len(rows), steps)
         return row
@@ -206,7 +272,7 @@ def io_sweeps(cfg: Config, ctx: Context) -> dict:
         "io_flash_exponent_n": loglog_slope(ns, [r["flash"] for r in over_n]),
         "io_standard_exponent_n": loglog_slope(ns, [r["standard"] for r in over_n]),
         "io_advantage_exponent_m": loglog_slope(ms, [r["standard"] / r["flash"] for r in over_m]),
-        # the leading constant of Θ(N²d²/M): count · M / (N² d²) -> 12 for M << Nd
+        # the constant of Θ(N²d²/M): count · M / (N²d²) -> 12 + 16/d as M / Nd -> 0
         "io_flash_constant": [r["flash"] * r["M"] / (r["N"] * d) ** 2 for r in over_m],
         "io_sparse_counts": sparse,
         "io_sparse_over_dense": [c / dense for c in sparse],
@@ -249,9 +315,10 @@ def save_plots(cfg: Config, metrics: dict, ctx: Context) -> None:
 
 def experiment(cfg: Config, ctx: Context) -> dict:
     """Exactness, memory growth and the IO simulation (the timing is a separate benchmark)."""
+    runs = start_memory_runs(cfg)  # in fresh processes, while this one checks the rest
     metrics = {"exact": exactness(cfg, ctx.seed)}
     metrics.update(io_sweeps(cfg, ctx))
-    metrics["memory"] = memory_growth(cfg)
+    metrics["memory"] = memory_growth(cfg, runs)
     if ctx.out_dir is not None:
         save_plots(cfg, metrics, ctx)
     return metrics
@@ -277,13 +344,15 @@ def exact_backward(ctx: Context) -> Measured:
 @claim("memory-flash-linear")
 def memory_flash_linear(ctx: Context) -> Measured:
     mem = ctx.experiment()["memory"]
-    return Measured(mem["flash_growth"], {k: v for k, v in mem.items() if k.startswith("flash")})
+    details = {k: v for k, v in mem.items() if k.startswith(("flash", "output"))}
+    return Measured(mem["flash_growth"], details)
 
 
 @claim("memory-naive-quadratic")
 def memory_naive_quadratic(ctx: Context) -> Measured:
     mem = ctx.experiment()["memory"]
-    return Measured(mem["naive_growth"], {k: v for k, v in mem.items() if k.startswith("naive")})
+    details = {k: v for k, v in mem.items() if k.startswith(("naive", "scores"))}
+    return Measured(mem["naive_growth"], details)
 
 
 @claim("io-counts-match-closed-form")
@@ -333,9 +402,44 @@ def io_block_sparse_exponent_s(ctx: Context) -> Measured:
     return Measured(m["io_sparse_exponent_s"], details)
 
 
+def _median_seconds(fn, device: str, repeats: int = 3) -> float:
+    """Median wall time of fn() after one warm-up call."""
+
+    def timed() -> float:
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed()
+    return statistics.median(timed() for _ in range(repeats))
+
+
 @claim("speed-vs-sdpa", benchmark=True)
 def speed_vs_sdpa(ctx: Context) -> Measured:
     from repro.bench.attention import bench_attention
 
-    rows = bench_attention(lengths=(ctx.config.speed_n,), device=ctx.device)
-    raise NotImplementedError(rows)
+    N = ctx.config.speed_n
+    # One thread on the CPU: the tiled kernel is a loop of small parallel PyTorch calls that
+    # other processes on a busy machine slow down many times more than SDPA's single fused call.
+    threads = torch.get_num_threads()
+    if ctx.device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        # forward, not causal, B=1, H=8, d=64: flash and SDPA timed alternately (median of 5)
+        (row,) = bench_attention(ns=(N,), causal=(False,), backward=False, device=ctx.device)
+        # the paper's baseline: standard attention materialising S and P (Alg. 0)
+        q, k, v = (
+            torch.randn(row["B"], row["H"], N, row["D"], device=ctx.device) for _ in range(3)
+        )
+        with torch.no_grad():
+            naive_s = _median_seconds(lambda: attention_ref(q, k, v), ctx.device)
+    finally:
+        torch.set_num_threads(threads)
+    details = {
+        **row,
+        "naive_ms": 1e3 * naive_s,
+        "flash_over_naive": row["flash_ms"] / 1e3 / naive_s,
+    }
+    return Measured(row["ratio"], details)

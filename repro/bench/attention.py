@@ -71,8 +71,8 @@ def attention_flops(n: int, causal: bool, backward: bool, B: int = 1, H: int = 8
 def _flash_impl(q: torch.Tensor) -> tuple[str, Callable[..., torch.Tensor]]:
     """The FlashAttention this device gets: Triton on CUDA when supported, else the tiled one."""
     if flash_triton.supports(q, q, q, None):
-        return "triton", lambda q, k, v, causal: flash_triton.flash_attention_triton(q, k, v, causal)
-    return "flash", lambda q, k, v, causal: flash_attention(q, k, v, causal)
+        return "triton", flash_triton.flash_attention_triton
+    return "flash", flash_attention
 
 
 def _step(fn: Callable[..., torch.Tensor], q, k, v, causal: bool, backward: bool):
@@ -234,8 +234,10 @@ def _main() -> None:
         tuple(args.ns), backward=not args.no_backward, device=device, repeats=args.repeats,
         progress=lambda i, total, row: print(f"[{i}/{total}] {row}", file=sys.stderr),
     )  # fmt: skip
-    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"matmul peak {rows[0]['peak_gflops']:.0f} GFLOP/s\n")
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"matmul peak {rows[0]['peak_gflops']:.0f} GFLOP/s\n"
+    )
     print(_markdown(rows))
     if args.memory:
         print("\n| N | impl | extra peak MB | naive (N, N) scores MB |\n|---:|:---|---:|---:|")

@@ -95,6 +95,7 @@ def bench_decode(
         "cached_first_ms": c_first,
         "cached_last_ms": c_last,
         "cached_last_over_first": c_last / c_first,
+        "cached_step_ms": [1e3 * t for t in cached_steps],
     }
     if recompute:
         full, full_s, full_steps = _timed_generate(model, prompt, new_tokens, False, device)
@@ -107,6 +108,7 @@ def bench_decode(
             "recompute_last_over_first": r_last / r_first,
             "speedup": full_s / cached_s,
             "tokens_match": bool(torch.equal(cached, full)),
+            "recompute_step_ms": [1e3 * t for t in full_steps],
         }
     return out
 

@@ -29,10 +29,9 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 LOG2E = math.log2(math.e)
 
-# CPU tiles: big enough that the Python loop runs few iterations, small enough that the
-# (n, Br * G, Bc) score tile stays in the L2 caches. Sizes in elements of one tile.
-_TILE_FWD = 1 << 20
-_TILE_BWD = 1 << 19  # the backward holds two tiles, P and dP
+# CPU tiles: few Python iterations, yet each thread's share of the (n, Br * G, Bc) score tile
+# (torch splits the batch n across threads) stays within a 2 MB L2 cache, in fp32 elements.
+_TILE_PER_THREAD = 1 << 19
 _BLOCK_K = 512
 
 
@@ -41,9 +40,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _blocks(n: int, G: int, T: int, S: int, budget: int) -> tuple[int, int]:
-    """Default (Br, Bc): a (n, Br * G, Bc) score tile of about `budget` elements."""
+def _blocks(n: int, G: int, T: int, S: int, tiles: int) -> tuple[int, int]:
+    """Default (Br, Bc) when `tiles` (n, Br * G, Bc) score tiles are live at once."""
     bc = min(S, _BLOCK_K)
+    budget = _TILE_PER_THREAD * torch.get_num_threads() // tiles
     return max(1, min(T, budget // (n * G * bc))), bc
 
 
@@ -145,7 +145,7 @@ def _forward(
         lse[:, r0:r1] = m_i + l_i.log2()  # line 13: L_i = m_i + log(l_i); -inf if no key
         if masks.may_be_empty:  # a row that saw no key has l_i = 0 and O_i = 0: output 0
             l_i.clamp_min_(torch.finfo(cd).tiny)
-        o[:, r0:r1] = o_i / l_i  # line 12: O_i = diag(l_i)^-1 O_i
+        torch.div(o_i, l_i, out=o[:, r0:r1])  # line 12: O_i = diag(l_i)^-1 O_i
     return o, lse
 
 
@@ -214,7 +214,7 @@ class FlashAttention(torch.autograd.Function):
         B, H, T, D = q.shape
         Hkv, S = k.shape[1], k.shape[2]
         masks = _Masks(B, Hkv, H // Hkv, T, S, causal, key_padding_mask)
-        br, bc = _blocks(B * Hkv, H // Hkv, T, S, _TILE_FWD)
+        br, bc = _blocks(B * Hkv, H // Hkv, T, S, tiles=1)
         qg = _group(q, Hkv)  # (n, T * G, D)
         kg, vg = k.reshape(B * Hkv, S, D), v.reshape(B * Hkv, S, D)  # (n, S, D)
         o, lse = _forward(qg, kg, vg, masks, scale, block_q or br, block_k or bc)
@@ -229,7 +229,7 @@ class FlashAttention(torch.autograd.Function):
         masks: _Masks = ctx.masks
         B, Hkv, G = ctx.B, masks.Hkv, masks.G
         T, S = qg.shape[1] // G, kg.shape[1]
-        br, bc = _blocks(B * Hkv, G, T, S, _TILE_BWD)
+        br, bc = _blocks(B * Hkv, G, T, S, tiles=2)  # P and dP
         br, bc = ctx.blocks[0] or br, ctx.blocks[1] or bc
         dq, dk, dv = _backward(qg, kg, vg, o, lse, _group(do, Hkv), masks, ctx.scale, br, bc)
         dq = _ungroup(dq, B, Hkv * G).to(qg.dtype)  # (B, H, T, D)
@@ -254,8 +254,10 @@ def flash_attention(
     keys; a query that sees no key outputs 0. `block_q` / `block_k` set the tiles Br / Bc.
     """
     if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"need q (B, H, T, D) and k, v (B, Hkv, S, D); got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"need q (B, H, T, D) and k, v (B, Hkv, S, D); got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"H={q.shape[1]} query heads is not a multiple of Hkv={k.shape[1]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale

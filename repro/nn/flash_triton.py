@@ -68,7 +68,8 @@ if triton is not None:
         offs_d = tl.arange(0, D)
         q = tl.load(
             Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
-            mask=offs_m[:, None] < T, other=0.0,
+            mask=offs_m[:, None] < T,
+            other=0.0,
         )  # Alg. 1 line 4; (BLOCK_M, D)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # line 5
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -80,7 +81,8 @@ if triton is not None:
             cols = start_n + offs_n
             k = tl.load(
                 K + b * skb + hk * skh + cols[:, None] * sks + offs_d[None, :],
-                mask=cols[:, None] < S, other=0.0,
+                mask=cols[:, None] < S,
+                other=0.0,
             )  # line 7; (BLOCK_N, D)
             s = tl.dot(q, tl.trans(k)) * qk_scale  # line 8; (BLOCK_M, BLOCK_N)
             keep = cols[None, :] < S
@@ -94,7 +96,8 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(
                 V + b * svb + hk * svh + cols[:, None] * svs + offs_d[None, :],
-                mask=cols[:, None] < S, other=0.0,
+                mask=cols[:, None] < S,
+                other=0.0,
             )
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)  # line 10
             m_i = m_new
@@ -102,7 +105,8 @@ if triton is not None:
         acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # line 12; no key seen -> 0
         tl.store(
             O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :],
-            acc.to(O.dtype.element_ty), mask=offs_m[:, None] < T,
+            acc.to(O.dtype.element_ty),
+            mask=offs_m[:, None] < T,
         )
 
     @triton.jit
@@ -122,11 +126,13 @@ if triton is not None:
         offs_d = tl.arange(0, D)
         k = tl.load(
             K + b * skb + hk * skh + offs_n[:, None] * sks + offs_d[None, :],
-            mask=offs_n[:, None] < S, other=0.0,
+            mask=offs_n[:, None] < S,
+            other=0.0,
         )  # line 6; (BLOCK_N, D)
         v = tl.load(
             V + b * svb + hk * svh + offs_n[:, None] * svs + offs_d[None, :],
-            mask=offs_n[:, None] < S, other=0.0,
+            mask=offs_n[:, None] < S,
+            other=0.0,
         )
         dk = tl.zeros([BLOCK_N, D], tl.float32)  # line 7
         dv = tl.zeros([BLOCK_N, D], tl.float32)
@@ -138,10 +144,16 @@ if triton is not None:
             for start_m in range(lo, T, BLOCK_M):  # line 8
                 offs_m = start_m + tl.arange(0, BLOCK_M)
                 row = offs_m[:, None] < T
-                q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
-                            mask=row, other=0.0)  # line 9; (BLOCK_M, D)
-                do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
-                             mask=row, other=0.0)
+                q = tl.load(
+                    Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
+                    mask=row,
+                    other=0.0,
+                )  # line 9; (BLOCK_M, D)
+                do = tl.load(
+                    DO + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
+                    mask=row,
+                    other=0.0,
+                )
                 lse = tl.load(L + (b * H + h) * T + offs_m, mask=offs_m < T, other=0.0)
                 delta = tl.load(DELTA + (b * H + h) * T + offs_m, mask=offs_m < T, other=0.0)
                 s_t = tl.dot(k, tl.trans(q)) * qk_scale  # line 10, transposed; (BLOCK_N, BLOCK_M)
@@ -183,10 +195,16 @@ if triton is not None:
             hi = tl.minimum(S, start_m + BLOCK_M + S - T)
         for start_n in range(0, hi, BLOCK_N):
             cols = start_n + offs_n
-            k = tl.load(K + b * skb + hk * skh + cols[:, None] * sks + offs_d[None, :],
-                        mask=cols[:, None] < S, other=0.0)  # (BLOCK_N, D)
-            v = tl.load(V + b * svb + hk * svh + cols[:, None] * svs + offs_d[None, :],
-                        mask=cols[:, None] < S, other=0.0)
+            k = tl.load(
+                K + b * skb + hk * skh + cols[:, None] * sks + offs_d[None, :],
+                mask=cols[:, None] < S,
+                other=0.0,
+            )  # (BLOCK_N, D)
+            v = tl.load(
+                V + b * svb + hk * svh + cols[:, None] * svs + offs_d[None, :],
+                mask=cols[:, None] < S,
+                other=0.0,
+            )
             s = tl.dot(q, tl.trans(k)) * qk_scale  # line 10
             keep = (cols[None, :] < S) & (offs_m[:, None] < T)
             if CAUSAL:
@@ -271,7 +289,9 @@ def flash_attention_triton(
     if triton is None:
         raise RuntimeError("flash_attention_triton needs Triton: pip install 'paperlab[gpu]'")
     if q.shape[1] % k.shape[1] != 0 or k.shape != v.shape or q.shape[-1] not in HEAD_DIMS:
-        raise ValueError(f"need H % Hkv == 0 and D in {HEAD_DIMS}; got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"need H % Hkv == 0 and D in {HEAD_DIMS}; got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return FlashAttentionTriton.apply(q, k, v, causal, scale)

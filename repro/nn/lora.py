@@ -4,8 +4,9 @@ Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", https://arxiv.o
 (§4.1 Eq. 3, §4.2). Official code: https://github.com/microsoft/LoRA (loralib).
 
 Glossary (the paper's letters): W0 (d, k) the pre-trained weight of a layer with k input and
-d output features, A (r, k) and B (d, r) the trainable factors of ΔW = BA, r the rank (r ≪ min(d, k)),
-α the scaling constant, so the layer computes h = W0 x + (α/r)·B A x. Leading dims of x are "...".
+d output features, A (r, k) and B (d, r) the trainable factors of ΔW = BA, r the rank
+(r ≪ min(d, k)), α the scaling constant, so the layer computes h = W0 x + (α/r)·B A x.
+Leading dimensions of x are written "...".
 
 Usage: `apply_lora(model, {"wq", "wv"}, r=4, alpha=4)` wraps the named nn.Linear submodules and
 freezes everything else; train; `merge_lora(model)` folds (α/r)·BA into W0 for inference with no

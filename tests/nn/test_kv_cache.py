@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from repro.models.gpt import GPT, GPTConfig
+from repro.models.llama import Llama, LlamaConfig
 from repro.nn.kv_cache import KVCache, caches_for, generate, sample_next
 
 V, S_MAX = 50, 40
@@ -34,6 +35,23 @@ def test_cached_logits_equal_full_forward(n_kv_heads: int, backend: str):
     for a, b in chunks:  # prefill, a single token, a chunk, then token by token
         step = model(idx[:, a:b], a, caches)
         torch.testing.assert_close(step, full[:, a:b], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2], ids=["mha", "gqa"])
+@torch.no_grad()
+def test_cached_logits_equal_full_forward_with_rope(n_kv_heads: int):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=n_kv_heads, vocab_size=V)
+    model = Llama(cfg).eval()
+    idx = torch.randint(0, V, (2, 15))
+    full = model(idx)  # (B, T, V)
+    caches = caches_for(cfg, 2, 15)
+    torch.testing.assert_close(model(idx[:, :6], 0, caches), full[:, :6], atol=1e-5, rtol=1e-5)
+    for t in range(6, 15):  # RoPE rotates each new key by its absolute position start_pos + t
+        torch.testing.assert_close(
+            model(idx[:, t : t + 1], t, caches), full[:, t : t + 1], atol=1e-5, rtol=1e-5
+        )
+    assert generate(model, idx[:, :4], 11).equal(generate(model, idx[:, :4], 11, use_cache=False))
 
 
 @pytest.mark.parametrize("n_kv_heads", LAYOUTS.values(), ids=LAYOUTS.keys())
