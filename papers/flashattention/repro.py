@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -402,7 +403,7 @@ def io_block_sparse_exponent_s(ctx: Context) -> Measured:
     return Measured(m["io_sparse_exponent_s"], details)
 
 
-def _median_seconds(fn, device: str, repeats: int = 3) -> float:
+def _median_seconds(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
     """Median wall time of fn() after one warm-up call."""
 
     def timed() -> float:

@@ -208,9 +208,14 @@ def speed_like_for_like(ctx: Context) -> Measured:
         "torch_rms_norm": lambda: F.rms_norm(x, (C,), gain, 1e-6),
     }
     times: dict[str, list[float]] = {k: [] for k in candidates}
-    for _ in range(3):  # interleave the candidates so a busy neighbour hits them alike
-        for name, fn in candidates.items():
-            times[name].append(_fwd_bwd_seconds(fn, grad, reps=3, inner=5))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core: compares the arithmetic, not how a pool shares a busy CPU
+    try:
+        for _ in range(3):  # interleave the candidates so a busy neighbour hits them alike
+            for name, fn in candidates.items():
+                times[name].append(_fwd_bwd_seconds(fn, grad, reps=3, inner=5))
+    finally:
+        torch.set_num_threads(threads)
     best = {k: min(v) for k, v in times.items()}
     reduction = 1 - best["rms_norm_ref"] / best["layer_norm_ref"]
     return Measured(
@@ -220,7 +225,7 @@ def speed_like_for_like(ctx: Context) -> Measured:
             "shape": [N, C],
             "torch_kernels_reduction": 1 - best["torch_rms_norm"] / best["torch_layer_norm"],
             "device": ctx.device,
-            "threads": torch.get_num_threads(),
+            "threads": 1,
         },
     )
 

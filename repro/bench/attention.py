@@ -228,7 +228,10 @@ def _main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory", type=int, nargs="*", default=[], help="N for memory rows")
     parser.add_argument("--naive-max", type=int, default=4096, help="largest N for naive memory")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = bench_attention(
         tuple(args.ns), backward=not args.no_backward, device=device, repeats=args.repeats,

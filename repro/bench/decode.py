@@ -5,7 +5,9 @@ Pope et al., "Efficiently Scaling Transformer Inference", https://arxiv.org/abs/
 KV cache from memory). Glossary: B batch, T0 prompt length, N new tokens, L layers, C d_model.
 
 `bench_decode` returns plain dicts (no printing); `paperlab bench decode` renders them.
-Per-token times are medians over a window, so a busy machine shifts them less than means would.
+Per-token times are medians over a window, so a busy machine shifts them less than means would;
+totals are wall-clock, with process CPU time beside them (on a machine shared with other jobs
+the CPU-time ratio shows how much of a wall-clock ratio is the neighbours).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def _sync(device: str) -> None:
 
 def _timed_generate(
     model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool, device: str
-) -> tuple[torch.Tensor, float, list[float]]:
-    """Greedy generation -> (tokens (B, T0+N), total seconds, seconds per new token)."""
+) -> tuple[torch.Tensor, float, float, list[float]]:
+    """Greedy generation -> (tokens (B, T0+N), wall s, process CPU s, wall s per new token)."""
     stamps: list[float] = []
 
     def on_token(t: int) -> None:
@@ -45,12 +47,12 @@ def _timed_generate(
         stamps.append(time.perf_counter())
 
     _sync(device)
-    start = time.perf_counter()
+    cpu_start, start = time.process_time(), time.perf_counter()
     tokens = generate(model, prompt, new_tokens, use_cache=use_cache, on_token=on_token)
-    total = stamps[-1] - start
+    total, cpu = stamps[-1] - start, time.process_time() - cpu_start
     # token 0's time includes the prefill; later tokens are one decode step each
     per_token = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]
-    return tokens, total, per_token
+    return tokens, total, cpu, per_token
 
 
 def _window_ms(per_token: list[float]) -> tuple[float, float]:
@@ -79,7 +81,9 @@ def bench_decode(
     prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=g).to(device)
     generate(model, prompt, 2 * WINDOW + 1)  # warm-up: allocator, kernels, caches
 
-    cached, cached_s, cached_steps = _timed_generate(model, prompt, new_tokens, True, device)
+    cached, cached_s, cached_cpu, cached_steps = _timed_generate(
+        model, prompt, new_tokens, True, device
+    )
     c_first, c_last = _window_ms(cached_steps)
     out: dict = {
         "device": device,
@@ -91,6 +95,7 @@ def bench_decode(
             k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, int | str | float)
         },
         "cached_s": cached_s,
+        "cached_cpu_s": cached_cpu,
         "cached_ms_per_token": 1e3 * cached_s / new_tokens,
         "cached_first_ms": c_first,
         "cached_last_ms": c_last,
@@ -98,15 +103,19 @@ def bench_decode(
         "cached_step_ms": [1e3 * t for t in cached_steps],
     }
     if recompute:
-        full, full_s, full_steps = _timed_generate(model, prompt, new_tokens, False, device)
+        full, full_s, full_cpu, full_steps = _timed_generate(
+            model, prompt, new_tokens, False, device
+        )
         r_first, r_last = _window_ms(full_steps)
         out |= {
             "recompute_s": full_s,
+            "recompute_cpu_s": full_cpu,
             "recompute_ms_per_token": 1e3 * full_s / new_tokens,
             "recompute_first_ms": r_first,
             "recompute_last_ms": r_last,
             "recompute_last_over_first": r_last / r_first,
             "speedup": full_s / cached_s,
+            "speedup_cpu_time": full_cpu / cached_cpu,
             "tokens_match": bool(torch.equal(cached, full)),
             "recompute_step_ms": [1e3 * t for t in full_steps],
         }
