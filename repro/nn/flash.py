@@ -128,8 +128,9 @@ def _forward(
         o_i = torch.zeros(n, r1 - r0, D, dtype=cd, device=q.device)  # line 5
         l_i = torch.zeros(n, r1 - r0, 1, dtype=cd, device=q.device)
         m_i = torch.full((n, r1 - r0, 1), float("-inf"), dtype=cd, device=q.device)
-        for j0 in range(0, masks.key_end(i1, S), bc):  # line 6
-            j1 = min(j0 + bc, S)
+        end = masks.key_end(i1, S)  # causal: later keys are hidden from all of Q_i
+        for j0 in range(0, end, bc):  # line 6
+            j1 = min(j0 + bc, end)
             k_j, v_j = k[:, j0:j1], v[:, j0:j1]  # line 7; (n, Bc, D)
             s = torch.bmm(q_i, k_j.mT, out=_scratch(s_buf, n, r1 - r0, j1 - j0))  # line 8
             masks.apply(s, i0, i1, j0, j1)
@@ -180,7 +181,7 @@ def _backward(
         k_j, v_j = k[:, j0:j1], v[:, j0:j1]  # line 6; (n, Bc, D)
         dk_j = torch.zeros(n, j1 - j0, D, dtype=cd, device=q.device)  # line 7
         dv_j = torch.zeros(n, j1 - j0, D, dtype=cd, device=q.device)
-        for i0 in range(masks.query_start(j0) // br * br, T, br):  # line 8
+        for i0 in range(masks.query_start(j0), T, br):  # line 8; causal: earlier Q_i see no K_j
             i1 = min(i0 + br, T)
             r0, r1 = i0 * G, i1 * G
             q_i, do_i = q2[:, r0:r1], do[:, r0:r1]  # line 9; (n, Br * G, D)
