@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from repro.bench.decode import bench_decode, memory_bandwidth
+from repro.bench.decode import bench_decode, memory_bandwidth, torch_threads
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import kv_cache_bytes_per_token
 from repro.lab.plots import save_line_plot
@@ -130,11 +130,11 @@ def _bench_ctx(ctx: Context) -> dict:
         save_line_plot(
             ctx.out_dir / "per_token_ms.svg",
             {
-                "KV cache": (xs, result["cached_step_ms"]),
-                "recompute prefix": (xs, result["recompute_step_ms"]),
+                "KV cache": (xs, result["cached_step_ms_cpu"]),
+                "recompute prefix": (xs, result["recompute_step_ms_cpu"]),
             },
             "new token",
-            "ms per token",
+            "CPU ms per token",
             "Greedy decoding, tiny GPT (first token includes the prefill)",
             logy=True,
         )
@@ -142,19 +142,30 @@ def _bench_ctx(ctx: Context) -> dict:
 
 
 def _summary(r: dict) -> dict:
-    return {k: v for k, v in r.items() if not k.endswith("_step_ms")}
+    return {k: v for k, v in r.items() if "step_ms" not in k}
+
+
+def _clock(ctx: Context) -> str:
+    """CPU time on the CPU (robust to neighbours on a shared machine), wall time on a GPU."""
+    return "wall" if ctx.device.startswith("cuda") else "cpu"
 
 
 @claim("decode-speedup", benchmark=True)
 def decode_speedup(ctx: Context) -> Measured:
     r = _bench_ctx(ctx)
-    return Measured(r["speedup"], _summary(r))
+    return Measured(r[f"speedup_{_clock(ctx)}"], _summary(r))
 
 
 @claim("decode-flat-per-token", benchmark=True)
 def decode_flat_per_token(ctx: Context) -> Measured:
+    """Median step time, last 64 / first 64 decode steps; beside it what a purely
+    memory-bound step would show, (weights + KV at the end) / (weights + KV at the start)."""
     r = _bench_ctx(ctx)
-    return Measured(r["cached_last_over_first"], _summary(r))
+    kv_end = r["kv_MB_read_by_last_step"]
+    kv_start = kv_end * (r["prompt_len"] + 64) / (r["prompt_len"] + r["new_tokens"])
+    memory_bound = (r["weights_MB"] + kv_end) / (r["weights_MB"] + kv_start)
+    ratio = r[f"cached_last_over_first_{_clock(ctx)}"]
+    return Measured(ratio, _summary(r) | {"memory_bound_ratio": memory_bound})
 
 
 # --- 3. how big the cache is --------------------------------------------------------------
@@ -210,14 +221,17 @@ def bytes_read_per_token(model: GPT, context: int) -> int:
     return weights + kv
 
 
-def decode_step_seconds(model: GPT, prompt_len: int, new_tokens: int, device: str) -> float:
-    """Median wall time of the one-token decode steps (the prefill excluded)."""
+def decode_step_seconds(
+    model: GPT, prompt_len: int, new_tokens: int, device: str, clock: str
+) -> float:
+    """Median time of the one-token decode steps (the prefill excluded) by `clock`."""
+    now = time.perf_counter if clock == "wall" else time.process_time
     stamps: list[float] = []
 
     def on_token(t: int) -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
+        stamps.append(now())
 
     prompt = torch.zeros(1, prompt_len, dtype=torch.long, device=device)
     generate(model, prompt, new_tokens, on_token=on_token)
@@ -228,32 +242,33 @@ def decode_step_seconds(model: GPT, prompt_len: int, new_tokens: int, device: st
 def decode_bandwidth_bound(ctx: Context) -> Measured:
     """Measured step time / (bytes read per step / copy bandwidth), for a decoder whose fp32
     weights (~1.6 GB) exceed every CPU cache; the tiny benchmark decoder for comparison."""
-    cfg = ctx.config
-    bandwidth = memory_bandwidth(cfg.copy_bytes, device=ctx.device)  # bytes/s
-    prompt_len = 16
-    big_cfg = GPTConfig(
-        n_layers=cfg.big_layers,
-        d_model=cfg.big_d_model,
-        n_heads=cfg.big_d_model // 128,
-        vocab_size=256,
-        max_seq_len=prompt_len + cfg.big_new_tokens,
-        backend="sdpa",
-    )
-    with torch.device("meta"):
-        big = GPT(big_cfg)
-    big = big.to_empty(device=ctx.device).eval()  # timing needs the memory, not the init
-    with torch.no_grad():
-        for p in big.parameters():
-            p.uniform_(-0.02, 0.02)
-    step = decode_step_seconds(big, prompt_len, cfg.big_new_tokens, ctx.device)
-    read = bytes_read_per_token(big, prompt_len + cfg.big_new_tokens // 2)
-    bound = read / bandwidth  # §2.1: t ≥ bytes / bandwidth
-    flops = 2 * sum(p.numel() for p in big.parameters())  # ≈ 2N FLOPs per token
-    del big
-    # the tiny decoder of the speed-up benchmark, early in its generation
-    tiny = tiny_decoder(4, 16 + 64 + 1, ctx.seed, backend="sdpa")
-    tiny_step = decode_step_seconds(tiny, 16, 64, ctx.device)
-    tiny_bound = bytes_read_per_token(tiny, 16 + 32) / bandwidth
+    cfg, clock = ctx.config, _clock(ctx)
+    with torch_threads(1):  # one stream of memory traffic: one core, like the copy probe
+        bandwidth = memory_bandwidth(cfg.copy_bytes, device=ctx.device, threads=1)[clock]
+        prompt_len = 16
+        big_cfg = GPTConfig(
+            n_layers=cfg.big_layers,
+            d_model=cfg.big_d_model,
+            n_heads=cfg.big_d_model // 128,
+            vocab_size=256,
+            max_seq_len=prompt_len + cfg.big_new_tokens,
+            backend="sdpa",
+        )
+        with torch.device("meta"):
+            big = GPT(big_cfg)
+        big = big.to_empty(device=ctx.device).eval()  # timing needs the memory, not the init
+        with torch.no_grad():
+            for p in big.parameters():
+                p.uniform_(-0.02, 0.02)
+        step = decode_step_seconds(big, prompt_len, cfg.big_new_tokens, ctx.device, clock)
+        read = bytes_read_per_token(big, prompt_len + cfg.big_new_tokens // 2)
+        bound = read / bandwidth  # §2.1: t ≥ bytes / bandwidth
+        flops = 2 * sum(p.numel() for p in big.parameters())  # ≈ 2N FLOPs per token
+        del big
+        # the tiny decoder of the speed-up benchmark, early in its generation
+        tiny = tiny_decoder(4, 16 + 64 + 1, ctx.seed, backend="sdpa")
+        tiny_step = decode_step_seconds(tiny, 16, 64, ctx.device, clock)
+        tiny_bound = bytes_read_per_token(tiny, 16 + 32) / bandwidth
     return Measured(
         step / bound,
         {
@@ -266,6 +281,7 @@ def decode_bandwidth_bound(ctx: Context) -> Measured:
             "tiny_step_ms": 1e3 * tiny_step,
             "tiny_bound_ms": 1e3 * tiny_bound,
             "tiny_step_over_bound": tiny_step / tiny_bound,
-            "threads": torch.get_num_threads(),
+            "clock": clock,
+            "threads": 1,
         },
     )

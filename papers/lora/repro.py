@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repro.lab.claims import Context, Measured, claim
+from repro.lab.counting import build_preset, count_parameters
 from repro.lab.plots import save_line_plot
-from repro.models.gpt import GPT, GPTConfig
 from repro.nn.lora import LoRALinear, apply_lora, lora_parameters, merge_lora
 from repro.train import train
 
@@ -83,34 +82,32 @@ PRESETS = {
 # --- 1. counting on the meta device ------------------------------------------------------------
 
 
-def _n(params: Iterable[Tensor]) -> int:
-    return sum(p.numel() for p in params)
-
-
 @claim("param-reduction-4096")
 def param_reduction_4096(ctx: Context) -> Measured:
     """One d = k = 4096 matrix at r = 8: full fine-tuning trains d·k, LoRA r·(d + k)."""
     with torch.device("meta"):
         layer = LoRALinear(nn.Linear(4096, 4096, bias=False), r=8)
     full = layer.base.weight.numel()  # |W0| = d·k
-    lora = _n(p for p in layer.parameters() if p.requires_grad)  # |A| + |B| = r·k + d·r
+    lora = count_parameters(layer, trainable_only=True)  # |A| + |B| = r·k + d·r
     return Measured(full / lora, {"full": full, "lora": lora})
 
 
 @functools.cache
-def gpt3_175b() -> GPT:
+def gpt3_175b() -> nn.Module:
     """GPT-3 175B on the meta device (GPT-3 Table 2.1: L 96, C 12288, 96 heads): shapes only."""
-    with torch.device("meta"):
-        return GPT(GPTConfig.from_name("gpt3-175b"))
+    return build_preset("gpt3-175b")
 
 
 @functools.cache
 def gpt3_175b_counts(r: int) -> tuple[int, int]:
     """(all parameters, trainable parameters) of GPT-3 175B with LoRA rank r on W_q and W_v."""
     model = copy.deepcopy(gpt3_175b())  # a fresh copy to wrap (building once is the slow part)
-    total = _n(model.parameters())  # what full fine-tuning trains (Table 4's FT row)
-    apply_lora(model, {"wq", "wv"}, r=r)  # §4.2 / §7.1: adapt W_q and W_v only
-    return total, _n(lora_parameters(model))  # §5.1: |Θ| = 2 · L̂_LoRA · d_model · r, L̂ = 192
+    total = count_parameters(model)  # what full fine-tuning trains (Table 4's FT row)
+    apply_lora(model, {"wq", "wv"}, r=r)  # §4.2 / §7.1: adapt W_q and W_v, freeze the rest
+    lora = count_parameters(model, trainable_only=True)  # §5.1: |Θ| = 2·L̂_LoRA·d_model·r
+    in_lora = sum(p.numel() for p in lora_parameters(model))
+    assert lora == in_lora, f"{lora} trainable parameters but {in_lora} in A and B"
+    return total, lora
 
 
 @claim("gpt3-param-reduction")
@@ -282,7 +279,8 @@ def adapt_all(
         model, lr, zero_diff = adapt(base, teacher, r, cfg, seed + 1, ctx, x_val, y_val)
         out["acc_lora"].append(accuracy(model, x_test, y_test))
         out["lr_lora"].append(lr)
-        out["trainable_fraction_lora"].append(_n(lora_parameters(model)) / _n(base.parameters()))
+        trainable = count_parameters(model, trainable_only=True)  # |A| + |B| of fc1 and fc2
+        out["trainable_fraction_lora"].append(trainable / count_parameters(base))
         out["zero_init_max_abs_diff"] = max(out["zero_init_max_abs_diff"], zero_diff)
         abs_err, rel_err = merge_error(model, x_test)
         _, rel_err_fp64 = merge_error(copy.deepcopy(model).double(), x_test.double())

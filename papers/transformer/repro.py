@@ -52,7 +52,7 @@ class Config:
     dropout: float = 0.1  # P_drop (§5.4)
     label_smoothing: float = 0.1  # ε_ls (§5.4)
     warmup: int = 100  # warmup_steps of Eq. 3 (4000 in the paper, for 100K steps)
-    steps: int = 200
+    steps: int = 250
     batch_size: int = 64
     eval_size: int = 1000
 

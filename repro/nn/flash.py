@@ -61,6 +61,14 @@ def _ungroup(x: Tensor, B: int, H: int) -> Tensor:
     return x.view(B, Hkv, rows // G, G, D).transpose(2, 3).reshape(B, H, rows // G, D)
 
 
+def _transposed(x: Tensor, dtype: torch.dtype, factor: float = 1.0) -> Tensor:
+    """factor * x, (n, S, D) -> (n, D, S) contiguous: torch's batched matmul reads slices
+    [:, :, j0:j1] of this in place, where slices of x.mT would be copied on every tile."""
+    n, S, D = x.shape
+    out = torch.empty(n, D, S, dtype=dtype, device=x.device).copy_(x.mT)
+    return out if factor == 1.0 else out.mul_(factor)
+
+
 def _scratch(buf: Tensor, *shape: int) -> Tensor:
     """A contiguous view on the front of a flat buffer: tiles reuse memory, never allocate."""
     return buf[: math.prod(shape)].view(shape)
@@ -117,22 +125,22 @@ def _forward(
     S, G = k.shape[1], masks.G
     T = rows // G
     cd = _compute_dtype(q.dtype)
-    k, v = k.to(cd), v.to(cd)
+    kt, v = _transposed(k, cd, scale * LOG2E), v.to(cd)  # (n, D, S): Q_i kt_j is base 2
     o = torch.empty_like(q)  # (n, T * G, D)
     lse = torch.empty(n, rows, 1, dtype=cd, device=q.device)  # (n, T * G, 1), base 2
     s_buf = torch.empty(n * br * G * bc, dtype=cd, device=q.device)
     for i0 in range(0, T, br):  # Alg. 1 line 3
         i1 = min(i0 + br, T)
         r0, r1 = i0 * G, i1 * G
-        q_i = q[:, r0:r1].to(cd) * (scale * LOG2E)  # line 4; (n, Br * G, D)
+        q_i = q[:, r0:r1].to(cd)  # line 4; (n, Br * G, D)
         o_i = torch.zeros(n, r1 - r0, D, dtype=cd, device=q.device)  # line 5
         l_i = torch.zeros(n, r1 - r0, 1, dtype=cd, device=q.device)
         m_i = torch.full((n, r1 - r0, 1), float("-inf"), dtype=cd, device=q.device)
         end = masks.key_end(i1, S)  # causal: later keys are hidden from all of Q_i
         for j0 in range(0, end, bc):  # line 6
             j1 = min(j0 + bc, end)
-            k_j, v_j = k[:, j0:j1], v[:, j0:j1]  # line 7; (n, Bc, D)
-            s = torch.bmm(q_i, k_j.mT, out=_scratch(s_buf, n, r1 - r0, j1 - j0))  # line 8
+            k_jt, v_j = kt[:, :, j0:j1], v[:, j0:j1]  # line 7; (n, D, Bc), (n, Bc, D)
+            s = torch.bmm(q_i, k_jt, out=_scratch(s_buf, n, r1 - r0, j1 - j0))  # line 8
             masks.apply(s, i0, i1, j0, j1)
             m_new = torch.maximum(m_i, s.amax(-1, keepdim=True))  # line 9: m_i^(j)
             shift = m_new
@@ -167,32 +175,33 @@ def _backward(
     S, G = k.shape[1], masks.G
     T = rows // G
     cd = lse.dtype
-    q2 = q.to(cd) * (scale * LOG2E)  # (n, T * G, D): base-2 scores S = q2 K^T
-    k, v, do = k.to(cd), v.to(cd), do.to(cd)
+    kt, vt = _transposed(k, cd, scale * LOG2E), _transposed(v, cd)  # (n, D, S), as `_forward`
+    q, k, do = q.to(cd), k.to(cd), do.to(cd)
     delta = (do * o.to(cd)).sum(-1, keepdim=True)  # line 4: D = rowsum(dO ∘ O); (n, T * G, 1)
     if masks.may_be_empty:  # rows that saw no key: P = exp(S - inf) = 0
         lse = lse.masked_fill(lse == float("-inf"), float("inf"))
-    dq = torch.zeros_like(q2)  # line 3; (n, T * G, D)
-    dk, dv = torch.empty_like(k), torch.empty_like(v)  # (n, S, D)
+    dq = torch.zeros_like(q)  # line 3; (n, T * G, D)
+    dk, dv = torch.empty_like(k), torch.empty_like(k)  # (n, S, D)
     s_buf = torch.empty(n * br * G * bc, dtype=cd, device=q.device)
     dp_buf = torch.empty_like(s_buf)
     for j0 in range(0, S, bc):  # line 5
         j1 = min(j0 + bc, S)
-        k_j, v_j = k[:, j0:j1], v[:, j0:j1]  # line 6; (n, Bc, D)
-        dk_j = torch.zeros(n, j1 - j0, D, dtype=cd, device=q.device)  # line 7
+        dk_j = torch.zeros(n, j1 - j0, D, dtype=cd, device=q.device)  # line 7; (n, Bc, D)
         dv_j = torch.zeros(n, j1 - j0, D, dtype=cd, device=q.device)
         for i0 in range(masks.query_start(j0), T, br):  # line 8; causal: earlier Q_i see no K_j
             i1 = min(i0 + br, T)
             r0, r1 = i0 * G, i1 * G
-            q_i, do_i = q2[:, r0:r1], do[:, r0:r1]  # line 9; (n, Br * G, D)
-            s = torch.bmm(q_i, k_j.mT, out=_scratch(s_buf, n, r1 - r0, j1 - j0))  # line 10
-            masks.apply(s, i0, i1, j0, j1)
+            c1 = min(j1, masks.key_end(i1, S))  # causal: keys >= c1 are hidden from all of Q_i
+            c = c1 - j0
+            q_i, do_i = q[:, r0:r1], do[:, r0:r1]  # line 9; (n, Br * G, D)
+            s = torch.bmm(q_i, kt[:, :, j0:c1], out=_scratch(s_buf, n, r1 - r0, c))  # line 10
+            masks.apply(s, i0, i1, j0, c1)
             p = s.sub_(lse[:, r0:r1]).exp2_()  # line 11: P_i^(j) = exp(S_i^(j) - L_i)
-            dv_j.baddbmm_(p.mT, do_i)  # line 12: dV_j += P^T dO_i (also sums the G heads)
-            dp = torch.bmm(do_i, v_j.mT, out=_scratch(dp_buf, n, r1 - r0, j1 - j0))  # line 13
+            dv_j[:, :c].baddbmm_(p.mT, do_i)  # line 12: dV_j += P^T dO_i (also sums the G heads)
+            dp = torch.bmm(do_i, vt[:, :, j0:c1], out=_scratch(dp_buf, n, r1 - r0, c))  # line 13
             ds = dp.sub_(delta[:, r0:r1]).mul_(p)  # line 14: dS = P ∘ (dP - D_i)
-            dq[:, r0:r1].baddbmm_(ds, k_j, alpha=scale)  # line 15: dQ_i += dS K_j
-            dk_j.baddbmm_(ds.mT, q_i, alpha=1 / LOG2E)  # line 16: dK_j += dS^T Q_i
+            dq[:, r0:r1].baddbmm_(ds, k[:, j0:c1], alpha=scale)  # line 15: dQ_i += dS K_j
+            dk_j[:, :c].baddbmm_(ds.mT, q_i, alpha=scale)  # line 16: dK_j += dS^T Q_i
         dk[:, j0:j1], dv[:, j0:j1] = dk_j, dv_j  # line 18
     return dq, dk, dv
 

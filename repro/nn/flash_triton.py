@@ -61,7 +61,7 @@ if triton is not None:
     ):  # fmt: skip
         """Alg. 1 for one query block (program_id 0) of one (batch, head) (program_id 1)."""
         start_m = tl.program_id(0) * BLOCK_M
-        b, h = tl.program_id(1) // H, tl.program_id(1) % H
+        b, h = (tl.program_id(1) // H).to(tl.int64), tl.program_id(1) % H  # int64: big tensors
         hk = h // G
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
@@ -121,7 +121,7 @@ if triton is not None:
         dO and dQ share q's strides, dK/dV k's and v's; L and DELTA are (B, H, T) contiguous.
         """
         start_n = tl.program_id(0) * BLOCK_N
-        b, hk = tl.program_id(1) // Hkv, tl.program_id(1) % Hkv
+        b, hk = (tl.program_id(1) // Hkv).to(tl.int64), tl.program_id(1) % Hkv
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
         k = tl.load(
@@ -179,7 +179,7 @@ if triton is not None:
     ):  # fmt: skip
         """Alg. 2 line 15 without atomics: dQ_i = sum_j dS_i^(j) K_j for one query block."""
         start_m = tl.program_id(0) * BLOCK_M
-        b, h = tl.program_id(1) // H, tl.program_id(1) % H
+        b, h = (tl.program_id(1) // H).to(tl.int64), tl.program_id(1) % H  # int64: big tensors
         hk = h // G
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)

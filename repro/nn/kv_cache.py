@@ -69,10 +69,6 @@ class KVCache(nn.Module):
         """Bytes held by the k and v buffers: 2 · B · Hkv · S_max · D · bytes per element."""
         return self.k.nbytes + self.v.nbytes
 
-    def reset(self) -> None:
-        self.k.zero_()
-        self.v.zero_()
-
 
 class _DecoderConfig(Protocol):
     n_layers: int

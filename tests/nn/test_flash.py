@@ -141,3 +141,31 @@ def test_bad_head_counts_are_rejected():
     q, k, v, _ = _inputs(1, 4, 3, 5, 5, 8)
     with pytest.raises(ValueError, match="not a multiple"):
         flash_attention(q, k, v)
+
+
+def test_bench_attention_rows():
+    from repro.bench.attention import attention_flops, bench_attention
+
+    rows = bench_attention(ns=(64,), causal=(False, True), repeats=1, H=2, D=16)
+    assert [(r["causal"], r["pass"]) for r in rows] == [
+        (False, "fwd"),
+        (False, "fwd+bwd"),
+        (True, "fwd"),
+        (True, "fwd+bwd"),
+    ]
+    for r in rows:
+        assert r["flash_ms"] > 0 and r["sdpa_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["flash_ms"] / r["sdpa_ms"])
+        flops = attention_flops(64, r["causal"], r["pass"] == "fwd+bwd", B=1, H=2, D=16)
+        assert r["flash_gflops"] == pytest.approx(flops / 1e9 / (r["flash_ms"] / 1e3))
+    assert attention_flops(64, True, False) * 2 == attention_flops(64, False, False)
+
+
+@pytest.mark.slow
+def test_forward_memory_grows_linearly_not_quadratically():
+    from repro.bench.attention import measure_peak_memory
+
+    n = 4096
+    scores = 8 * n * n * 4  # the (B, H, N, N) fp32 matrix the naive formula materialises
+    assert measure_peak_memory(n, "naive") > scores
+    assert measure_peak_memory(n, "flash") < scores / 8
