@@ -24,3 +24,14 @@ def library_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def valid_note_text() -> str:
     return (FIXTURES / "notes" / "valid.yaml").read_text(encoding="utf-8")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The tests use tiny tensors: one thread is faster than two and immune to a busy CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from repro.bench.decode import torch_threads
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
@@ -183,7 +184,15 @@ def convert_kv_heads(mha: GPT, n_kv_heads: int, method: str, generator: torch.Ge
 
 
 def experiment(cfg: Config, ctx: Context) -> dict:
-    """Train MHA; convert to each Hkv with each method; loss at conversion and after uptraining."""
+    """Train MHA; convert to each Hkv with each method; loss at conversion and after uptraining.
+
+    One thread: at this width a second one only adds synchronisation (and on a busy 2-core
+    machine, waiting)."""
+    with torch_threads(1):
+        return _experiment(cfg, ctx)
+
+
+def _experiment(cfg: Config, ctx: Context) -> dict:
     torch.manual_seed(ctx.seed)
     source = MarkovSource(MarkovConfig(vocab_size=cfg.vocab_size, order=cfg.order))
     g = torch.Generator().manual_seed(10_000 + ctx.seed)

@@ -14,9 +14,9 @@ sum of exp(s - m), L = m + log l the row log-sum-exp: the only statistic saved f
 GQA folds the G query heads that share a key/value head into the rows, (B, H, T, D) ->
 (n, T * G, D) with row t * G + g, so every tile is one batched matmul over n against K and V as
 stored: repeated K/V heads are never materialised. A pass holds one (n, Br * G, Bc) score tile at
-a time, never the (T, S) matrix. Scores are kept in base 2 as in the paper's Triton kernel (log2 e
-folded into the scale, exp2 for exp): the same softmax, and torch's exp2 keeps its speed on -inf
-and underflowing inputs where exp falls to a slow path. m and L are in base-2 units.
+a time, never the (T, S) matrix. Scores are in base 2, as in the Triton FlashAttention-2 kernels
+(log2 e folded into the scale, exp2 for exp): the same softmax, and torch's exp2 keeps its speed
+on -inf and underflowing inputs where exp falls to a slow path. m and L are in base-2 units.
 """
 
 from __future__ import annotations
