@@ -99,7 +99,7 @@ def mask_tokens(
 
 
 def sentence_pairs(n: int, cfg: Config, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """[CLS] A [SEP] B [SEP] with random ordinary tokens and a random split; ids, maskable (B, T)."""
+    """[CLS] A [SEP] B [SEP] of random ordinary tokens, random split; ids, maskable (B, T)."""
     T = cfg.mask_seq_len
     ids = torch.randint(FIRST_REGULAR, cfg.mask_vocab_size, (n, T), generator=g)  # (B, T)
     split = torch.randint(2, T - 2, (n,), generator=g)  # position of the middle [SEP]
@@ -132,7 +132,9 @@ def masking_stats(cfg: Config, seed: int) -> dict:
 
 def _share(count: int, total: int, p: float) -> Measured:
     """count/total with its binomial standard error √(p(1−p)/total) under the paper's p."""
-    return Measured(count / total, {"count": count, "of": total, "binomial_se": math.sqrt(p * (1 - p) / total)})
+    return Measured(
+        count / total, {"count": count, "of": total, "binomial_se": math.sqrt(p * (1 - p) / total)}
+    )
 
 
 # --- the synthetic language and its exact entropies ------------------------------------------
@@ -207,7 +209,12 @@ def experiment(cfg: Config, ctx: Context) -> dict:
             return lm_loss(logits, labels.to(ctx.device), ignore_index=IGNORE)
 
         losses = train(
-            model, mlm_step, cfg.steps, lr=cfg.lr, progress=ctx.progress, description=f"bert: {name}"
+            model,
+            mlm_step,
+            cfg.steps,
+            lr=cfg.lr,
+            progress=ctx.progress,
+            description=f"bert: {name}",
         )
         # Held-out sentences and masks, identical for both models.
         g_eval = torch.Generator().manual_seed(10**6 + ctx.seed)
@@ -293,7 +300,10 @@ def mlm_beats_unigram(ctx: Context) -> Measured:
     m = ctx.experiment()
     return Measured(
         m["floors"]["unigram"] - m["bidirectional_loss"],
-        {"bidirectional_loss": m["bidirectional_loss"], **{f"floor_{k}": v for k, v in m["floors"].items()}},
+        {
+            "bidirectional_loss": m["bidirectional_loss"],
+            **{f"floor_{k}": v for k, v in m["floors"].items()},
+        },
     )
 
 

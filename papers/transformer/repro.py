@@ -101,14 +101,15 @@ def dot_product_stats(d_ks: tuple[int, ...], n_rows: int, n_keys: int, seed: int
 
 
 def shift_matrix(k: int, dim: int, base: float = 10000.0) -> Tensor:
-    """M_k with PE(pos + k) = M_k PE(pos): one 2×2 rotation by k·ω_i per (sin, cos) pair; (C, C).
-
-    sin(a + b) = sin a cos b + cos a sin b and cos(a + b) = cos a cos b − sin a sin b.
-    """
+    """M_k with PE(pos + k) = M_k PE(pos): one 2×2 rotation by k·ω_i per (sin, cos) pair; (C, C)."""
+    assert dim % 2 == 0, f"sin/cos pairs need an even width, got {dim}"
     omega = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # ω_i, (C/2,)
-    c, s = torch.cos(k * omega), torch.sin(k * omega)
-    blocks = [torch.stack([torch.stack([ci, si]), torch.stack([-si, ci])]) for ci, si in zip(c, s)]
-    return torch.block_diag(*blocks)  # (C, C)
+    c, s = torch.cos(k * omega), torch.sin(k * omega)  # (C/2,)
+    i = torch.arange(0, dim, 2)  # row of each pair's sine
+    M = torch.zeros(dim, dim, dtype=torch.float64)  # (C, C)
+    M[i, i], M[i, i + 1] = c, s  # sin(a + b) = cos b · sin a + sin b · cos a
+    M[i + 1, i], M[i + 1, i + 1] = -s, c  # cos(a + b) = −sin b · sin a + cos b · cos a
+    return M
 
 
 # --- §5: training recipe on a toy transduction task ---------------------------------------
@@ -134,7 +135,7 @@ def smoothed_target_entropy(vocab_size: int, eps: float) -> float:
 
 
 def reversal_batch(n: int, cfg: Config, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """source (B, S), decoder input BOS y (B, T+1) and output y SEP (B, T+1); y = reversed source."""
+    """source (B, S), decoder input [BOS, y] and output [y, SEP] (B, T+1); y = reversed source."""
     src, y = reverse_task(n, cfg.seq_len, cfg.vocab_size, g)  # (B, S), (B, T)
     bos = torch.full((n, 1), BOS, dtype=torch.long)
     eos = torch.full((n, 1), SEP, dtype=torch.long)  # SEP ends the output sentence
@@ -164,12 +165,13 @@ def experiment(cfg: Config, ctx: Context) -> dict:
     model.train()
     for step in range(cfg.steps):
         src, dec_in, dec_out = (t.to(ctx.device) for t in reversal_batch(cfg.batch_size, cfg, g))
-        logits = model(src, dec_in)  # (B, T+1, V)
+        logits = model(src, dec_in)  # teacher forcing: (B, T+1, V)
+        # §5.4: cross-entropy against (1 − ε_ls)·onehot + ε_ls/V
         loss = label_smoothed_loss(logits.flatten(0, 1), dec_out.flatten(), cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        sched.step()  # Eq. 3 for the next step
         losses.append(loss.item())
         if step % 10 == 0 or step == cfg.steps - 1:
             ctx.progress("transformer: reversal", step + 1, cfg.steps)
@@ -186,7 +188,10 @@ def experiment(cfg: Config, ctx: Context) -> dict:
         steps = list(range(1, cfg.steps + 1))
         save_line_plot(
             ctx.out_dir / "loss.svg",
-            {"training loss (ε_ls = 0.1)": (steps, losses), "H(q): smoothing floor": (steps, [floor] * cfg.steps)},
+            {
+                "training loss (ε_ls = 0.1)": (steps, losses),
+                "H(q): smoothing floor": (steps, [floor] * cfg.steps),
+            },
             "step",
             "loss (nats)",
             f"Reversing {cfg.seq_len} symbols: encoder-decoder, Eq. 3 schedule",
@@ -202,6 +207,9 @@ def experiment(cfg: Config, ctx: Context) -> dict:
 
 # --- claims --------------------------------------------------------------------------------
 
+# Table 3's figures, used only to report which vocabulary size would reproduce each of them.
+TABLE3_PARAMS = {"transformer-base": 65e6, "transformer-big": 213e6}
+
 
 def _table3_size(preset: str) -> Measured:
     """Build `preset` on the meta device, count its distinct parameters, explain the gap."""
@@ -209,7 +217,7 @@ def _table3_size(preset: str) -> Measured:
     total = count_parameters(build_preset(preset))
     non_embedding = param_count(cfg, embeddings=False)
     assert total == param_count(cfg), f"built {total} != analytic {param_count(cfg)}"
-    paper = {"transformer-base": 65e6, "transformer-big": 213e6}[preset]
+    paper = TABLE3_PARAMS[preset]
     return Measured(
         total / 1e6,
         {
@@ -241,7 +249,8 @@ def dot_product_variance(ctx: Context) -> Measured:
     d = torch.tensor(cfg.d_ks, dtype=torch.float64)
     v = torch.tensor(st["var"], dtype=torch.float64)
     slope = float((d * v).sum() / (d * d).sum())  # through the origin
-    exponent = float(torch.linalg.lstsq(torch.stack([d.log(), torch.ones_like(d)], 1), v.log()[:, None]).solution[0])
+    x, y = d.log(), v.log()
+    exponent = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
     if ctx.out_dir is not None:
         save_line_plot(
             ctx.out_dir / "dot_product_variance.svg",
@@ -252,7 +261,9 @@ def dot_product_variance(ctx: Context) -> Measured:
             logx=True,
             logy=True,
         )
-    return Measured(slope, {"d_k": list(cfg.d_ks), "variance": st["var"], "log_log_exponent": exponent})
+    return Measured(
+        slope, {"d_k": list(cfg.d_ks), "variance": st["var"], "log_log_exponent": exponent}
+    )
 
 
 @claim("scaled-variance")

@@ -79,6 +79,7 @@ def _attention_sdpa(
     q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask: Tensor | None
 ) -> Tensor:
     T, S = q.shape[2], k.shape[2]
+    causal = causal and T > 1  # one query at the end of the keys sees all of them
     k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
     if key_padding_mask is None and (not causal or T == S):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)

@@ -42,7 +42,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _blocks(n: int, G: int, T: int, S: int, tiles: int) -> tuple[int, int]:
     """Default (Br, Bc) when `tiles` (n, Br * G, Bc) score tiles are live at once."""
-    bc = min(S, _BLOCK_K)
+    bc = max(1, min(S, _BLOCK_K))
     budget = _TILE_PER_THREAD * torch.get_num_threads() // tiles
     return max(1, min(T, budget // (n * G * bc))), bc
 
@@ -84,8 +84,8 @@ class _Masks:
     def __init__(self, B: int, Hkv: int, G: int, T: int, S: int, causal: bool, kpm: Tensor | None):
         self.B, self.Hkv, self.G, self.causal, self.offset = B, Hkv, G, causal, S - T
         self.hidden_keys = None if kpm is None else ~kpm.bool()  # (B, S)
-        # A row can see no key at all only with padding, or with more queries than keys.
-        self.may_be_empty = kpm is not None or (causal and T > S)
+        # A row can see no key at all only with padding, no keys, or more queries than keys.
+        self.may_be_empty = kpm is not None or S == 0 or (causal and T > S)
         self._bias: dict[tuple[int, int, int], Tensor] = {}
 
     def key_end(self, i1: int, S: int) -> int:
@@ -243,8 +243,8 @@ class FlashAttention(torch.autograd.Function):
         br, bc = ctx.blocks[0] or br, ctx.blocks[1] or bc
         dq, dk, dv = _backward(qg, kg, vg, o, lse, _group(do, Hkv), masks, ctx.scale, br, bc)
         dq = _ungroup(dq, B, Hkv * G).to(qg.dtype)  # (B, H, T, D)
-        dk = dk.view(B, Hkv, S, -1).to(kg.dtype)  # (B, Hkv, S, D)
-        dv = dv.view(B, Hkv, S, -1).to(vg.dtype)  # (B, Hkv, S, D)
+        dk = dk.view(B, Hkv, S, kg.shape[2]).to(kg.dtype)  # (B, Hkv, S, D)
+        dv = dv.view(B, Hkv, S, kg.shape[2]).to(vg.dtype)  # (B, Hkv, S, D)
         return dq, dk, dv, None, None, None, None, None
 
 

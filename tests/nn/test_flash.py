@@ -112,6 +112,16 @@ def test_rows_without_visible_keys_output_zero_with_zero_gradient():
     assert torch.all(dq[1] == 0) and torch.all(dk[1] == 0) and torch.all(dv[1] == 0)
 
 
+def test_empty_key_or_query_sequences():
+    q, k, v, _ = _inputs(1, 4, 2, 3, 0, 8)  # S = 0: every query sees nothing
+    out = flash_attention(q, k, v)
+    assert out.shape == (1, 4, 3, 8) and torch.all(out == 0)
+    (dq,) = torch.autograd.grad(out.sum(), q)
+    assert torch.all(dq == 0)
+    q, k, v, _ = _inputs(1, 4, 2, 0, 5, 8)  # T = 0
+    assert flash_attention(q, k, v, causal=True).shape == (1, 4, 0, 8)
+
+
 def test_gqa_equals_mha_with_repeated_heads():
     q, k, v, _ = _inputs(2, 6, 2, 50, 70, 32)
     gqa = flash_attention(q, k, v, causal=True, block_q=16, block_k=16)

@@ -1,0 +1,76 @@
+"""Pieces of papers/transformer/repro.py beyond its claims: Eq. 3, label smoothing, M_k."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from repro.lab.library import Library
+from repro.nn.positional import sinusoidal_encoding_ref
+
+TRANSFORMER = Library().get("transformer").module()
+
+
+def test_warmup_lr_rises_linearly_then_decays_as_inverse_sqrt() -> None:
+    lr = TRANSFORMER.warmup_lr
+    assert lr(4000, 512, 4000) == pytest.approx(512**-0.5 * 4000**-0.5)  # the peak, ≈ 7.0e-4
+    assert lr(2000, 512, 4000) == pytest.approx(lr(4000, 512, 4000) / 2)
+    assert lr(16000, 512, 4000) == pytest.approx(lr(4000, 512, 4000) / 2)
+    assert max(range(1, 20000, 7), key=lambda s: lr(s, 512, 4000)) in range(3994, 4007)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothed_loss_matches_torch(eps: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 11, generator=g)
+    target = torch.randint(0, 11, (50,), generator=g)
+    ours = TRANSFORMER.label_smoothed_loss(logits, target, eps)
+    torch.testing.assert_close(ours, F.cross_entropy(logits, target, label_smoothing=eps))
+
+
+def test_smoothing_floor_is_reached_by_predicting_the_smoothed_target() -> None:
+    V, eps = 16, 0.1
+    q = torch.full((1, V), eps / V)
+    q[0, 3] += 1 - eps
+    loss = TRANSFORMER.label_smoothed_loss(q.log(), torch.tensor([3]), eps)
+    assert float(loss) == pytest.approx(TRANSFORMER.smoothed_target_entropy(V, eps), rel=1e-6)
+
+
+@pytest.mark.parametrize(("k", "dim"), [(1, 8), (7, 64), (300, 512)])
+def test_shift_matrix_is_orthogonal_and_shifts_every_position(k: int, dim: int) -> None:
+    M = TRANSFORMER.shift_matrix(k, dim)
+    torch.testing.assert_close(M @ M.T, torch.eye(dim, dtype=torch.float64))
+    pe = sinusoidal_encoding_ref(40 + k, dim)
+    torch.testing.assert_close(pe[k:], pe[:40] @ M.T)  # PE(pos + k) = M_k PE(pos)
+
+
+def test_shift_matrix_composes() -> None:
+    torch.testing.assert_close(
+        TRANSFORMER.shift_matrix(3, 32) @ TRANSFORMER.shift_matrix(4, 32),
+        TRANSFORMER.shift_matrix(7, 32),
+    )
+
+
+def test_softmax_jacobian_norm_matches_autograd() -> None:
+    s = torch.randn(3, 5, dtype=torch.float64)
+    norms = TRANSFORMER.softmax_jacobian_norm(s)
+    for row, norm in zip(s, norms, strict=True):
+        J = torch.autograd.functional.jacobian(lambda x: x.softmax(-1), row)
+        assert float(norm) == pytest.approx(float(J.norm()), rel=1e-12)
+
+
+def test_uniform_softmax_jacobian_norm() -> None:
+    K = 64  # equal logits: J = I/K − 11ᵀ/K², ‖J‖_F² = (K − 1)/K²
+    norm = TRANSFORMER.softmax_jacobian_norm(torch.zeros(1, K, dtype=torch.float64))
+    assert float(norm[0]) == pytest.approx(math.sqrt(K - 1) / K)
+
+
+def test_reversal_batch_layout() -> None:
+    cfg = TRANSFORMER.PRESETS["quick"]
+    src, dec_in, dec_out = TRANSFORMER.reversal_batch(4, cfg, torch.Generator().manual_seed(0))
+    assert src.shape == (4, cfg.seq_len) and dec_in.shape == dec_out.shape == (4, cfg.seq_len + 1)
+    assert torch.equal(dec_out[:, :-1], src.flip(1))
+    assert torch.equal(dec_in[:, 1:], dec_out[:, :-1])  # teacher forcing: shifted right
