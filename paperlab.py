@@ -417,6 +417,114 @@ def bench() -> None:
     """Performance tables (attention kernels, KV-cache decoding)."""
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got '{text}'",
+                                 param_hint=option) from None
+    if any(v <= 0 for v in values):
+        raise click.BadParameter("values must be positive", param_hint=option)
+    return values
+
+
+@bench.command("attention")
+@click.option("--n", "ns_text", default="1024,2048,4096,8192", show_default=True,
+              help="Sequence lengths (comma-separated).")
+@click.option("--no-backward", is_flag=True, help="Forward only.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
+              show_default=True)
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--memory", "memory_text", default="",
+              help="Also measure peak extra memory of one forward at these N (fresh processes).")
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_text, as_json):
+    """FlashAttention (tiled PyTorch on CPU, Triton on CUDA) vs SDPA: time, GFLOP/s, % of peak."""
+    import torch
+
+    from repro.bench.attention import IMPLS, bench_attention, measure_peak_memory
+    from repro.lab.runner import resolve_device
+
+    ns = _int_list(ns_text, "--n")
+    memory_ns = _int_list(memory_text, "--memory") if memory_text else ()
+    device = resolve_device(device)
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    total = len(ns) * 2 * (1 if no_backward else 2)
+    with _progress(not as_json) as progress:
+        rows = bench_attention(
+            ns, backward=not no_backward, device=device, dtype=torch_dtype, repeats=repeats,
+            progress=lambda i, n, row: progress("attention benchmark", i, total),
+        )
+        memory = []
+        for i, n in enumerate(memory_ns):
+            for impl in IMPLS:
+                if impl == "naive" and 4 * n * n * 8 > 16 * 2**30:
+                    continue  # the (N, N) scores alone would not fit
+                memory.append({"n": n, "impl": impl,
+                               "extra_bytes": measure_peak_memory(n, impl, device=device)})
+            progress("peak memory", i + 1, len(memory_ns))
+    if as_json:
+        _emit_json({"rows": rows, "memory": memory})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"attention, {device} {dtype}, B=1 H=8 D=64 — matmul peak "
+                        f"{rows[0]['peak_gflops']:.0f} GFLOP/s", title_justify="left")
+    for col in ("N", "causal", "pass", "flash ms", "SDPA ms", "flash/SDPA",
+                "flash GFLOP/s", "flash % peak", "SDPA % peak"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["n"]), "yes" if r["causal"] else "no", r["pass"],
+                      f"{r['flash_ms']:.1f}", f"{r['sdpa_ms']:.1f}", f"{r['ratio']:.2f}",
+                      f"{r['flash_gflops']:.0f}", f"{100 * r['flash_frac_peak']:.0f}%",
+                      f"{100 * r['sdpa_frac_peak']:.0f}%")
+    _console().print(table)
+    if memory:
+        mem = Table(title="peak extra memory of one forward", title_justify="left")
+        for col in ("N", "impl", "extra MB", "(N, N) scores MB"):
+            mem.add_column(col, justify="right")
+        for m in memory:
+            scores = 8 * m["n"] ** 2 * 4 / 2**20  # H = 8 fp32 score matrices
+            mem.add_row(str(m["n"]), m["impl"], f"{m['extra_bytes'] / 2**20:.0f}", f"{scores:.0f}")
+        _console().print(mem)
+
+
+@bench.command("decode")
+@click.option("--new-tokens", default=1024, show_default=True, type=click.IntRange(129))
+@click.option("--prompt-len", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+def bench_decode_cmd(new_tokens, prompt_len, device, repeats, as_json):
+    """KV-cached decoding vs recomputing the prefix (tiny GPT: 4 layers, d 256, 4 heads)."""
+    from repro.bench.decode import bench_decode
+    from repro.lab.runner import resolve_device
+
+    device = resolve_device(device)
+    with _progress(not as_json) as progress:
+        progress("decode benchmark", 0, 1)
+        out = bench_decode(new_tokens, prompt_len, device=device, repeats=repeats)
+        progress("decode benchmark", 1, 1)
+    if as_json:
+        _emit_json(out)
+        return
+    from rich.table import Table
+
+    clock = "cpu" if device == "cpu" else "wall"
+    table = Table(title=f"greedy decoding of {new_tokens} tokens after a {prompt_len}-token "
+                        f"prompt, {device} ({clock} time)", title_justify="left")
+    for col in ("", "total s", "ms/token first 64", "ms/token last 64", "last/first"):
+        table.add_column(col, justify="right")
+    for name in ("cached", "recompute"):
+        table.add_row(name, f"{out[f'{name}_s_{clock}']:.2f}",
+                      f"{out[f'{name}_first_ms_{clock}']:.2f}",
+                      f"{out[f'{name}_last_ms_{clock}']:.2f}",
+                      f"{out[f'{name}_last_over_first_{clock}']:.2f}")
+    _console().print(table)
+    click.echo(f"speed-up {out[f'speedup_{clock}']:.1f}x; identical tokens: {out['tokens_match']}")
+
+
 def main() -> None:
     cli(prog_name="paperlab")
 
