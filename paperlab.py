@@ -244,8 +244,13 @@ def _common_run_options(fn):
 @cli.command()
 @click.argument("slug")
 @click.option("--quick", is_flag=True, help="The quick preset (seconds) instead of the full one.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override an experiment setting (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override an experiment setting (repeatable).",
+)
 @_common_run_options
 @pass_state
 def run(state, slug, quick, overrides, device, seed, no_save, as_json) -> None:
@@ -324,10 +329,15 @@ def check(state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save,
 
 @cli.command()
 @click.argument("slugs", nargs=-1)
-@click.option("--format", "fmt", type=click.Choice(["md", "html", "anki"]), default="md",
-              show_default=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="A file (one paper, or anki) or a folder (several); default: stdout.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["md", "html", "anki"]), default="md", show_default=True
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="A file (one paper, or anki) or a folder (several); default: stdout.",
+)
 @pass_state
 def sheet(state: State, slugs: tuple[str, ...], fmt: str, output: Path | None) -> None:
     """Study sheets with the latest verdicts (Markdown, HTML, or an Anki deck)."""
@@ -395,8 +405,12 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write to this file instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of stdout.",
+)
 def schema(output: Path | None) -> None:
     """The JSON Schema of note.yaml (editors use it to complete and validate notes)."""
     from repro.lab.note import note_json_schema
@@ -421,23 +435,34 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     try:
         values = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got '{text}'",
-                                 param_hint=option) from None
+        raise click.BadParameter(
+            f"expected comma-separated integers, got '{text}'", param_hint=option
+        ) from None
     if any(v <= 0 for v in values):
         raise click.BadParameter("values must be positive", param_hint=option)
     return values
 
 
 @bench.command("attention")
-@click.option("--n", "ns_text", default="1024,2048,4096,8192", show_default=True,
-              help="Sequence lengths (comma-separated).")
+@click.option(
+    "--n",
+    "ns_text",
+    default="1024,2048,4096,8192",
+    show_default=True,
+    help="Sequence lengths (comma-separated).",
+)
 @click.option("--no-backward", is_flag=True, help="Forward only.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
-              show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True
+)
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
-@click.option("--memory", "memory_text", default="",
-              help="Also measure peak extra memory of one forward at these N (fresh processes).")
+@click.option(
+    "--memory",
+    "memory_text",
+    default="",
+    help="Also measure peak extra memory of one forward at these N (fresh processes).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
 def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_text, as_json):
     """FlashAttention (tiled PyTorch on CPU, Triton on CUDA) vs SDPA: time, GFLOP/s, % of peak."""
@@ -453,7 +478,11 @@ def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_tex
     total = len(ns) * 2 * (1 if no_backward else 2)
     with _progress(not as_json) as progress:
         rows = bench_attention(
-            ns, backward=not no_backward, device=device, dtype=torch_dtype, repeats=repeats,
+            ns,
+            backward=not no_backward,
+            device=device,
+            dtype=torch_dtype,
+            repeats=repeats,
             progress=lambda i, n, row: progress("attention benchmark", i, total),
         )
         memory = []
@@ -461,24 +490,48 @@ def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_tex
             for impl in IMPLS:
                 if impl == "naive" and 4 * n * n * 8 > 16 * 2**30:
                     continue  # the (N, N) scores alone would not fit
-                memory.append({"n": n, "impl": impl,
-                               "extra_bytes": measure_peak_memory(n, impl, device=device)})
+                memory.append(
+                    {
+                        "n": n,
+                        "impl": impl,
+                        "extra_bytes": measure_peak_memory(n, impl, device=device),
+                    }
+                )
             progress("peak memory", i + 1, len(memory_ns))
     if as_json:
         _emit_json({"rows": rows, "memory": memory})
         return
     from rich.table import Table
 
-    table = Table(title=f"attention, {device} {dtype}, B=1 H=8 D=64 — matmul peak "
-                        f"{rows[0]['peak_gflops']:.0f} GFLOP/s", title_justify="left")
-    for col in ("N", "causal", "pass", "flash ms", "SDPA ms", "flash/SDPA",
-                "flash GFLOP/s", "flash % peak", "SDPA % peak"):
+    table = Table(
+        title=f"attention, {device} {dtype}, B=1 H=8 D=64 — matmul peak "
+        f"{rows[0]['peak_gflops']:.0f} GFLOP/s",
+        title_justify="left",
+    )
+    for col in (
+        "N",
+        "causal",
+        "pass",
+        "flash ms",
+        "SDPA ms",
+        "flash/SDPA",
+        "flash GFLOP/s",
+        "flash % peak",
+        "SDPA % peak",
+    ):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["n"]), "yes" if r["causal"] else "no", r["pass"],
-                      f"{r['flash_ms']:.1f}", f"{r['sdpa_ms']:.1f}", f"{r['ratio']:.2f}",
-                      f"{r['flash_gflops']:.0f}", f"{100 * r['flash_frac_peak']:.0f}%",
-                      f"{100 * r['sdpa_frac_peak']:.0f}%")
+        table.add_row(
+            str(r["n"]),
+            "yes" if r["causal"] else "no",
+            r["pass"],
+            f"{r['flash_ms']:.1f}",
+            f"{r['sdpa_ms']:.1f}",
+            f"{r['ratio']:.2f}",
+            f"{r['flash_gflops']:.0f}",
+            f"{100 * r['flash_frac_peak']:.0f}%",
+            f"{100 * r['sdpa_frac_peak']:.0f}%",
+        )
     _console().print(table)
     if memory:
         mem = Table(title="peak extra memory of one forward", title_justify="left")
@@ -512,15 +565,21 @@ def bench_decode_cmd(new_tokens, prompt_len, device, repeats, as_json):
     from rich.table import Table
 
     clock = "cpu" if device == "cpu" else "wall"
-    table = Table(title=f"greedy decoding of {new_tokens} tokens after a {prompt_len}-token "
-                        f"prompt, {device} ({clock} time)", title_justify="left")
+    table = Table(
+        title=f"greedy decoding of {new_tokens} tokens after a {prompt_len}-token "
+        f"prompt, {device} ({clock} time)",
+        title_justify="left",
+    )
     for col in ("", "total s", "ms/token first 64", "ms/token last 64", "last/first"):
         table.add_column(col, justify="right")
     for name in ("cached", "recompute"):
-        table.add_row(name, f"{out[f'{name}_s_{clock}']:.2f}",
-                      f"{out[f'{name}_first_ms_{clock}']:.2f}",
-                      f"{out[f'{name}_last_ms_{clock}']:.2f}",
-                      f"{out[f'{name}_last_over_first_{clock}']:.2f}")
+        table.add_row(
+            name,
+            f"{out[f'{name}_s_{clock}']:.2f}",
+            f"{out[f'{name}_first_ms_{clock}']:.2f}",
+            f"{out[f'{name}_last_ms_{clock}']:.2f}",
+            f"{out[f'{name}_last_over_first_{clock}']:.2f}",
+        )
     _console().print(table)
     click.echo(f"speed-up {out[f'speedup_{clock}']:.1f}x; identical tokens: {out['tokens_match']}")
 

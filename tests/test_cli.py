@@ -101,7 +101,10 @@ def test_new_never_overwrites(invoke, library_dir: Path) -> None:
     before = note.read_text()
     result = invoke("new", "toy", "--title", "Again")
     assert result.exit_code == 2
-    assert result.stderr.startswith("Error: ") and "already exists; not overwriting it" in result.stderr
+    assert (
+        result.stderr.startswith("Error: ")
+        and "already exists; not overwriting it" in result.stderr
+    )
     assert note.read_text() == before
 
 

@@ -74,7 +74,6 @@ class MarkovSource:
 
     def unigram_entropy(self) -> float:
         """Entropy of the marginal token distribution: the floor of a context-free model."""
-        V, k = self.cfg.vocab_size, self.cfg.order
         marginal = (self.stationary()[:, None] * self.transition).sum(0)  # (V,)
         assert abs(float(marginal.sum()) - 1) < 1e-9, f"marginal sums to {float(marginal.sum())}"
         return float(-(marginal * marginal.clamp_min(1e-300).log()).sum())

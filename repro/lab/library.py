@@ -98,9 +98,7 @@ class Paper:
                     f"{shown}:{in_code[c.id]}: claim {c.id!r} is cited in the note but has a check"
                 )
             elif c.kind != "cited" and c.id not in in_code:
-                problems.append(
-                    f"{shown}: claim {c.id!r} ({c.kind}) has no @claim function"
-                )
+                problems.append(f"{shown}: claim {c.id!r} ({c.kind}) has no @claim function")
         in_note = {c.id for c in self.note.claims}
         problems += [
             f"{shown}:{line}: @claim({cid!r}) has no claim in note.yaml"

@@ -323,8 +323,7 @@ def parse_note(text: str, display_path: str) -> Note:
     dupes: list = []
     _positions(root, (), positions, dupes)
     problems = [
-        f"{display_path}:{m.line + 1}:{m.column + 1}: {_dotted(p)}: duplicate key"
-        for p, m in dupes
+        f"{display_path}:{m.line + 1}:{m.column + 1}: {_dotted(p)}: duplicate key" for p, m in dupes
     ]
     try:
         note = Note.model_validate(data)

@@ -39,6 +39,7 @@ def save_line_plot(
     assert xs and ys, f"nothing to plot in {title!r}"
     fx, x0, x1 = _scale(xs, logx, PAD, W - PAD / 2)
     fy, y0, y1 = _scale(ys, logy, H - PAD, PAD / 2)
+
     def fmt(v: float) -> str:
         return f"{v:.3g}"
 
@@ -57,9 +58,13 @@ def save_line_plot(
         (x0, "start", PAD, H - PAD + 15),
         (x1, "end", W - PAD / 2, H - PAD + 15),
     ]:
-        parts.append(f'<text x="{x}" y="{y}" text-anchor="{anchor}">{fmt(10**v if logx else v)}</text>')
+        parts.append(
+            f'<text x="{x}" y="{y}" text-anchor="{anchor}">{fmt(10**v if logx else v)}</text>'
+        )
     for v, y in [(y0, H - PAD), (y1, PAD / 2 + 10)]:
-        parts.append(f'<text x="{PAD - 5}" y="{y}" text-anchor="end">{fmt(10**v if logy else v)}</text>')
+        parts.append(
+            f'<text x="{PAD - 5}" y="{y}" text-anchor="end">{fmt(10**v if logy else v)}</text>'
+        )
     for i, (name, (sx, sy)) in enumerate(series.items()):
         colour = _COLOURS[i % len(_COLOURS)]
         points = " ".join(
@@ -67,7 +72,9 @@ def save_line_plot(
             for x, y in zip(sx, sy, strict=True)
             if math.isfinite(float(y))
         )
-        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts.append(
+            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>'
+        )
         ly = PAD / 2 + 16 * (i + 1)
         parts.append(
             f'<text x="{W - PAD / 2 - 5}" y="{ly}" text-anchor="end" fill="{colour}">'

@@ -58,9 +58,7 @@ def _coerce(text: str, annotation: Any, name: str) -> Any:
         try:
             return annotation(text)
         except ValueError:
-            raise BadOption(
-                f"--set {name}: expected {annotation.__name__}, got '{text}'"
-            ) from None
+            raise BadOption(f"--set {name}: expected {annotation.__name__}, got '{text}'") from None
     return text
 
 

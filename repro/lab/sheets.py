@@ -90,14 +90,26 @@ def render_cards(papers: list[Paper]) -> str:
     for paper in papers:
         note = paper.note
         tag = f"paperlab::{paper.slug}"
-        writer.writerow([f"{note.title}: what are its three contributions?",
-                         " | ".join(note.contributions), tag])
+        writer.writerow(
+            [
+                f"{note.title}: what are its three contributions?",
+                " | ".join(note.contributions),
+                tag,
+            ]
+        )
         for qa in note.interview.questions:
             writer.writerow([f"[{note.title}] {qa.question}", qa.answer, tag])
-        writer.writerow([f"[{note.title}] Deep dive: {note.interview.deep_dive.topic}",
-                         note.interview.deep_dive.explanation, tag])
+        writer.writerow(
+            [
+                f"[{note.title}] Deep dive: {note.interview.deep_dive.topic}",
+                note.interview.deep_dive.explanation,
+                tag,
+            ]
+        )
         for f in note.formulas:
-            writer.writerow([f"[{note.title}] Formula: {f.name}", f"${f.latex}$ — {f.meaning}", tag])
+            writer.writerow(
+                [f"[{note.title}] Formula: {f.name}", f"${f.latex}$ — {f.meaning}", tag]
+            )
     return out.getvalue()
 
 

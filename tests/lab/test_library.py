@@ -27,7 +27,11 @@ def test_unknown_paper_without_a_close_match_lists_the_known(library_dir: Path) 
 def test_wiring_is_read_without_importing(library_dir: Path) -> None:
     paper = Library(library_dir).get("toy")
     assert set(paper.claim_ids_in_code()) == {
-        "two-plus-two", "wrong-sum", "crashes", "needs-gpu", "mean-loss"
+        "two-plus-two",
+        "wrong-sum",
+        "crashes",
+        "needs-gpu",
+        "mean-loss",
     }
     assert paper.wiring_problems() == []
 

@@ -35,8 +35,9 @@ def test_every_problem_is_reported_at_once(valid_note_text: str) -> None:
     )
     found = problems(text)
     assert len(found) == 2
-    assert found[0].endswith("contributions: List should have at least 3 items after "
-                             "validation, not 2")
+    assert found[0].endswith(
+        "contributions: List should have at least 3 items after validation, not 2"
+    )
     assert found[1].endswith("interview.questions[0].answer: field required")
 
 
@@ -53,10 +54,16 @@ def test_positions_point_into_nested_lists(valid_note_text: str) -> None:
     ("old", "new", "message"),
     [
         ("    why: Needs the full WMT training run.\n", "", "a cited claim needs `why`"),
-        ("    tolerance: {abs: 0.5}\n", "    tolerance: {abs: 0.5, rel: 0.1}\n",
-         "give exactly one of rel, abs, range"),
-        ("    tolerance: {range: [null, 1.0]}\n", "    tolerance: {range: [2, 1]}\n",
-         "range lower bound 2.0 exceeds upper bound 1.0"),
+        (
+            "    tolerance: {abs: 0.5}\n",
+            "    tolerance: {abs: 0.5, rel: 0.1}\n",
+            "give exactly one of rel, abs, range",
+        ),
+        (
+            "    tolerance: {range: [null, 1.0]}\n",
+            "    tolerance: {range: [2, 1]}\n",
+            "range lower bound 2.0 exceeds upper bound 1.0",
+        ),
         ("  - id: wrong-sum\n", "  - id: two-plus-two\n", "duplicate claim id 'two-plus-two'"),
         ("  - id: wrong-sum\n", "  - id: Wrong_Sum\n", "String should match pattern"),
     ],
@@ -79,7 +86,9 @@ def test_duplicate_keys_are_errors(valid_note_text: str) -> None:
 
 
 def test_yaml_is_loaded_safely(valid_note_text: str) -> None:
-    text = valid_note_text.replace('title: "Toy', 'title: !!python/object/apply:os.system ["echo"]\nx: "Toy', 1)
+    text = valid_note_text.replace(
+        'title: "Toy', 'title: !!python/object/apply:os.system ["echo"]\nx: "Toy', 1
+    )
     assert any("invalid YAML" in p for p in problems(text))
 
 
