@@ -237,6 +237,10 @@ def _common_run_options(fn):
     fn = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")(fn)
     fn = click.option("--seed", default=0, show_default=True, type=int)(fn)
     fn = click.option("--no-save", is_flag=True, help="Don't store results under runs/.")(fn)
+    fn = click.option(
+        "--threads", default=1, show_default=True, type=click.IntRange(1),
+        help="torch CPU threads (the tiny experiments are fastest on one).",
+    )(fn)  # fmt: skip
     fn = click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")(fn)
     return fn
 
@@ -253,7 +257,7 @@ def _common_run_options(fn):
 )
 @_common_run_options
 @pass_state
-def run(state, slug, quick, overrides, device, seed, no_save, as_json) -> None:
+def run(state, slug, quick, overrides, device, seed, no_save, threads, as_json) -> None:
     """Run a paper's experiment and check its claims; results go to runs/<slug>/<stamp>/."""
     from repro.lab.runner import run_paper
 
@@ -269,6 +273,7 @@ def run(state, slug, quick, overrides, device, seed, no_save, as_json) -> None:
             overrides=tuple(overrides),
             progress=progress,
             runs_dir=None if no_save else state.runs_dir,
+            threads=threads,
         )
     if as_json:
         _emit_json(report.to_json())
@@ -293,7 +298,9 @@ def run(state, slug, quick, overrides, device, seed, no_save, as_json) -> None:
 @click.option("--skip-benchmarks", is_flag=True, help="Leave out wall-clock timing claims.")
 @_common_run_options
 @pass_state
-def check(state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save, as_json) -> None:
+def check(
+    state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save, threads, as_json
+) -> None:
     """Verify claims (all papers when none is named); exit 1 if any fails."""
     from repro.lab.runner import run_paper
 
@@ -314,6 +321,7 @@ def check(state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save,
                     skip_benchmarks=skip_benchmarks,
                     progress=progress,
                     runs_dir=None if no_save else state.runs_dir,
+                    threads=threads,
                 )
             )
     if as_json:

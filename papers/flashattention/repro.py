@@ -31,6 +31,7 @@ import torch
 
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.library import REPO_ROOT
+from repro.lab.threads import torch_threads
 from repro.nn.attention import attention_ref
 from repro.nn.flash import flash_attention
 
@@ -424,10 +425,7 @@ def speed_vs_sdpa(ctx: Context) -> Measured:
     N = ctx.config.speed_n
     # One thread on the CPU: the tiled kernel is a loop of small parallel PyTorch calls that
     # other processes on a busy machine slow down many times more than SDPA's single fused call.
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1 if ctx.device == "cpu" else None):
         # forward, not causal, B=1, H=8, d=64: flash and SDPA timed alternately (median of 5)
         (row,) = bench_attention(ns=(N,), causal=(False,), backward=False, device=ctx.device)
         # the paper's baseline: standard attention materialising S and P (Alg. 0)
@@ -436,8 +434,6 @@ def speed_vs_sdpa(ctx: Context) -> Measured:
         )
         with torch.no_grad():
             naive_s = _median_seconds(lambda: attention_ref(q, k, v), ctx.device)
-    finally:
-        torch.set_num_threads(threads)
     details = {
         **row,
         "naive_ms": 1e3 * naive_s,

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from repro.bench.decode import torch_threads
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
+from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.attention import Attention, attention_mask
 from repro.nn.kv_cache import caches_for

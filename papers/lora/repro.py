@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters
 from repro.lab.plots import save_line_plot
+from repro.lab.threads import torch_threads
 from repro.nn.lora import LoRALinear, apply_lora, lora_parameters, merge_lora
 from repro.train import train
 
@@ -339,12 +340,8 @@ def _summary(tasks: list[dict]) -> dict:
 
 def experiment(cfg: Config, ctx: Context) -> dict:
     """`repeats` independent runs: means over runs, plus every run's numbers under `runs`."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # (256, 128) matmuls: one thread is faster, and immune to a busy CPU
-    try:
+    with torch_threads(1):  # (256, 128) matmuls: one thread is faster, immune to a busy CPU
         runs = [run_once(cfg, ctx, ctx.seed + 1000 * i) for i in range(cfg.repeats)]
-    finally:
-        torch.set_num_threads(threads)
     metrics = {
         "ranks": list(cfg.ranks),
         "acc_a_pretrained": _mean([run["acc_a_pretrained"] for run in runs]),

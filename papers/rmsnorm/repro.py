@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
+from repro.lab.threads import torch_threads
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.norm import RMSNorm, layer_norm_ref, rms_norm_ref
 from repro.train import lm_loss, train
@@ -208,14 +209,10 @@ def speed_like_for_like(ctx: Context) -> Measured:
         "torch_rms_norm": lambda: F.rms_norm(x, (C,), gain, 1e-6),
     }
     times: dict[str, list[float]] = {k: [] for k in candidates}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one core: compares the arithmetic, not how a pool shares a busy CPU
-    try:
+    with torch_threads(1):  # one core: compares the arithmetic, not a pool sharing a busy CPU
         for _ in range(3):  # interleave the candidates so a busy neighbour hits them alike
             for name, fn in candidates.items():
                 times[name].append(_fwd_bwd_seconds(fn, grad, reps=3, inner=5))
-    finally:
-        torch.set_num_threads(threads)
     best = {k: min(v) for k, v in times.items()}
     reduction = 1 - best["rms_norm_ref"] / best["layer_norm_ref"]
     return Measured(

@@ -18,11 +18,10 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
+from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.kv_cache import caches_for, generate
 
@@ -39,18 +38,6 @@ def tiny_gpt_config(max_seq_len: int) -> GPTConfig:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with `n` intra-op threads (None: leave as is), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ from typing import Any
 from repro.lab.claims import ClaimResult, Context, Measured, ProgressFn, SkipClaim, Verdict, within
 from repro.lab.errors import BadOption
 from repro.lab.library import REPO_ROOT, Paper
+from repro.lab.threads import torch_threads
 
 RUNS_ENV = "PAPERLAB_RUNS"
 
@@ -198,8 +199,31 @@ def run_paper(
     skip_benchmarks: bool = False,
     progress: ProgressFn | None = None,
     runs_dir: Path | None = None,
+    threads: int | None = 1,
 ) -> RunReport:
-    """Check a paper's claims (and run its experiment first when `experiment`); save if asked."""
+    """Check a paper's claims (and run its experiment first when `experiment`); save if asked.
+
+    `threads` torch CPU threads (None: torch's default); see repro.lab.threads for why one.
+    """
+    with torch_threads(threads):
+        return _run_paper(
+            paper, quick, experiment, device, seed, overrides, claim_ids, skip_benchmarks,
+            progress, runs_dir,
+        )  # fmt: skip
+
+
+def _run_paper(
+    paper: Paper,
+    quick: bool,
+    experiment: bool,
+    device: str,
+    seed: int,
+    overrides: tuple[str, ...],
+    claim_ids: tuple[str, ...],
+    skip_benchmarks: bool,
+    progress: ProgressFn | None,
+    runs_dir: Path | None,
+) -> RunReport:
     start = time.perf_counter()
     device = resolve_device(device)
     module = paper.module()

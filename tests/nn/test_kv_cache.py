@@ -8,15 +8,6 @@ from repro.nn.kv_cache import KVCache, caches_for, generate, sample_next
 V, S_MAX = 50, 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models decode token by token: extra intra-op threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LAYOUTS = {"mha": 4, "gqa": 2, "mqa": 1}  # n_kv_heads with n_heads = 4
 
 
