@@ -33,7 +33,10 @@ VERDICT_STYLE = {
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output has no terminal width; rich would fold tables into 80 columns.
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 class State:
@@ -211,7 +214,7 @@ def _results_table(reports: list) -> None:
             style = VERDICT_STYLE.get(r.verdict.value, "")
             measured = format_value(r.measured)
             if r.verdict.value in ("error", "skipped"):
-                measured = r.message
+                measured = r.message if len(r.message) <= 80 else r.message[:77] + "…"
             table.add_row(
                 r.paper,
                 r.id,

@@ -122,7 +122,11 @@ q, k, v = (torch.randn(B, H, N, d) for _ in range(3))  # (B, H, N, d)
 with open("/proc/self/statm") as f:
     base = int(f.read().split()[1]) * resource.getpagesize()
 out = forward(q, k, v)  # (B, H, N, d)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child forked from a large
+# parent (the test runner, `paperlab check` after other papers) would report the parent's peak.
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+print(peak - base)
 """
 
 
