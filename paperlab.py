@@ -208,7 +208,7 @@ def _results_table(reports: list) -> None:
 
     table = Table(title_justify="left")
     for col in ("paper", "claim", "kind", "expected", "measured", "tolerance", "verdict"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", max_width=36)
     for report in reports:
         for r in report.results:
             style = VERDICT_STYLE.get(r.verdict.value, "")
@@ -219,7 +219,7 @@ def _results_table(reports: list) -> None:
                 r.paper,
                 r.id,
                 r.kind,
-                format_value(r.expected),
+                f"{format_value(r.expected)} {r.unit}".rstrip(),
                 measured,
                 r.tolerance or "—",
                 f"[{style}]{r.verdict.value}[/]",

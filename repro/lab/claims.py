@@ -125,6 +125,7 @@ class ClaimResult:
     expected: Value | None
     tolerance: str
     verdict: Verdict
+    unit: str = ""
     measured: Value | None = None
     details: dict[str, Any] = field(default_factory=dict)
     message: str = ""

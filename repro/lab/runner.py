@@ -119,6 +119,7 @@ def check_claim(paper: Paper, claim_id: str, ctx: Context) -> ClaimResult:
         expected=c.expected,
         tolerance=c.tolerance_text,
         verdict=Verdict.CITED,
+        unit=c.unit,
         when=_now(),
     )
     if c.kind == "cited":
