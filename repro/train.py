@@ -62,3 +62,35 @@ def train(
             progress(description, step + 1, steps)
     model.eval()
     return losses
+
+
+def next_token_loss(model: nn.Module, tokens: Tensor) -> Tensor:
+    """Predict tokens[:, 1:] from tokens[:, :-1]. tokens (B, T + 1) -> mean loss in nats."""
+    return lm_loss(model(tokens[:, :-1]), tokens[:, 1:])
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, tokens: Tensor) -> float:
+    """Held-out next-token loss in nats (eval mode). tokens (B, T + 1)."""
+    model.eval()
+    return next_token_loss(model, tokens).item()
+
+
+def train_lm(
+    model: nn.Module,
+    data: Tensor,
+    steps: int,
+    lr: float,
+    progress: ProgressFn | None = None,
+    description: str = "training",
+) -> list[float]:
+    """Next-token training, one fresh batch per step: data (steps·B, T + 1) or (steps, B, T + 1)."""
+    batches = data.view(steps, -1, data.shape[-1])  # (steps, B, T + 1)
+    return train(
+        model,
+        lambda step: next_token_loss(model, batches[step]),
+        steps,
+        lr=lr,
+        progress=progress,
+        description=description,
+    )

@@ -43,7 +43,7 @@ from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.attention import Attention, attention_mask
 from repro.nn.kv_cache import caches_for
-from repro.train import lm_loss, train
+from repro.train import evaluate_lm, next_token_loss, train
 
 # --- 1. GQA interpolates between MHA and MQA --------------------------------------------------
 
@@ -204,14 +204,12 @@ def _experiment(cfg: Config, ctx: Context) -> dict:
 
         def loss_fn(step: int) -> Tensor:
             x = pool[torch.randint(0, len(pool), (cfg.batch,), generator=order)]  # (B, T + 1)
-            return lm_loss(model(x[:, :-1]), x[:, 1:])
+            return next_token_loss(model, x)
 
         return loss_fn
 
-    @torch.no_grad()
     def held_out_loss(model: GPT) -> float:
-        model.eval()
-        return lm_loss(model(held_out[:, :-1]), held_out[:, 1:]).item()
+        return evaluate_lm(model, held_out)
 
     # the MHA checkpoint: L(θ_MHA) after `steps` steps
     mha = GPT(

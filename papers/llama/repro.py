@@ -36,7 +36,7 @@ from repro.lab.plots import save_line_plot
 from repro.models.gpt import GPT, GPTConfig
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.kv_cache import caches_for
-from repro.train import lm_loss, train
+from repro.train import evaluate_lm, train_lm
 
 # --- Table 2: parameter counts --------------------------------------------------------------
 
@@ -251,21 +251,9 @@ def experiment(cfg: Config, ctx: Context) -> dict:
         torch.manual_seed(ctx.seed)  # same initialisation stream for both stacks
         model = factory().to(ctx.device)
 
-        def loss_fn(step: int, model=model):
-            batch = data[step]  # (B, T+1): predict tokens 1..T from 0..T-1
-            return lm_loss(model(batch[:, :-1]), batch[:, 1:])
-
         # every batch is fresh text, so the training loss tracks the held-out loss
-        losses = train(
-            model,
-            loss_fn,
-            cfg.steps,
-            lr=cfg.lr,
-            progress=ctx.progress,
-            description=f"llama: {name}",
-        )
-        with torch.no_grad():
-            test_loss = lm_loss(model(test[:, :-1]), test[:, 1:]).item()
+        losses = train_lm(model, data, cfg.steps, cfg.lr, ctx.progress, f"llama: {name}")
+        test_loss = evaluate_lm(model, test)
         results[f"{name}_params"] = count_parameters(model)
         results[f"{name}_test_loss"] = test_loss
         results[f"{name}_mean_train_loss"] = sum(losses) / len(losses)

@@ -38,7 +38,7 @@ from repro.lab.plots import save_line_plot
 from repro.lab.threads import torch_threads
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.norm import RMSNorm, layer_norm_ref, rms_norm_ref
-from repro.train import lm_loss, train
+from repro.train import evaluate_lm, train_lm
 
 
 @dataclass(frozen=True)
@@ -273,22 +273,9 @@ def experiment(cfg: Config, ctx: Context) -> dict:
         for norm in results:
             model = tiny_lm(cfg, norm, seed, ctx.device)
 
-            def loss_fn(step: int, model: nn.Module = model, data: Tensor = data) -> Tensor:
-                batch = data[step * cfg.batch : (step + 1) * cfg.batch]  # (B, T + 1)
-                return lm_loss(model(batch[:, :-1]), batch[:, 1:])
-
-            curves[norm].append(
-                train(
-                    model,
-                    loss_fn,
-                    cfg.steps,
-                    lr=cfg.lr,
-                    progress=ctx.progress,
-                    description=f"rmsnorm: {norm} LM, seed {seed}",
-                )
-            )
-            with torch.no_grad():
-                results[norm].append(lm_loss(model(held_out[:, :-1]), held_out[:, 1:]).item())
+            description = f"rmsnorm: {norm} LM, seed {seed}"
+            curves[norm].append(train_lm(model, data, cfg.steps, cfg.lr, ctx.progress, description))
+            results[norm].append(evaluate_lm(model, held_out))
     if ctx.out_dir is not None:
         xs = list(range(1, cfg.steps + 1))
         save_line_plot(

@@ -38,7 +38,7 @@ from repro.nn.positional import (
     rope_frequencies,
     sinusoidal_encoding,
 )
-from repro.train import lm_loss, train
+from repro.train import train_lm
 
 
 @dataclass(frozen=True)
@@ -190,18 +190,8 @@ def experiment(cfg: Config, ctx: Context) -> dict:
             )
         ).to(ctx.device)
 
-        def loss_fn(step: int, model: Llama = model, data: Tensor = data) -> Tensor:
-            batch = data[step * cfg.batch : (step + 1) * cfg.batch]  # (B, L + 1)
-            return lm_loss(model(batch[:, :-1]), batch[:, 1:])
-
-        train(
-            model,
-            loss_fn,
-            cfg.steps,
-            lr=cfg.lr,
-            progress=ctx.progress,
-            description=f"rope: train on length {L}, seed {seed}",
-        )
+        description = f"rope: train on length {L}, seed {seed}"
+        train_lm(model, data, cfg.steps, cfg.lr, ctx.progress, description)
         with torch.no_grad():
             logits = model(held_out[:, :-1])  # (B, 4L, V)
             targets = held_out[:, 1:]  # (B, 4L)

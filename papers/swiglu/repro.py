@@ -25,14 +25,14 @@ import statistics
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.ffn import FeedForward, GLUFeedForward, glu_hidden_dim, llama_hidden_dim
-from repro.train import lm_loss, train
+from repro.train import evaluate_lm, train_lm
 
 VARIANTS = ("relu", "gelu", "geglu", "swiglu")
 
@@ -167,22 +167,11 @@ def experiment(cfg: Config, ctx: Context) -> dict:
             model = tiny_lm(cfg, variant, seed, ctx.device)
             params[variant] = n_params(model)
 
-            def loss_fn(step: int, model: nn.Module = model, data: Tensor = data) -> Tensor:
-                batch = data[step * cfg.batch : (step + 1) * cfg.batch]  # (B, T + 1)
-                return lm_loss(model(batch[:, :-1]), batch[:, 1:])
-
+            description = f"swiglu: {variant} FFN, seed {seed}"
             curves[variant].append(
-                train(
-                    model,
-                    loss_fn,
-                    cfg.steps,
-                    lr=cfg.lr,
-                    progress=ctx.progress,
-                    description=f"swiglu: {variant} FFN, seed {seed}",
-                )
+                train_lm(model, data, cfg.steps, cfg.lr, ctx.progress, description)
             )
-            with torch.no_grad():
-                losses[variant].append(lm_loss(model(held_out[:, :-1]), held_out[:, 1:]).item())
+            losses[variant].append(evaluate_lm(model, held_out))
     assert len(set(params.values())) == 1, f"variants differ in size: {params}"
     if ctx.out_dir is not None:
         xs = list(range(1, cfg.steps + 1))

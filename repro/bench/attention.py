@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from repro.nn import flash_triton
+from repro.nn.attention import attention_ref
 from repro.nn.flash import flash_attention
 
 Progress = Callable[[int, int, dict], None]  # (rows done, rows in all, the row just measured)
@@ -62,7 +63,9 @@ def measure_matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32)
     return 2 * n**3 / t / 1e9
 
 
-def attention_flops(n: int, causal: bool, backward: bool, B: int = 1, H: int = 8, D: int = 64):
+def attention_flops(
+    n: int, causal: bool, backward: bool, B: int = 1, H: int = 8, D: int = 64
+) -> float:
     """FLOPs of one attention call over T = S = n, with the backward if asked."""
     forward = 4 * B * H * n * n * D / (2 if causal else 1)
     return forward * (3.5 if backward else 1.0)
@@ -75,7 +78,14 @@ def _flash_impl(q: torch.Tensor) -> tuple[str, Callable[..., torch.Tensor]]:
     return "flash", flash_attention
 
 
-def _step(fn: Callable[..., torch.Tensor], q, k, v, causal: bool, backward: bool):
+def _step(
+    fn: Callable[..., torch.Tensor],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    backward: bool,
+) -> Callable[[], object]:
     """One forward (and backward) of fn as a no-argument callable."""
     if not backward:
         return lambda: fn(q, k, v, causal)
@@ -83,7 +93,9 @@ def _step(fn: Callable[..., torch.Tensor], q, k, v, causal: bool, backward: bool
     return lambda: torch.autograd.grad(fn(q, k, v, causal), (q, k, v), dout)
 
 
-def _time_pair(a: Callable[[], object], b: Callable[[], object], device: str, repeats: int):
+def _time_pair(
+    a: Callable[[], object], b: Callable[[], object], device: str, repeats: int
+) -> tuple[float, float]:
     """Median seconds of a and of b, alternating them after one warm-up each."""
     a(), b()
     _sync(device)
@@ -169,10 +181,10 @@ def measure_peak_memory(
     n: int, impl: str = "flash", B: int = 1, H: int = 8, D: int = 64, causal: bool = False,
     device: str = "cpu",
 ) -> int:  # fmt: skip
-    """Extra bytes at the peak of ONE fp32 forward over inputs (B, H, n, D), for impl in IMPLS.
+    """Extra bytes at the peak of ONE forward over inputs (B, H, n, D), for impl in IMPLS.
 
-    CPU: a fresh subprocess, peak RSS (ru_maxrss) minus the RSS after the inputs were allocated.
-    CUDA: torch.cuda.max_memory_allocated minus the memory held by the inputs.
+    CPU (fp32, Linux): a fresh subprocess, peak RSS (ru_maxrss) minus the RSS after the inputs
+    were allocated. CUDA (fp16): torch.cuda.max_memory_allocated minus the inputs' memory.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -188,9 +200,7 @@ def measure_peak_memory(
     return int(done.stdout.strip().splitlines()[-1])
 
 
-def _cuda_peak_memory(n: int, impl: str, B: int, H: int, D: int, causal: bool, device: str):
-    from repro.nn.attention import attention_ref
-
+def _cuda_peak_memory(n: int, impl: str, B: int, H: int, D: int, causal: bool, device: str) -> int:
     q, k, v = (torch.randn(B, H, n, D, device=device, dtype=torch.float16) for _ in range(3))
     fns = {
         "flash": lambda: _flash_impl(q)[1](q, k, v, causal),

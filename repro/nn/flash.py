@@ -29,9 +29,9 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 LOG2E = math.log2(math.e)
 
-# CPU tiles: few Python iterations, yet each thread's share of the (n, Br * G, Bc) score tile
-# (torch splits the batch n across threads) stays within a 2 MB L2 cache, in fp32 elements.
-_TILE_PER_THREAD = 1 << 19
+# CPU tiles: few Python iterations, yet the (n, Br * G, Bc) score tile (2 MB in fp32, the size of
+# one core's L2 cache here) stays in cache across the passes over it. Tuned by `repro.bench`.
+_TILE = 1 << 19
 _BLOCK_K = 512
 
 
@@ -40,11 +40,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _blocks(n: int, G: int, T: int, S: int, tiles: int) -> tuple[int, int]:
-    """Default (Br, Bc) when `tiles` (n, Br * G, Bc) score tiles are live at once."""
+def _blocks(n: int, G: int, T: int, S: int) -> tuple[int, int]:
+    """Default (Br, Bc): an (n, Br * G, Bc) score tile of about _TILE elements."""
     bc = max(1, min(S, _BLOCK_K))
-    budget = _TILE_PER_THREAD * torch.get_num_threads() // tiles
-    return max(1, min(T, budget // (n * G * bc))), bc
+    return max(1, min(T, _TILE // (n * G * bc))), bc
 
 
 def _group(x: Tensor, Hkv: int) -> Tensor:
@@ -224,7 +223,7 @@ class FlashAttention(torch.autograd.Function):
         B, H, T, D = q.shape
         Hkv, S = k.shape[1], k.shape[2]
         masks = _Masks(B, Hkv, H // Hkv, T, S, causal, key_padding_mask)
-        br, bc = _blocks(B * Hkv, H // Hkv, T, S, tiles=1)
+        br, bc = _blocks(B * Hkv, H // Hkv, T, S)
         qg = _group(q, Hkv)  # (n, T * G, D)
         kg, vg = k.reshape(B * Hkv, S, D), v.reshape(B * Hkv, S, D)  # (n, S, D)
         o, lse = _forward(qg, kg, vg, masks, scale, block_q or br, block_k or bc)
@@ -239,7 +238,7 @@ class FlashAttention(torch.autograd.Function):
         masks: _Masks = ctx.masks
         B, Hkv, G = ctx.B, masks.Hkv, masks.G
         T, S = qg.shape[1] // G, kg.shape[1]
-        br, bc = _blocks(B * Hkv, G, T, S, tiles=2)  # P and dP
+        br, bc = _blocks(B * Hkv, G, T, S)
         br, bc = ctx.blocks[0] or br, ctx.blocks[1] or bc
         dq, dk, dv = _backward(qg, kg, vg, o, lse, _group(do, Hkv), masks, ctx.scale, br, bc)
         dq = _ungroup(dq, B, Hkv * G).to(qg.dtype)  # (B, H, T, D)
