@@ -19,18 +19,16 @@ What is checked here, claim by claim (see note.yaml):
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from repro.bench.attention import bench_attention, read_peak_memory, start_peak_memory
 from repro.lab.claims import Context, Measured, claim
-from repro.lab.library import REPO_ROOT
 from repro.lab.threads import torch_threads
 from repro.nn.attention import attention_ref
 from repro.nn.flash import flash_attention
@@ -96,60 +94,15 @@ def exactness(cfg: Config, seed: int) -> dict:
 
 # --- 2. memory (Theorem 1: O(N) extra memory) ------------------------------------------------
 
-# One forward pass in a fresh interpreter; prints the peak RSS minus the RSS once the inputs exist.
-# A small warm-up call with the same tile shapes first, so one-time lazy initialisation (kernel
-# scratch buffers) is not counted as attention memory; one thread, so the processes can run side
-# by side.
-_PEAK_MEMORY_SCRIPT = """
-import resource, sys
-import torch
-from repro.nn.attention import attention_ref
-from repro.nn.flash import flash_attention
-
-torch.set_num_threads(1)
-impl, N, B, H, d, block = sys.argv[1], *map(int, sys.argv[2:7])
-
-
-def forward(q, k, v):
-    with torch.no_grad():
-        if impl == "flash":  # Alg. 1: only (Br, Bc) tiles of S and P ever exist
-            return flash_attention(q, k, v, block_q=block, block_k=block)
-        return attention_ref(q, k, v)  # Alg. 0: materialises S and P, (B, H, N, N)
-
-
-forward(*(torch.randn(B, H, 2 * block, d) for _ in range(3)))  # warm-up: same tile shapes
-q, k, v = (torch.randn(B, H, N, d) for _ in range(3))  # (B, H, N, d)
-with open("/proc/self/statm") as f:
-    base = int(f.read().split()[1]) * resource.getpagesize()
-out = forward(q, k, v)  # (B, H, N, d)
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child forked from a large
-# parent (the test runner, `paperlab check` after other papers) would report the parent's peak.
-with open("/proc/self/status") as f:
-    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-print(peak - base)
-"""
-
-
-def _spawn_peak_memory(impl: str, N: int, cfg: Config) -> subprocess.Popen:
-    """Start one fresh interpreter measuring one forward of `impl` at length N."""
-    args = (impl, N, *cfg.memory_shape, cfg.memory_block)
-    path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
-    return subprocess.Popen(
-        [sys.executable, "-c", _PEAK_MEMORY_SCRIPT, *map(str, args)],
-        env={**os.environ, "PYTHONPATH": path},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
 
 def start_memory_runs(cfg: Config) -> dict[tuple[str, int], subprocess.Popen]:
-    """Launch the four measurements (flash and naive at N and 2N); they run in the background."""
-    n = cfg.memory_n
+    """Launch the four measurements (flash and naive at N and 2N) in fresh processes, side by
+    side; flash with fixed (Br, Bc) tiles as in Alg. 1, so only O grows with N."""
+    B, H, d = cfg.memory_shape
     return {
-        (impl, N): _spawn_peak_memory(impl, N, cfg)
+        (impl, N): start_peak_memory(N, impl, B, H, d, block=cfg.memory_block)
         for impl in ("flash", "naive")
-        for N in (n, 2 * n)
+        for N in (cfg.memory_n, 2 * cfg.memory_n)
     }
 
 
@@ -159,10 +112,7 @@ def memory_growth(cfg: Config, runs: dict[tuple[str, int], subprocess.Popen]) ->
     n = cfg.memory_n
     out: dict = {}
     for (impl, N), proc in runs.items():
-        stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"memory measurement {impl} N={N} failed: {stderr.strip()[-500:]}")
-        out[f"{impl}_{N}_mib"] = int(stdout.split()[-1]) / 2**20
+        out[f"{impl}_{N}_mib"] = read_peak_memory(proc) / 2**20
     for impl in ("flash", "naive"):
         out[f"{impl}_growth"] = out[f"{impl}_{2 * n}_mib"] / out[f"{impl}_{n}_mib"]
     # for comparison: the output O, 4·B·H·N·d bytes, is flash's O(N) part (the tiles are fixed);
@@ -424,8 +374,6 @@ def _median_seconds(fn: Callable[[], object], device: str, repeats: int = 3) -> 
 
 @claim("speed-vs-sdpa", benchmark=True)
 def speed_vs_sdpa(ctx: Context) -> Measured:
-    from repro.bench.attention import bench_attention
-
     N = ctx.config.speed_n
     # One thread on the CPU: the tiled kernel is a loop of small parallel PyTorch calls that
     # other processes on a busy machine slow down many times more than SDPA's single fused call.

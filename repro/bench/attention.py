@@ -155,6 +155,10 @@ def bench_attention(
     return rows
 
 
+# One forward in a fresh interpreter on one thread; prints the peak RSS minus the RSS once the
+# inputs exist. A warm-up call with the same tile shapes first, so one-time lazy set-up (kernel
+# scratch buffers) is not counted as attention memory. The peak is VmHWM, not ru_maxrss: Linux
+# carries ru_maxrss across exec, so a child of a large parent would report the parent's peak.
 _MEMORY_SCRIPT = """
 import resource, sys
 import torch
@@ -162,42 +166,64 @@ import torch.nn.functional as F
 from repro.nn.attention import attention_ref
 from repro.nn.flash import flash_attention
 
-n, impl, B, H, D, causal = int(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:7])
+torch.set_num_threads(1)
+n, impl, B, H, D, causal, block = int(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:8])
+tiles = {"block_q": block, "block_k": block} if block else {}
 fn = {
-    "flash": lambda q, k, v: flash_attention(q, k, v, bool(causal)),
+    "flash": lambda q, k, v: flash_attention(q, k, v, bool(causal), **tiles),
     "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)),
     "naive": lambda q, k, v: attention_ref(q, k, v, bool(causal)),
 }[impl]
-q, k, v = (torch.randn(B, H, n, D) for _ in range(3))
+with torch.no_grad():
+    fn(*(torch.randn(B, H, 2 * (block or 512), D) for _ in range(3)))  # warm-up
+q, k, v = (torch.randn(B, H, n, D) for _ in range(3))  # (B, H, N, D)
 with open("/proc/self/statm") as f:
     base = int(f.read().split()[1]) * resource.getpagesize()
 with torch.no_grad():
-    out = fn(q, k, v)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+    out = fn(q, k, v)  # (B, H, N, D)
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+print(peak - base)
 """
+
+
+def start_peak_memory(
+    n: int, impl: str = "flash", B: int = 1, H: int = 8, D: int = 64, causal: bool = False,
+    block: int | None = None,
+) -> subprocess.Popen:  # fmt: skip
+    """Start measuring ONE fp32 CPU forward over inputs (B, H, n, D) in a fresh process (Linux);
+    `read_peak_memory` collects it, so several measurements can run side by side."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the repro package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    args = [str(a) for a in (n, impl, B, H, D, int(causal), block or 0)]
+    return subprocess.Popen(
+        [sys.executable, "-c", _MEMORY_SCRIPT, *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def read_peak_memory(proc: subprocess.Popen) -> int:
+    """Extra bytes at the peak of the forward started by `start_peak_memory`."""
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"peak-memory measurement failed: {stderr.strip()[-500:]}")
+    return int(stdout.strip().splitlines()[-1])
 
 
 def measure_peak_memory(
     n: int, impl: str = "flash", B: int = 1, H: int = 8, D: int = 64, causal: bool = False,
-    device: str = "cpu",
+    device: str = "cpu", block: int | None = None,
 ) -> int:  # fmt: skip
     """Extra bytes at the peak of ONE forward over inputs (B, H, n, D), for impl in IMPLS.
 
-    CPU (fp32, Linux): a fresh subprocess, peak RSS (ru_maxrss) minus the RSS after the inputs
-    were allocated. CUDA (fp16): torch.cuda.max_memory_allocated minus the inputs' memory.
+    CPU (fp32, Linux): a fresh subprocess, peak RSS minus the RSS after the inputs were
+    allocated. CUDA (fp16): torch.cuda.max_memory_allocated minus the inputs' memory.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if device.startswith("cuda"):
         return _cuda_peak_memory(n, impl, B, H, D, causal, device)
-    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the repro package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    args = [str(a) for a in (n, impl, B, H, D, int(causal))]
-    done = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, *args],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return int(done.stdout.strip().splitlines()[-1])
+    return read_peak_memory(start_peak_memory(n, impl, B, H, D, causal, block))
 
 
 def _cuda_peak_memory(n: int, impl: str, B: int, H: int, D: int, causal: bool, device: str) -> int:
