@@ -249,6 +249,7 @@ def note_json_schema() -> dict[str, Any]:
 # --- loading with positions ---------------------------------------------------------------
 
 Position = tuple[int, int]  # 1-based (line, column)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: ~20× faster
 
 
 def _positions(node: yaml.Node, path: tuple, out: dict[tuple, Position], dupes: list) -> None:
@@ -309,14 +310,17 @@ def _line_col(problem: str) -> tuple[int, int]:
 
 def parse_note(text: str, display_path: str) -> Note:
     """Validate note text; raise NoteError listing every problem with its position."""
+    loader = _SafeLoader(text)  # one parse: the node tree gives positions, then the data
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
         problem = getattr(exc, "problem", None) or str(exc)
         raise NoteError([f"{display_path}:{where}: invalid YAML: {problem}"]) from None
+    finally:
+        loader.dispose()
     if root is None or not isinstance(data, dict):
         raise NoteError([f"{display_path}:1:1: (note): expected a mapping of note fields"])
     positions: dict[tuple, Position] = {}
