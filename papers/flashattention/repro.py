@@ -19,15 +19,13 @@ What is checked here, claim by claim (see note.yaml):
 from __future__ import annotations
 
 import math
-import statistics
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from repro.bench.attention import bench_attention, read_peak_memory, start_peak_memory
+from repro.bench.timing import median_seconds
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.threads import torch_threads
 from repro.nn.attention import attention_ref
@@ -358,20 +356,6 @@ def io_block_sparse_exponent_s(ctx: Context) -> Measured:
     return Measured(m["io_sparse_exponent_s"], details)
 
 
-def _median_seconds(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
-    """Median wall time of fn() after one warm-up call."""
-
-    def timed() -> float:
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    timed()
-    return statistics.median(timed() for _ in range(repeats))
-
-
 @claim("speed-vs-sdpa", benchmark=True)
 def speed_vs_sdpa(ctx: Context) -> Measured:
     N = ctx.config.speed_n
@@ -385,7 +369,7 @@ def speed_vs_sdpa(ctx: Context) -> Measured:
             torch.randn(row["B"], row["H"], N, row["D"], device=ctx.device) for _ in range(3)
         )
         with torch.no_grad():
-            naive_s = _median_seconds(lambda: attention_ref(q, k, v), ctx.device)
+            naive_s = median_seconds(lambda: attention_ref(q, k, v), ctx.device)
     details = {
         **row,
         "naive_ms": 1e3 * naive_s,

@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from repro.data.tasks import BOS, SEP, reverse_task
@@ -182,7 +181,6 @@ def experiment(cfg: Config, ctx: Context) -> dict:
     g_eval = torch.Generator().manual_seed(10**6 + ctx.seed)
     src, _, dec_out = (t.to(ctx.device) for t in reversal_batch(cfg.eval_size, cfg, g_eval))
     out = model.greedy_decode(src, BOS, SEP, max_len=cfg.seq_len + 1)[:, 1:]  # drop BOS
-    out = F.pad(out, (0, cfg.seq_len + 1 - out.shape[1]), value=SEP)  # stopped early: all SEP
     floor = smoothed_target_entropy(cfg.vocab_size, cfg.label_smoothing)
     if ctx.out_dir is not None:
         steps = list(range(1, cfg.steps + 1))

@@ -16,38 +16,19 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from repro.bench.timing import seconds, sync
 from repro.nn import flash_triton
 from repro.nn.attention import attention_ref
 from repro.nn.flash import flash_attention
 
 Progress = Callable[[int, int, dict], None]  # (rows done, rows in all, the row just measured)
 IMPLS = ("flash", "sdpa", "naive")  # naive = attention_ref: materialises the (N, N) scores
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _seconds(fn: Callable[[], object], device: str) -> float:
-    """Wall time of one call; CUDA events on the GPU."""
-    if device.startswith("cuda"):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
-    begin = time.perf_counter()
-    fn()
-    return time.perf_counter() - begin
 
 
 def measure_matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
@@ -58,8 +39,8 @@ def measure_matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32)
     out = torch.empty_like(a)
     for _ in range(2):
         torch.mm(a, b, out=out)
-    _sync(device)
-    t = statistics.median(_seconds(lambda: torch.mm(a, b, out=out), device) for _ in range(5))
+    sync(device)
+    t = statistics.median(seconds(lambda: torch.mm(a, b, out=out), device) for _ in range(5))
     return 2 * n**3 / t / 1e9
 
 
@@ -98,11 +79,11 @@ def _time_pair(
 ) -> tuple[float, float]:
     """Median seconds of a and of b, alternating them after one warm-up each."""
     a(), b()
-    _sync(device)
+    sync(device)
     ta, tb = [], []
     for _ in range(repeats):
-        ta.append(_seconds(a, device))
-        tb.append(_seconds(b, device))
+        ta.append(seconds(a, device))
+        tb.append(seconds(b, device))
     return statistics.median(ta), statistics.median(tb)
 
 

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from repro.bench.timing import sync
 from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.kv_cache import caches_for, generate
@@ -33,11 +34,6 @@ def tiny_gpt_config(max_seq_len: int) -> GPTConfig:
     return GPTConfig(
         n_layers=4, d_model=256, n_heads=4, vocab_size=256, max_seq_len=max_seq_len, backend="sdpa"
     )
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 @dataclasses.dataclass
@@ -56,11 +52,11 @@ def _timed_generate(
     wall, cpu = [time.perf_counter()], [time.process_time()]
 
     def on_token(t: int) -> None:
-        _sync(device)
+        sync(device)
         wall.append(time.perf_counter())
         cpu.append(time.process_time())
 
-    _sync(device)
+    sync(device)
     wall[0], cpu[0] = time.perf_counter(), time.process_time()
     tokens = generate(model, prompt, new_tokens, use_cache=use_cache, on_token=on_token)
     return Timed(
@@ -166,10 +162,10 @@ def memory_bandwidth(
         dst.copy_(src)  # warm-up: touch every page
         best_wall = best_cpu = float("inf")
         for _ in range(repeats):
-            _sync(device)
+            sync(device)
             wall, cpu = time.perf_counter(), time.process_time()
             dst.copy_(src)
-            _sync(device)
+            sync(device)
             best_wall = min(best_wall, time.perf_counter() - wall)
             best_cpu = min(best_cpu, time.process_time() - cpu)
     moved = 2 * src.nbytes

@@ -171,9 +171,10 @@ class Transformer(nn.Module):
         max_len: int,
         src_pad_mask: Tensor | None = None,
     ) -> Tensor:
-        """Argmax decoding (recomputing the prefix each step); (B, S) -> (B, 1 + ≤max_len).
+        """Argmax decoding (recomputing the prefix each step); (B, S) -> (B, 1 + max_len).
 
-        Starts from BOS; stops when every sequence has produced EOS, and repeats EOS after it.
+        Starts from BOS; a sequence that has produced EOS repeats it, and once every sequence
+        has, the rest is filled with EOS without running the decoder.
         """
         memory = self.encode(src, src_pad_mask)  # (B, S, C)
         out = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
@@ -185,4 +186,4 @@ class Transformer(nn.Module):
             done |= nxt == eos_id
             if done.all():
                 break
-        return out
+        return F.pad(out, (0, 1 + max_len - out.shape[1]), value=eos_id)  # (B, 1 + max_len)

@@ -98,7 +98,7 @@ def test_padded_target_keys_are_ignored(model: Transformer):
 def test_greedy_decode_is_argmax_of_the_forward_pass(model: Transformer):
     src = torch.randint(3, V, (3, 6))
     out = model.greedy_decode(src, bos_id=1, eos_id=2, max_len=7)
-    assert out[:, 0].eq(1).all() and out.shape[1] <= 8
+    assert out[:, 0].eq(1).all() and out.shape == (3, 8)
     with torch.no_grad():
         for t in range(1, out.shape[1]):
             step = model(src, out[:, :t])[:, -1].argmax(-1)
@@ -111,6 +111,7 @@ def test_greedy_decode_stops_at_eos(model: Transformer):
     with torch.no_grad():
         first = model(src[:1], torch.ones(1, 1, dtype=torch.long))[0, -1].argmax().item()
     out = model.greedy_decode(src, bos_id=1, eos_id=first, max_len=9)
+    assert out.shape == (3, 10)
     assert out[0, 1:].eq(first).all(), "after EOS every step repeats EOS"
 
 
@@ -127,5 +128,5 @@ def test_learns_to_copy_one_batch():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    out = model.eval().greedy_decode(src, bos_id=1, eos_id=2, max_len=8)
-    assert torch.equal(out, tgt)
+    out = model.eval().greedy_decode(src, bos_id=1, eos_id=2, max_len=8)  # 2 steps past EOS
+    assert torch.equal(out, torch.cat([tgt, torch.full((8, 2), 2)], 1))
