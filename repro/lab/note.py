@@ -111,6 +111,28 @@ class Interview(Strict):
     answer_outline: AnswerOutline
 
 
+class ZhInterview(Strict):
+    """The interview block in Chinese; a field left out falls back to the English one."""
+
+    summary: Text | None = Field(None, description="5分钟口述总结")
+    questions: Annotated[list[QA], Field(min_length=2)] | None = Field(
+        None, description="面试高频问题与回答"
+    )
+    deep_dive: DeepDive | None = Field(None, description="1个深度技术细节")
+    answer_outline: AnswerOutline | None = Field(
+        None, description="回答框架：【背景】→【核心创新】→【技术细节】→【影响】→【准备追问】"
+    )
+
+
+class ZhOverlay(Strict):
+    """Chinese text for the study sheets (`--lang zh`); anything missing falls back to English."""
+
+    contributions: Annotated[list[Text], Field(min_length=3, max_length=3)] | None = Field(
+        None, description="3个核心贡献"
+    )
+    interview: ZhInterview | None = None
+
+
 class ToleranceSpec(Strict):
     """Exactly one of: `rel` (relative), `abs` (absolute), `range` ([lo, hi], null = open)."""
 
@@ -229,6 +251,7 @@ class Note(Strict):
     takeaways: TextList
     related: list[Annotated[str, Field(pattern=SLUG_RE)]] = []
     interview: Interview
+    zh: ZhOverlay | None = Field(None, description="Chinese overlay for the study sheets")
     claims: list[Claim] = []
 
     @model_validator(mode="after")

@@ -1,0 +1,87 @@
+"""Experiment settings with their valid ranges, declared next to the field.
+
+A paper's `Config` writes `hidden: int = setting(64, "hidden width", min=1)`. The runner checks
+`--set` overrides (and the presets) against these bounds before any work starts, and
+`paperlab settings SLUG` prints the help text. A tuple-valued field is checked item by item and
+must not be empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+_META = "paperlab"
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    choices: Sequence[Any] | None = None,
+) -> Any:
+    """A dataclass field with a help text and bounds: `min ≤ value ≤ max` (or `min < value`)."""
+    meta = {
+        "help": help,
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+        "choices": tuple(choices) if choices is not None else None,
+    }
+    return dataclasses.field(default=default, metadata={_META: meta})
+
+
+def setting_help(field: dataclasses.Field) -> str:
+    return field.metadata.get(_META, {}).get("help", "")
+
+
+def setting_bounds(field: dataclasses.Field) -> str:
+    """The valid range as text: `≥ 1`, `> 0`, `[0, 1]`, `one of a, b`; '' if unconstrained."""
+    m = field.metadata.get(_META)
+    if not m:
+        return ""
+    if m["choices"] is not None:
+        return "one of " + ", ".join(map(str, m["choices"]))
+    lo, hi = m["min"], m["max"]
+    if lo is not None and hi is not None:
+        return f"{'(' if m['min_exclusive'] else '['}{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f"{'>' if m['min_exclusive'] else '≥'} {lo:g}"
+    if hi is not None:
+        return f"≤ {hi:g}"
+    return ""
+
+
+def config_problems(cfg: Any) -> list[str]:
+    """Every field of `cfg` outside its declared range, as `name: why` lines."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        m = f.metadata.get(_META)
+        if not m:
+            continue
+        value = getattr(cfg, f.name)
+        items = value if isinstance(value, tuple | list) else (value,)
+        if isinstance(value, tuple | list) and not value:
+            problems.append(f"{f.name}: must not be empty")
+        for v in items:
+            if _out_of_range(v, m):
+                problems.append(f"{f.name}: {v!r} is out of range (expected {setting_bounds(f)})")
+                break
+    return problems
+
+
+def _out_of_range(v: Any, m: dict) -> bool:
+    if m["choices"] is not None:
+        return v not in m["choices"]
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    if v != v:  # NaN
+        return True
+    lo, hi = m["min"], m["max"]
+    if lo is not None and (v < lo or (m["min_exclusive"] and v == lo)):
+        return True
+    return hi is not None and v > hi

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from repro.lab.settings import config_problems, setting, setting_bounds, setting_help
+
+
+@dataclass(frozen=True)
+class Cfg:
+    width: int = setting(8, "hidden width", min=1)
+    p: float = setting(0.5, "a probability", min=0, max=1)
+    lr: float = setting(1e-3, "learning rate", min=0, min_exclusive=True)
+    ranks: tuple[int, ...] = setting((1, 2), "ranks", min=1)
+    mode: str = setting("a", "mode", choices=("a", "b"))
+    free: int = 3
+
+
+def test_defaults_are_valid() -> None:
+    assert config_problems(Cfg()) == []
+
+
+def test_each_bound_is_enforced() -> None:
+    bad = Cfg(width=0, p=1.5, lr=0.0, ranks=(), mode="c")
+    names = [p.split(":")[0] for p in config_problems(bad)]
+    assert names == ["width", "p", "lr", "ranks", "mode"]
+    assert config_problems(Cfg(ranks=(1, 0))) == ["ranks: 0 is out of range (expected ≥ 1)"]
+    assert config_problems(Cfg(p=float("nan")))
+
+
+def test_help_and_bounds_text() -> None:
+    fields = {f.name: f for f in dataclasses.fields(Cfg)}
+    assert setting_help(fields["width"]) == "hidden width"
+    assert setting_bounds(fields["p"]) == "[0, 1]"
+    assert setting_bounds(fields["lr"]) == "> 0"
+    assert setting_bounds(fields["mode"]) == "one of a, b"
+    assert setting_bounds(fields["free"]) == ""
