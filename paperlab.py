@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from repro.lab.errors import NoteError, PaperlabError
+from repro.lab.errors import BadOption, NoteError, PaperlabError, one_line
+from repro.lab.format import format_seconds, format_value, plural, with_unit
 from repro.lab.library import PAPERS_ENV, Library, Paper
 
 VERDICT_STYLE = {
@@ -65,8 +66,57 @@ class PaperlabGroup(click.Group):
                 raise
             lines = exc.problems if isinstance(exc, NoteError) else [str(exc)]
             for line in lines:
-                click.echo(f"Error: {line}", err=True)
+                click.echo(f"Error: {one_line(line)}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1, the code of a failed claim
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+def _completion_library(ctx: click.Context) -> Library:
+    """The library the command line names, while the shell asks for completions."""
+    papers_dir = ctx.find_root().params.get("papers_dir")
+    return Library(papers_dir)
+
+
+def _complete_slugs(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    try:
+        slugs = _completion_library(ctx).slugs()
+    except PaperlabError:
+        return []
+    return [s for s in slugs if s.startswith(incomplete.lower())]
+
+
+def _complete_claims(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Claim ids of the papers named so far on the line (all papers when none is)."""
+    try:
+        library = _completion_library(ctx)
+        named = ctx.params.get("slugs") or ([ctx.params["slug"]] if ctx.params.get("slug") else [])
+        ids = set()
+        for paper in library.select(tuple(named)):
+            try:
+                ids.update(c.id for c in paper.note.claims)
+            except NoteError:
+                continue
+    except PaperlabError:
+        return []
+    return sorted(i for i in ids if i.startswith(incomplete))
+
+
+def _write_output(path: Path, text: str) -> None:
+    """Write a file the user named; a missing folder or no permission is one `Error:` line."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise BadOption(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _make_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadOption(f"cannot create {path}: {exc.strerror or exc}") from None
 
 
 @click.group(cls=PaperlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -116,8 +166,10 @@ def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
     for slug, paper in state.library.papers.items():
         try:
             note = paper.note
-        except NoteError as exc:
-            rows.append({"slug": slug, "error": f"invalid note ({len(exc.problems)} problems)"})
+        except NoteError as exc:  # keep listing; show the first problem
+            more = len(exc.problems) - 1
+            first = exc.problems[0] + (f" (+{plural(more, 'more problem')})" if more else "")
+            rows.append({"slug": slug, "error": first})
             continue
         if tag and tag not in note.tags:
             continue
@@ -135,23 +187,24 @@ def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
         _emit_json(rows)
         return
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"paperlab — {len(rows)} papers", title_justify="left")
+    table = Table(title=f"paperlab — {plural(len(rows), 'paper')}", title_justify="left")
     for col in ("paper", "title", "year", "priority", "claims"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col == "paper")
     for r in rows:
         if "error" in r:
-            table.add_row(r["slug"], f"[red]{r['error']}[/]", "", "", "")
+            table.add_row(r["slug"], Text(one_line(r["error"]), style="red"), "", "", "")
             continue
         claims = ", ".join(
             f"[{VERDICT_STYLE.get(k, '')}]{n} {k}[/]" for k, n in sorted(r["claims"].items())
         )
-        table.add_row(r["slug"], r["title"], str(r["year"]), r["priority"], claims or "—")
+        table.add_row(r["slug"], Text(r["title"]), str(r["year"]), r["priority"], claims or "—")
     _console().print(table)
 
 
 @cli.command()
-@click.argument("slug")
+@click.argument("slug", shell_complete=_complete_slugs)
 @pass_state
 def show(state: State, slug: str) -> None:
     """A paper's note, rendered in the terminal."""
@@ -202,13 +255,15 @@ def _progress(enabled: bool) -> Iterator:
 
 
 def _results_table(reports: list) -> None:
+    from rich.markup import escape
     from rich.table import Table
-
-    from repro.lab.sheets import format_value
 
     table = Table(title_justify="left")
     for col in ("paper", "claim", "kind", "expected", "measured", "tolerance", "verdict"):
-        table.add_column(col, overflow="fold", max_width=36)
+        if col in ("paper", "claim"):  # slugs and ids are copied into commands: never folded
+            table.add_column(col, no_wrap=True)
+        else:
+            table.add_column(col, overflow="fold", max_width=36)
     for report in reports:
         for r in report.results:
             style = VERDICT_STYLE.get(r.verdict.value, "")
@@ -219,9 +274,9 @@ def _results_table(reports: list) -> None:
                 r.paper,
                 r.id,
                 r.kind,
-                f"{format_value(r.expected)} {r.unit}".rstrip(),
-                measured,
-                r.tolerance or "—",
+                escape(with_unit(r.expected, r.unit)),
+                escape(one_line(measured)),
+                escape(r.tolerance or "—"),
                 f"[{style}]{r.verdict.value}[/]",
             )
     _console().print(table)
@@ -233,12 +288,15 @@ def _summary_line(reports: list, seconds: float) -> str:
         for r in report.results:
             counts[r.verdict.value] = counts.get(r.verdict.value, 0) + 1
     parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    return f"{len(reports)} papers: {parts or 'no claims'} in {seconds:.1f}s"
+    return f"{plural(len(reports), 'paper')}: {parts or 'no claims'} in {seconds:.1f}s"
 
 
 def _common_run_options(fn):
     fn = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")(fn)
-    fn = click.option("--seed", default=0, show_default=True, type=int)(fn)
+    fn = click.option(
+        "--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+        help="Seed of every random generator (0 to 2^32 - 1).",
+    )(fn)  # fmt: skip
     fn = click.option("--no-save", is_flag=True, help="Don't store results under runs/.")(fn)
     fn = click.option(
         "--threads", default=1, show_default=True, type=click.IntRange(1),
@@ -248,19 +306,31 @@ def _common_run_options(fn):
     return fn
 
 
+def _save_failed(reports: list) -> bool:
+    """After the results are printed: one `Error:` line per run that could not be saved."""
+    failed = [r for r in reports if r.save_error]
+    for r in failed:
+        click.echo(f"Error: {one_line(r.save_error)}", err=True)
+    return bool(failed)
+
+
 @cli.command()
-@click.argument("slug")
+@click.argument("slug", shell_complete=_complete_slugs)
 @click.option("--quick", is_flag=True, help="The quick preset (seconds) instead of the full one.")
 @click.option(
     "--set",
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override an experiment setting (repeatable).",
+    help="Override an experiment setting (repeatable; `paperlab settings SLUG` lists them).",
 )
+@click.option("--yes", is_flag=True, help="Run even when --set asks for ≥ 100× the full preset.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print the experiment's metrics.")
 @_common_run_options
 @pass_state
-def run(state, slug, quick, overrides, device, seed, no_save, threads, as_json) -> None:
+def run(
+    state, slug, quick, overrides, yes, verbose, device, seed, no_save, threads, as_json
+) -> None:
     """Run a paper's experiment and check its claims; results go to runs/<slug>/<stamp>/."""
     from repro.lab.runner import run_paper
 
@@ -277,27 +347,36 @@ def run(state, slug, quick, overrides, device, seed, no_save, threads, as_json) 
             progress=progress,
             runs_dir=None if no_save else state.runs_dir,
             threads=threads,
+            confirmed=yes,
         )
     if as_json:
         _emit_json(report.to_json())
     else:
-        if report.metrics:
+        if report.metrics and verbose:  # the metrics are always in the saved run
             from rich.pretty import Pretty
 
             _console().print(Pretty(report.metrics, max_length=12))
         _results_table([report])
         err = report.environment.get("experiment_error")
         if err:
-            click.echo(f"Error: {err}", err=True)
+            click.echo(f"Error: {one_line(err)}", err=True)
         where = f"; saved to {report.run_dir}" if report.run_dir else ""
         click.echo(_summary_line([report], time.perf_counter() - start) + where, err=True)
+    if _save_failed([report]):
+        sys.exit(2)
     sys.exit(0 if report.ok else 1)
 
 
 @cli.command()
-@click.argument("slugs", nargs=-1)
+@click.argument("slugs", nargs=-1, shell_complete=_complete_slugs)
 @click.option("--full", is_flag=True, help="The full preset (minutes) instead of the quick one.")
-@click.option("--claim", "claim_ids", multiple=True, help="Only this claim id (repeatable).")
+@click.option(
+    "--claim",
+    "claim_ids",
+    multiple=True,
+    shell_complete=_complete_claims,
+    help="Only this claim id (repeatable).",
+)
 @click.option("--skip-benchmarks", is_flag=True, help="Leave out wall-clock timing claims.")
 @_common_run_options
 @pass_state
@@ -305,11 +384,12 @@ def check(
     state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save, threads, as_json
 ) -> None:
     """Verify claims (all papers when none is named); exit 1 if any fails."""
+    from repro.lab.library import check_claim_ids, notes_or_error
     from repro.lab.runner import run_paper
 
     papers = state.library.select(slugs)
-    for paper in papers:  # every note must load before anything runs
-        paper.note  # noqa: B018
+    notes_or_error(papers)  # every note must load before anything runs; all problems at once
+    check_claim_ids(papers, tuple(claim_ids))
     start = time.perf_counter()
     reports = []
     with _progress(not as_json) as progress:
@@ -332,6 +412,8 @@ def check(
     else:
         _results_table(reports)
         click.echo(_summary_line(reports, time.perf_counter() - start), err=True)
+    if _save_failed(reports):
+        sys.exit(2)
     sys.exit(0 if all(r.ok for r in reports) else 1)
 
 
@@ -339,7 +421,7 @@ def check(
 
 
 @cli.command()
-@click.argument("slugs", nargs=-1)
+@click.argument("slugs", nargs=-1, shell_complete=_complete_slugs)
 @click.option(
     "--format", "fmt", type=click.Choice(["md", "html", "anki"]), default="md", show_default=True
 )
@@ -368,10 +450,10 @@ def sheet(state: State, slugs: tuple[str, ...], fmt: str, output: Path | None) -
     if len(texts) == 1 and not output.is_dir():
         targets = {output: next(iter(texts.values()))}
     else:
-        output.mkdir(parents=True, exist_ok=True)
+        _make_output_dir(output)
         targets = {default_output(name, fmt, output): text for name, text in texts.items()}
     for path, text in targets.items():
-        path.write_text(text, encoding="utf-8")
+        _write_output(path, text)
         click.echo(f"wrote {path}", err=True)
 
 
@@ -391,7 +473,7 @@ def new(state: State, slug: str, title: str, arxiv: str, year: int) -> None:
 
 
 @cli.command()
-@click.argument("slugs", nargs=-1)
+@click.argument("slugs", nargs=-1, shell_complete=_complete_slugs)
 @click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
 @pass_state
 def validate(state: State, slugs: tuple[str, ...], as_json: bool) -> None:
@@ -411,7 +493,7 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool) -> None:
         for problems in bad.values():
             for line in problems:
                 click.echo(f"Error: {line}", err=True)
-        click.echo(f"{len(report) - len(bad)}/{len(report)} notes valid", err=True)
+        click.echo(f"{len(report) - len(bad)}/{plural(len(report), 'note')} valid", err=True)
     sys.exit(2 if bad else 0)
 
 
@@ -430,8 +512,116 @@ def schema(output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        _write_output(output, text)
         click.echo(f"wrote {output}", err=True)
+
+
+# --- settings / runs ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("slug", shell_complete=_complete_slugs)
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+@pass_state
+def settings(state: State, slug: str, as_json: bool) -> None:
+    """The experiment settings `run --set KEY=VALUE` accepts: type, range, quick and full value."""
+    from rich.markup import escape
+
+    from repro.lab.settings import as_set_value, describe_settings
+
+    paper = state.library.get(slug)
+    presets = getattr(paper.module(), "PRESETS", None)
+    rows = describe_settings(presets) if presets else []
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"{paper.slug} has no experiment settings", err=True)
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"{paper.slug}: {plural(len(rows), 'setting')} (values as --set takes them)",
+        title_justify="left",
+    )
+    for col in ("setting", "type", "quick", "full", "range", "meaning"):
+        table.add_column(col, no_wrap=col == "setting", overflow="fold")
+    for r in rows:
+        cells = (r["name"], r["type"], as_set_value(r["quick"]), as_set_value(r["full"]),
+                 r["bounds"] or "—", r["help"] or "")  # fmt: skip
+        table.add_row(*(escape(c) for c in cells))
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("slug", required=False, shell_complete=_complete_slugs)
+@click.option(
+    "--diff", nargs=2, metavar="A B", help="Compare two runs of SLUG (stamps, prefixes, latest)."
+)
+@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(0),
+              help="How many runs to list, newest first (0: all).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+@pass_state
+def runs(state: State, slug: str | None, diff: tuple[str, str] | None, count: int, as_json):
+    """Stored runs (all papers, or SLUG's), or what changed between two runs with --diff."""
+    from repro.lab.runs import diff_runs, find_run, list_runs
+
+    slugs = [state.library.get(slug).slug] if slug else state.library.slugs()
+    if diff:
+        if not slug:
+            raise BadOption("--diff needs a paper: paperlab runs SLUG --diff A B")
+        a, b = (find_run(state.runs_dir, slugs[0], name) for name in diff)
+        changes = diff_runs(a, b)
+        if as_json:
+            _emit_json(
+                {"a": a.to_json(), "b": b.to_json(), "changes": [c.to_json() for c in changes]}
+            )
+            return
+        _diff_table(a, b, changes)
+        return
+    found = list_runs(state.runs_dir, slugs)
+    found = found[:count] if count else found
+    if as_json:
+        _emit_json([r.to_json() for r in found])
+        return
+    if not found:
+        click.echo(f"no stored runs in {state.runs_dir}", err=True)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{plural(len(found), 'run')}, newest first", title_justify="left")
+    for col in ("paper", "stamp", "preset", "seed", "commit", "claims", "took"):
+        table.add_column(col, no_wrap=True)
+    for r in found:
+        verdicts = ", ".join(
+            f"[{VERDICT_STYLE.get(k, '')}]{n} {k}[/]" for k, n in sorted(r.verdicts.items())
+        )
+        table.add_row(
+            r.slug, r.stamp, r.preset or "—", "—" if r.seed is None else str(r.seed),
+            r.commit or "—", verdicts or "—", format_seconds(r.seconds),
+        )  # fmt: skip
+    _console().print(table)
+
+
+def _diff_table(a, b, changes: list) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    if not changes:
+        click.echo(f"{a.stamp} and {b.stamp}: same settings, metrics and claims")
+        return
+    table = Table(title=f"{a.slug}: A = {a.stamp}, B = {b.stamp}", title_justify="left")
+    for col in ("", "key", "A", "B"):
+        table.add_column(col, no_wrap=col in ("", "key"), overflow="fold")
+    for c in changes:
+        table.add_row(*(Text(x) for x in (c.section, c.key, _cell(c.a), _cell(c.b))))
+    _console().print(table)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(format_value(v) for v in value)
+    return format_value(value)
 
 
 # --- bench ---------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters, param_count, preset_config
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.models.bert import Bert, BertConfig
 from repro.train import lm_loss, train
 
@@ -39,23 +40,41 @@ IGNORE = -100  # label of a position the MLM loss skips
 @dataclass(frozen=True)
 class Config:
     # §3.1 masking, measured on BERT-shaped inputs: [CLS] A [SEP] B [SEP], 30522-token vocabulary
-    mask_vocab_size: int = 30522
-    mask_seq_len: int = 128  # the length of 90% of BERT's pre-training steps (Appendix A.2)
-    mask_sequences: int = 20_000
+    mask_vocab_size: int = setting(30522, "vocabulary size of the masking statistics", min=5)
+    mask_seq_len: int = setting(
+        128,
+        "tokens per masked sequence; the length of 90% of BERT's pre-training steps (Appendix A.2)",
+        min=5,
+    )
+    mask_sequences: int = setting(
+        20_000, "sequences the masking statistics are counted over", min=1
+    )
     # the synthetic language: an order-1 Markov chain (repro.data.markov)
-    markov_vocab: int = 32
-    markov_concentration: float = 0.05
-    markov_seed: int = 1234
-    seq_len: int = 8
+    markov_vocab: int = setting(32, "tokens of the synthetic Markov language", min=2)
+    markov_concentration: float = setting(
+        0.05,
+        "Dirichlet concentration of the Markov transitions (small: peaked)",
+        min=0,
+        min_exclusive=True,
+    )
+    markov_seed: int = setting(1234, "seed of the Markov source", min=0)
+    seq_len: int = setting(8, "tokens per training sequence", min=2)
     # a tiny BERT, trained twice: bidirectional, then left-only
-    n_layers: int = 2
-    d_model: int = 64
-    n_heads: int = 4
-    dropout: float = 0.0  # 0.1 in the paper (A.2); fresh text every step leaves nothing to overfit
-    steps: int = 250
-    batch_size: int = 128
-    lr: float = 8e-3
-    eval_sequences: int = 2000
+    n_layers: int = setting(2, "transformer layers", min=1)
+    d_model: int = setting(64, "model width", min=1)
+    n_heads: int = setting(4, "attention heads", min=1)
+    dropout: float = setting(
+        0.0, "0.1 in the paper (A.2); fresh text every step leaves nothing to overfit", min=0, max=1
+    )
+    steps: int = setting(250, "training steps", min=1)
+    batch_size: int = setting(128, "sequences per step", min=1)
+    lr: float = setting(8e-3, "learning rate", min=0, min_exclusive=True)
+    eval_sequences: int = setting(2000, "held-out sequences", min=1)
+
+    def __post_init__(self) -> None:
+        # settings that depend on each other (one field's range is checked by `setting`)
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
 
 
 PRESETS = {"quick": Config(), "full": Config(seq_len=16, steps=1500, lr=3e-3, eval_sequences=8000)}

@@ -37,6 +37,7 @@ from repro.bench.decode import bench_decode, memory_bandwidth
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import kv_cache_bytes_per_token
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.kv_cache import caches_for, generate
@@ -45,17 +46,23 @@ from repro.nn.kv_cache import caches_for, generate
 @dataclass(frozen=True)
 class Config:
     # exactness: greedy generation from tiny decoders, with and without the cache
-    exact_batch: int = 4  # B prompts
-    exact_prompt_len: int = 8  # T0
-    exact_new_tokens: int = 48
+    exact_batch: int = setting(4, "prompts (B prompts)", min=1)
+    exact_prompt_len: int = setting(8, "prompt tokens (T0)", min=1)
+    exact_new_tokens: int = setting(48, "tokens generated in the exactness check", min=1)
     # the decode benchmark (repro/bench/decode.py): 4 layers, d_model 256, 4 heads, V = 256
-    bench_new_tokens: int = 1024
-    bench_prompt_len: int = 16
+    bench_new_tokens: int = setting(
+        1024, "tokens decoded by the benchmark (first and last 64 are compared)", min=129
+    )
+    bench_prompt_len: int = setting(16, "prompt tokens of the benchmark", min=1)
     # the bandwidth-bound decoder: fp32 weights far larger than the last-level cache
-    big_d_model: int = 2048
-    big_layers: int = 8
-    big_new_tokens: int = 8
-    copy_bytes: int = 1 << 29  # the bandwidth probe copies this many bytes (reads + writes 2×)
+    big_d_model: int = setting(
+        2048, "width of the bandwidth-bound decoder (a multiple of 128)", min=128
+    )
+    big_layers: int = setting(8, "layers of the bandwidth-bound decoder", min=1)
+    big_new_tokens: int = setting(8, "decode steps timed on it", min=2)
+    copy_bytes: int = setting(
+        1 << 29, "the bandwidth probe copies this many bytes (reads + writes 2×)", min=1024
+    )
 
 
 PRESETS = {"quick": Config(), "full": Config(exact_new_tokens=200, exact_batch=8)}

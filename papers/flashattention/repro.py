@@ -27,6 +27,7 @@ import torch
 from repro.bench.attention import bench_attention, read_peak_memory, start_peak_memory
 from repro.bench.timing import median_seconds
 from repro.lab.claims import Context, Measured, claim
+from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.nn.attention import attention_ref
 from repro.nn.flash import flash_attention
@@ -35,21 +36,39 @@ from repro.nn.flash import flash_attention
 @dataclass(frozen=True)
 class Config:
     # exactness: a length that is a multiple of neither tile, a head dim that is not a power of 2
-    exact_shape: tuple[int, ...] = (2, 3, 97, 40)  # (B, H, N, d)
-    exact_blocks: tuple[int, ...] = (16, 32)  # (Br, Bc)
+    exact_shape: tuple[int, ...] = setting(
+        (2, 3, 97, 40), "shape of the exactness check ((B, H, N, d))", min=1
+    )
+    exact_blocks: tuple[int, ...] = setting(
+        (16, 32), "tile sizes of the exactness check ((Br, Bc))", min=1
+    )
     # memory: N and 2N, one fresh process per (N, implementation)
-    memory_shape: tuple[int, ...] = (8, 8, 64)  # (B, H, d): O takes 4·B·H·N·d bytes, 8 MiB at 512
-    memory_n: int = 512
-    memory_block: int = 16  # Br = Bc, fixed as in Alg. 1: the tiles do not grow with N
+    memory_shape: tuple[int, ...] = setting(
+        (8, 8, 64), "(B, H, d): O takes 4·B·H·N·d bytes, 8 MiB at 512", min=1
+    )
+    memory_n: int = setting(512, "sequence length N of the memory check (also run at 2N)", min=1)
+    memory_block: int = setting(
+        16, "Br = Bc, fixed as in Alg. 1: the tiles do not grow with N", min=1
+    )
     # IO simulation (Theorem 2): sweep M at fixed N, sweep N at fixed M
-    io_d: int = 64
-    io_n_fixed: int = 8192
-    io_m_sweep: tuple[int, ...] = (8192, 16384, 32768, 65536)  # M <= N d / 8
-    io_m_fixed: int = 16384  # = 4 d^2: Bc = Br = d
-    io_n_sweep: tuple[int, ...] = (2000, 3000, 5000, 8000, 13000)  # ragged; M <= N d / 8
-    io_sparsity: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
+    io_d: int = setting(64, "head dim d of the IO simulation", min=1)
+    io_n_fixed: int = setting(8192, "N of the SRAM-size sweep", min=1)
+    io_m_sweep: tuple[int, ...] = setting(
+        (8192, 16384, 32768, 65536), "SRAM sizes M swept (M <= N d / 8)", min=1
+    )
+    io_m_fixed: int = setting(16384, "SRAM size M of the length sweep; = 4 d^2: Bc = Br = d", min=1)
+    io_n_sweep: tuple[int, ...] = setting(
+        (2000, 3000, 5000, 8000, 13000), "ragged; M <= N d / 8", min=1
+    )
+    io_sparsity: tuple[float, ...] = setting(
+        (1.0, 0.5, 0.25, 0.125, 0.0625),
+        "fractions of blocks kept (block-sparse FlashAttention)",
+        min=0,
+        max=1,
+        min_exclusive=True,
+    )
     # speed (benchmark claim only)
-    speed_n: int = 2048
+    speed_n: int = setting(2048, "N of the speed claim", min=1)
 
 
 PRESETS = {

@@ -26,6 +26,7 @@ from torch import Tensor
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters, training_flops
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.models.gpt import GPT, GPTConfig
 from repro.train import lm_loss, train
 
@@ -112,17 +113,22 @@ def compute_175b(ctx: Context) -> Measured:
 
 @dataclass(frozen=True)
 class Config:
-    n_inputs: int = 8  # |X|
-    n_outputs: int = 8  # |Y|
-    n_pairs: int = 16  # K demonstrations per sequence
-    n_layers: int = 2
-    d_model: int = 64
-    n_heads: int = 4
-    steps: int = 1200
-    batch: int = 64
-    lr: float = 3e-3
-    eval_sequences: int = 4000
-    holdout_buckets: int = 5  # 1 in `holdout_buckets` mappings is never trained on
+    n_inputs: int = setting(8, "inputs (|X|)", min=2)
+    n_outputs: int = setting(8, "outputs (|Y|)", min=2)
+    n_pairs: int = setting(16, "K demonstrations per sequence", min=1)
+    n_layers: int = setting(2, "transformer layers", min=1)
+    d_model: int = setting(64, "model width", min=1)
+    n_heads: int = setting(4, "attention heads", min=1)
+    steps: int = setting(1200, "training steps", min=1)
+    batch: int = setting(64, "sequences per step", min=1)
+    lr: float = setting(3e-3, "learning rate", min=0, min_exclusive=True)
+    eval_sequences: int = setting(4000, "held-out sequences", min=1)
+    holdout_buckets: int = setting(5, "1 in `holdout_buckets` mappings is never trained on", min=2)
+
+    def __post_init__(self) -> None:
+        # settings that depend on each other (one field's range is checked by `setting`)
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
 
 
 PRESETS = {

@@ -39,6 +39,7 @@ from torch import Tensor
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.attention import Attention, attention_mask
@@ -129,19 +130,28 @@ def kv_cache_shrinks(ctx: Context) -> Measured:
 @dataclass(frozen=True)
 class Config:
     # the Markov source: order 2, so the next token depends on the previous one through attention
-    vocab_size: int = 16  # V
-    order: int = 2
+    vocab_size: int = setting(16, "vocabulary size (V)", min=2)
+    order: int = setting(2, "Markov order: tokens of context that set the next", min=1)
     # the MHA decoder (GPT block) that gets converted
-    d_model: int = 64  # C
-    n_layers: int = 2  # L
-    n_heads: int = 8  # H (D = 8)
-    seq_len: int = 32  # T
-    batch: int = 32  # B
-    steps: int = 300  # pre-training steps of the MHA checkpoint
-    lr: float = 3e-3
-    uptrain_fraction: float = 0.05  # α (§3.1)
-    kv_heads: tuple[int, ...] = (2, 1)  # GQA-2 and MQA
-    eval_batch: int = 256  # held-out sequences
+    d_model: int = setting(64, "model width (C)", min=1)
+    n_layers: int = setting(2, "layers (L)", min=1)
+    n_heads: int = setting(8, "attention heads (H (D = 8))", min=1)
+    seq_len: int = setting(32, "tokens per sequence (T)", min=2)
+    batch: int = setting(32, "sequences per step (B)", min=1)
+    steps: int = setting(300, "pre-training steps of the MHA checkpoint", min=1)
+    lr: float = setting(3e-3, "learning rate", min=0, min_exclusive=True)
+    uptrain_fraction: float = setting(
+        0.05, "uptraining steps as a fraction of pre-training (α (§3.1))", min=0, max=1
+    )
+    kv_heads: tuple[int, ...] = setting(
+        (2, 1), "key/value heads of the converted models; GQA-2 and MQA", min=1
+    )
+    eval_batch: int = setting(256, "held-out sequences", min=1)
+
+    def __post_init__(self) -> None:
+        # settings that depend on each other (one field's range is checked by `setting`)
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
 
 
 PRESETS = {"quick": Config(), "full": Config(steps=1000)}

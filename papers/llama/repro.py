@@ -33,6 +33,7 @@ from repro.lab.counting import (
     training_flops,
 )
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.models.gpt import GPT, GPTConfig
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.kv_cache import caches_for
@@ -180,16 +181,23 @@ def kv_cache_7b(ctx: Context) -> Measured:
 
 @dataclass(frozen=True)
 class Config:
-    vocab_size: int = 16  # Markov source alphabet
-    order: int = 2  # tokens of context that determine the next one
-    seq_len: int = 32
-    n_layers: int = 2
-    d_model: int = 32
-    n_heads: int = 4
-    steps: int = 1000
-    batch: int = 32
-    lr: float = 1e-2
-    eval_sequences: int = 512
+    vocab_size: int = setting(16, "vocabulary size; Markov source alphabet", min=2)
+    order: int = setting(2, "tokens of context that determine the next one", min=1)
+    seq_len: int = setting(32, "tokens per sequence", min=2)
+    n_layers: int = setting(2, "transformer layers", min=1)
+    d_model: int = setting(32, "model width", min=1)
+    n_heads: int = setting(4, "attention heads", min=1)
+    steps: int = setting(1000, "training steps", min=1)
+    batch: int = setting(32, "sequences per step", min=1)
+    lr: float = setting(1e-2, "learning rate", min=0, min_exclusive=True)
+    eval_sequences: int = setting(512, "held-out sequences", min=1)
+
+    def __post_init__(self) -> None:
+        # settings that depend on each other (one field's range is checked by `setting`)
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.n_heads >= 1 and (self.d_model // self.n_heads) % 2:
+            raise ValueError("RoPE rotates pairs: d_model / n_heads must be even")
 
 
 PRESETS = {"quick": Config(steps=200), "full": Config()}

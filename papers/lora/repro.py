@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.nn.lora import LoRALinear, apply_lora, lora_parameters, merge_lora
 from repro.train import train
@@ -46,25 +47,38 @@ CLAIM_RANK = 4  # the rank whose accuracy the `lora-recovers-full-ft` claim judg
 @dataclass(frozen=True)
 class Config:
     # the teacher–student task (inputs x ~ N(0, I_X))
-    d_in: int = 32  # X
-    teacher_hidden: int = 16
-    n_classes: int = 8  # K
-    shift_rank: int = 2  # rank of the change from teacher A to teacher B
-    shift_scale: float = 1.0
+    d_in: int = setting(32, "input width (X)", min=1)
+    teacher_hidden: int = setting(16, "hidden units of the teacher", min=1)
+    n_classes: int = setting(8, "classes (K)", min=2)
+    shift_rank: int = setting(2, "rank of the change from teacher A to teacher B", min=1)
+    shift_scale: float = setting(1.0, "size of the shift from teacher A to B", min=0)
     # the student ("pre-trained model") and training
-    hidden: int = 128
-    batch: int = 256  # N
-    pretrain_steps: int = 600
-    lr_pretrain: float = 1e-2
-    adapt_steps: int = 200
-    lrs_full: tuple[float, ...] = (1e-2,)  # learning rates tried for full fine-tuning
-    lrs_lora: tuple[float, ...] = (1e-2,)  # ... and for LoRA (the best on validation is kept)
-    ranks: tuple[int, ...] = (1, 2, 4, 8)
-    alpha: float = 8.0  # §4.1: α is a constant, not re-tuned when r changes
-    targets: tuple[str, ...] = ("fc1", "fc2")  # the adapted layers; the head stays frozen
-    control_shift_rank: int = 0  # > 0: also adapt to a full-rank-ish shift (footnote 7); 0: skip
-    n_eval: int = 4096  # validation and test examples of task B, each
-    repeats: int = 1  # independent runs (teachers, student init, batches), averaged
+    hidden: int = setting(128, "hidden units of the student", min=1)
+    batch: int = setting(256, "sequences per step (N)", min=1)
+    pretrain_steps: int = setting(600, "steps pre-training the student on task A", min=1)
+    lr_pretrain: float = setting(1e-2, "learning rate of pre-training", min=0, min_exclusive=True)
+    adapt_steps: int = setting(200, "steps adapting to task B", min=1)
+    lrs_full: tuple[float, ...] = setting(
+        (1e-2,), "learning rates tried for full fine-tuning", min=0, min_exclusive=True
+    )
+    lrs_lora: tuple[float, ...] = setting(
+        (1e-2,),
+        "learning rates tried for LoRA (the best on validation is kept)",
+        min=0,
+        min_exclusive=True,
+    )
+    ranks: tuple[int, ...] = setting((1, 2, 4, 8), "LoRA ranks r compared", min=1)
+    alpha: float = setting(
+        8.0, "§4.1: α is a constant, not re-tuned when r changes", min=0, min_exclusive=True
+    )
+    targets: tuple[str, ...] = setting(
+        ("fc1", "fc2"), "the adapted layers; the head stays frozen", choices=("fc1", "fc2")
+    )
+    control_shift_rank: int = setting(
+        0, "> 0: also adapt to a full-rank-ish shift (footnote 7); 0: skip", min=0
+    )
+    n_eval: int = setting(4096, "validation and test examples of task B, each", min=1)
+    repeats: int = setting(1, "independent runs (teachers, student init, batches), averaged", min=1)
 
 
 PRESETS = {

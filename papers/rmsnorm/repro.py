@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.norm import RMSNorm, layer_norm_ref, rms_norm_ref
@@ -44,19 +45,28 @@ from repro.train import evaluate_lm, train_lm
 @dataclass(frozen=True)
 class Config:
     # the Markov source (order 2: the next token depends on the last two, so attention matters)
-    vocab_size: int = 16  # V
-    order: int = 2
+    vocab_size: int = setting(16, "vocabulary size (V)", min=2)
+    order: int = setting(2, "Markov order", min=1)
     # the tiny decoder: LLaMA's block (pre-norm, SwiGLU, RoPE) at toy size
-    d_model: int = 48  # C
-    n_layers: int = 1
-    n_heads: int = 4
-    d_ff: int = 128
-    seq_len: int = 16  # T
-    batch: int = 32  # B
-    steps: int = 200
-    lr: float = 1e-2
-    seeds: int = 1  # models per norm, seeded ctx.seed, ctx.seed + 1, …; the gap is averaged
-    eval_batch: int = 512  # held-out sequences for the final loss
+    d_model: int = setting(48, "model width (C)", min=1)
+    n_layers: int = setting(1, "transformer layers", min=1)
+    n_heads: int = setting(4, "attention heads", min=1)
+    d_ff: int = setting(128, "feed-forward width", min=1)
+    seq_len: int = setting(16, "tokens per sequence (T)", min=2)
+    batch: int = setting(32, "sequences per step (B)", min=1)
+    steps: int = setting(200, "training steps", min=1)
+    lr: float = setting(1e-2, "learning rate", min=0, min_exclusive=True)
+    seeds: int = setting(
+        1, "models per norm, seeded ctx.seed, ctx.seed + 1, …; the gap is averaged", min=1
+    )
+    eval_batch: int = setting(512, "held-out sequences for the final loss", min=1)
+
+    def __post_init__(self) -> None:
+        # settings that depend on each other (one field's range is checked by `setting`)
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.n_heads >= 1 and (self.d_model // self.n_heads) % 2:
+            raise ValueError("RoPE rotates pairs: d_model / n_heads must be even")
 
 
 PRESETS = {"quick": Config(), "full": Config(steps=1500, seeds=3)}

@@ -31,6 +31,7 @@ from torch import Tensor
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.positional import (
     RotaryEmbedding,
@@ -44,20 +45,29 @@ from repro.train import train_lm
 @dataclass(frozen=True)
 class Config:
     # the Markov source: order 2, so each prediction needs the previous token (offset 1)
-    vocab_size: int = 16  # V
-    order: int = 2
+    vocab_size: int = setting(16, "vocabulary size (V)", min=2)
+    order: int = setting(2, "Markov order", min=1)
     # the tiny RoPE decoder
-    d_model: int = 48
-    n_layers: int = 1
-    n_heads: int = 4
-    d_ff: int = 128
-    train_len: int = 16  # L: every training sequence has this length
-    eval_factor: int = 4  # evaluate on sequences of length eval_factor · L
-    batch: int = 32  # B
-    steps: int = 200
-    lr: float = 1e-2
-    seeds: int = 1  # models trained, seeded ctx.seed, ctx.seed + 1, …; metrics are averaged
-    eval_batch: int = 512
+    d_model: int = setting(48, "model width", min=1)
+    n_layers: int = setting(1, "transformer layers", min=1)
+    n_heads: int = setting(4, "attention heads", min=1)
+    d_ff: int = setting(128, "feed-forward width", min=1)
+    train_len: int = setting(16, "L: every training sequence has this length", min=2)
+    eval_factor: int = setting(4, "evaluate on sequences of length eval_factor · L", min=1)
+    batch: int = setting(32, "sequences per step (B)", min=1)
+    steps: int = setting(200, "training steps", min=1)
+    lr: float = setting(1e-2, "learning rate", min=0, min_exclusive=True)
+    seeds: int = setting(
+        1, "models trained, seeded ctx.seed, ctx.seed + 1, …; metrics are averaged", min=1
+    )
+    eval_batch: int = setting(512, "held-out sequences", min=1)
+
+    def __post_init__(self) -> None:
+        # settings that depend on each other (one field's range is checked by `setting`)
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.n_heads >= 1 and (self.d_model // self.n_heads) % 2:
+            raise ValueError("RoPE rotates pairs: d_model / n_heads must be even")
 
 
 PRESETS = {"quick": Config(), "full": Config(train_len=32, steps=1500, seeds=3)}

@@ -30,6 +30,7 @@ from torch import nn
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.ffn import FeedForward, GLUFeedForward, glu_hidden_dim, llama_hidden_dim
 from repro.train import evaluate_lm, train_lm
@@ -40,19 +41,26 @@ VARIANTS = ("relu", "gelu", "geglu", "swiglu")
 @dataclass(frozen=True)
 class Config:
     # the Markov source (order 2: each prediction needs the previous token)
-    vocab_size: int = 16  # V
-    order: int = 2
+    vocab_size: int = setting(16, "vocabulary size (V)", min=2)
+    order: int = setting(2, "Markov order", min=1)
     # the tiny decoder; ReLU/GELU FFNs have width d_ff, GLU FFNs 2·d_ff/3
-    d_model: int = 48  # C
-    d_ff: int = 192  # F = 4C
-    n_layers: int = 1
-    n_heads: int = 4
-    seq_len: int = 16  # T
-    batch: int = 32  # B
-    steps: int = 100
-    lr: float = 1e-2
-    seeds: int = 1  # models per variant, seeded ctx.seed, ctx.seed + 1, …; losses are averaged
-    eval_batch: int = 512
+    d_model: int = setting(48, "model width (C)", min=1)
+    d_ff: int = setting(192, "feed-forward width (F = 4C)", min=3)
+    n_layers: int = setting(1, "transformer layers", min=1)
+    n_heads: int = setting(4, "attention heads", min=1)
+    seq_len: int = setting(16, "tokens per sequence (T)", min=2)
+    batch: int = setting(32, "sequences per step (B)", min=1)
+    steps: int = setting(100, "training steps", min=1)
+    lr: float = setting(1e-2, "learning rate", min=0, min_exclusive=True)
+    seeds: int = setting(
+        1, "models per variant, seeded ctx.seed, ctx.seed + 1, …; losses are averaged", min=1
+    )
+    eval_batch: int = setting(512, "held-out sequences", min=1)
+
+    def __post_init__(self) -> None:
+        # settings that depend on each other (one field's range is checked by `setting`)
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
 
 
 PRESETS = {"quick": Config(), "full": Config(steps=1500, seeds=3)}

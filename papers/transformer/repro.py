@@ -27,6 +27,7 @@ from repro.data.tasks import BOS, SEP, reverse_task
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters, param_count, preset_config
 from repro.lab.plots import save_line_plot
+from repro.lab.settings import setting
 from repro.models.transformer import Transformer, TransformerConfig
 from repro.nn.positional import sinusoidal_encoding_ref
 
@@ -34,26 +35,37 @@ from repro.nn.positional import sinusoidal_encoding_ref
 @dataclass(frozen=True)
 class Config:
     # §3.2.1: random queries and keys with unit-variance components
-    d_ks: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
-    n_rows: int = 500  # query rows per d_k
-    n_keys: int = 64  # keys per row (one softmax over K logits)
+    d_ks: tuple[int, ...] = setting(
+        (16, 32, 64, 128, 256, 512, 1024), "key dimensions d_k of the scaling check", min=1
+    )
+    n_rows: int = setting(500, "query rows per d_k", min=1)
+    n_keys: int = setting(64, "keys per row (one softmax over K logits)", min=2)
     # §3.5: sinusoidal encoding of width pe_dim, positions 0..pe_positions-1 shifted by offsets
-    pe_dim: int = 512
-    pe_positions: int = 256
-    pe_offsets: tuple[int, ...] = (1, 2, 5, 17, 64, 255)
+    pe_dim: int = setting(512, "width of the sinusoidal encoding (even)", min=2)
+    pe_positions: int = setting(256, "positions encoded", min=1)
+    pe_offsets: tuple[int, ...] = setting(
+        (1, 2, 5, 17, 64, 255), "position offsets k of the linear-map check", min=1
+    )
     # §5: the tiny translation stand-in (reverse a sequence of symbols)
-    seq_len: int = 8
-    vocab_size: int = 16  # PAD, BOS, SEP and 13 symbols (repro.data.tasks)
-    n_layers: int = 2
-    d_model: int = 64
-    n_heads: int = 4
-    d_ff: int = 128
-    dropout: float = 0.1  # P_drop (§5.4)
-    label_smoothing: float = 0.1  # ε_ls (§5.4)
-    warmup: int = 100  # warmup_steps of Eq. 3 (4000 in the paper, for 100K steps)
-    steps: int = 250
-    batch_size: int = 64
-    eval_size: int = 1000
+    seq_len: int = setting(8, "symbols per sequence to reverse", min=1)
+    vocab_size: int = setting(
+        16, "vocabulary size; PAD, BOS, SEP and 13 symbols (repro.data.tasks)", min=4
+    )
+    n_layers: int = setting(2, "layers of encoder and decoder", min=1)
+    d_model: int = setting(64, "model width", min=1)
+    n_heads: int = setting(4, "attention heads", min=1)
+    d_ff: int = setting(128, "feed-forward width", min=1)
+    dropout: float = setting(0.1, "P_drop (§5.4)", min=0, max=1)
+    label_smoothing: float = setting(0.1, "ε_ls (§5.4)", min=0, max=1, min_exclusive=False)
+    warmup: int = setting(100, "warmup_steps of Eq. 3 (4000 in the paper, for 100K steps)", min=1)
+    steps: int = setting(250, "training steps", min=1)
+    batch_size: int = setting(64, "sequences per step", min=1)
+    eval_size: int = setting(1000, "held-out sequences", min=1)
+
+    def __post_init__(self) -> None:
+        # settings that depend on each other (one field's range is checked by `setting`)
+        if self.n_heads >= 1 and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
 
 
 PRESETS = {

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """Line breaks and control characters escaped: a message from user text stays one line."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 class PaperlabError(Exception):
     """Base class: a problem with what the user asked for or wrote (exit code 2)."""
 
 
 class UnknownPaper(PaperlabError):
     """A slug that is not in the library; the message carries the 'did you mean' suggestion."""
+
+
+class MissingLibrary(PaperlabError):
+    """The papers folder does not exist."""
 
 
 class NoteError(PaperlabError):
@@ -29,3 +41,7 @@ class BadOption(PaperlabError):
 
 class ScaffoldError(PaperlabError):
     """`paperlab new` refuses: the folder exists or the slug is not valid."""
+
+
+class SaveError(PaperlabError):
+    """Results computed but not stored (read-only or full disk, runs path is a file)."""

@@ -17,8 +17,9 @@ from pathlib import Path
 from types import ModuleType
 
 from repro.lab.claims import CLAIM_ATTR, ClaimSpec
-from repro.lab.errors import NoteError, UnknownPaper, WiringError
+from repro.lab.errors import BadOption, MissingLibrary, NoteError, UnknownPaper, WiringError
 from repro.lab.note import Note, load_note
+from repro.lab.textfile import TextFileError, read_text_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAPERS_ENV = "PAPERLAB_PAPERS"
@@ -62,9 +63,13 @@ class Paper:
             return {}
         shown = self.display(self.repro_path)
         try:
-            tree = ast.parse(self.repro_path.read_text(encoding="utf-8"), filename=shown)
+            tree = ast.parse(read_text_file(self.repro_path, shown), filename=shown)
+        except TextFileError as exc:
+            raise WiringError(str(exc)) from None
         except SyntaxError as exc:
             raise WiringError(f"{shown}:{exc.lineno}:{exc.offset}: {exc.msg}") from None
+        except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
+            raise WiringError(f"{shown}:1:1: cannot parse: {type(exc).__name__}") from None
         found: dict[str, int] = {}
         for node in ast.walk(tree):
             if not isinstance(node, ast.FunctionDef):
@@ -143,7 +148,12 @@ class Library:
     @cached_property
     def papers(self) -> dict[str, Paper]:
         if not self.root.is_dir():
-            return {}
+            # A typo in --papers-dir must not pass as an empty library (a green CI job).
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise MissingLibrary(
+                f"papers folder {self.root} {what} (set --papers-dir or {PAPERS_ENV}; "
+                "paperlab runs from its checkout: install it with `pip install -e .`)"
+            )
         return {
             p.parent.name: Paper(p.parent.name, p.parent)
             for p in sorted(self.root.glob("*/note.yaml"))
@@ -162,17 +172,46 @@ class Library:
         return aliases
 
     def get(self, name: str) -> Paper:
-        """The paper called `name` (slug or alias); UnknownPaper with a suggestion otherwise."""
+        """The paper called `name` (slug or alias, any case); UnknownPaper with a suggestion."""
         if name in self.papers:
             return self.papers[name]
+        folded = name.lower()  # `LoRA` finds `lora`
+        if folded in self.papers:
+            return self.papers[folded]
         aliases = self._aliases()
-        if name in aliases:
-            return self.papers[aliases[name]]
-        close = difflib.get_close_matches(name, [*self.papers, *aliases], n=1, cutoff=0.5)
+        if folded in aliases:
+            return self.papers[aliases[folded]]
+        close = difflib.get_close_matches(folded, [*self.papers, *aliases], n=1, cutoff=0.5)
         hint = f"; did you mean '{aliases.get(close[0], close[0])}'?" if close else ""
         known = "" if close else f" (known: {', '.join(self.papers) or 'none'})"
         raise UnknownPaper(f"unknown paper '{name}'{hint}{known}")
 
     def select(self, names: tuple[str, ...] | list[str]) -> list[Paper]:
-        """The named papers, or all of them when no name is given."""
-        return [self.get(n) for n in names] if names else list(self.papers.values())
+        """The named papers (each once, in order), or all of them when no name is given."""
+        if not names:
+            return list(self.papers.values())
+        chosen = {p.slug: p for p in (self.get(n) for n in names)}
+        return list(chosen.values())
+
+
+def notes_or_error(papers: list[Paper]) -> None:
+    """Load every note; one NoteError listing the problems of every broken note."""
+    problems: list[str] = []
+    for paper in papers:
+        try:
+            paper.note  # noqa: B018
+        except NoteError as exc:
+            problems += exc.problems
+    if problems:
+        raise NoteError(problems)
+
+
+def check_claim_ids(papers: list[Paper], claim_ids: tuple[str, ...]) -> None:
+    """Each `--claim` id must name a claim of the selected papers (with a suggestion if not)."""
+    known = sorted({c.id for p in papers for c in p.note.claims})
+    for cid in claim_ids:
+        if cid not in known:
+            close = difflib.get_close_matches(cid, known, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (claims: {', '.join(known)})"
+            where = papers[0].slug if len(papers) == 1 else "the selected papers"
+            raise BadOption(f"--claim: {where} has no claim '{cid}'{hint}")

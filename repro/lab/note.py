@@ -7,11 +7,11 @@ every problem is reported at once as `path:line:col: field.path: message`.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,10 +21,14 @@ from pydantic import (
     model_validator,
 )
 
-from repro.lab.errors import NoteError
+from repro.lab.errors import NoteError, one_line
+from repro.lab.strict_yaml import Position, YamlProblem, load_document
+from repro.lab.textfile import TextFileError, read_text_file
 
 SLUG_RE = r"^[a-z0-9][a-z0-9-]*$"
 Text = Annotated[str, Field(min_length=1)]
+# A tolerance of .inf or .nan would verify any value: bounds must be finite numbers.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 TextList = Annotated[list[Text], Field(min_length=1)]
 
 
@@ -136,9 +140,9 @@ class ZhOverlay(Strict):
 class ToleranceSpec(Strict):
     """Exactly one of: `rel` (relative), `abs` (absolute), `range` ([lo, hi], null = open)."""
 
-    rel: Annotated[float, Field(gt=0)] | None = None
-    abs: Annotated[float, Field(ge=0)] | None = None
-    range: tuple[float | None, float | None] | None = None
+    rel: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    abs: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    range: tuple[FiniteFloat | None, FiniteFloat | None] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> ToleranceSpec:
@@ -198,6 +202,18 @@ class Claim(Strict):
         except ValidationError as exc:
             reasons = "; ".join(f"{_dotted(e['loc'])}: {_message(e)}" for e in exc.errors())
             raise ValueError(f"{TOLERANCE_HELP}: {reasons}") from None
+
+    @field_validator("expected")
+    @classmethod
+    def _finite_expected(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                finite = math.isfinite(float(value))
+            except OverflowError:  # an integer beyond any float
+                finite = False
+            if not finite:
+                raise ValueError("`expected` must be a finite number")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Claim:
@@ -271,26 +287,6 @@ def note_json_schema() -> dict[str, Any]:
 
 # --- loading with positions ---------------------------------------------------------------
 
-Position = tuple[int, int]  # 1-based (line, column)
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: ~20× faster
-
-
-def _positions(node: yaml.Node, path: tuple, out: dict[tuple, Position], dupes: list) -> None:
-    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            if key.value in seen:
-                dupes.append((path + (key.value,), key.start_mark))
-            seen.add(key.value)
-            out.setdefault(path + (key.value,), (key.start_mark.line + 1, 1))
-            _positions(value, path + (key.value,), out, dupes)
-            # point a key's own problems (e.g. unknown field) at the key, not its value
-            out[path + (key.value,)] = (key.start_mark.line + 1, key.start_mark.column + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _positions(item, path + (i,), out, dupes)
-
 
 def _dotted(loc: tuple) -> str:
     text = ""
@@ -333,27 +329,20 @@ def _line_col(problem: str) -> tuple[int, int]:
 
 def parse_note(text: str, display_path: str) -> Note:
     """Validate note text; raise NoteError listing every problem with its position."""
-    loader = _SafeLoader(text)  # one parse: the node tree gives positions, then the data
     try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise NoteError([f"{display_path}:{where}: invalid YAML: {problem}"]) from None
-    finally:
-        loader.dispose()
-    if root is None or not isinstance(data, dict):
+        doc = load_document(text)
+    except YamlProblem as exc:
+        where = f"{display_path}:{exc.line}:{exc.column}"
+        raise NoteError([one_line(f"{where}: {exc.message}")]) from None
+    if not isinstance(doc.data, dict):
         raise NoteError([f"{display_path}:1:1: (note): expected a mapping of note fields"])
-    positions: dict[tuple, Position] = {}
-    dupes: list = []
-    _positions(root, (), positions, dupes)
+    positions = doc.positions
     problems = [
-        f"{display_path}:{m.line + 1}:{m.column + 1}: {_dotted(p)}: duplicate key" for p, m in dupes
+        f"{display_path}:{line}:{col}: {_dotted(p)}: duplicate key"
+        for p, (line, col) in doc.duplicates
     ]
     try:
-        note = Note.model_validate(data)
+        note = Note.model_validate(doc.data)
     except ValidationError as exc:
         seen = set()
         for err in exc.errors():
@@ -363,19 +352,23 @@ def parse_note(text: str, display_path: str) -> Note:
             if entry not in seen:  # a union reports one error per member; keep one
                 seen.add(entry)
                 problems.append(entry)
-        raise NoteError(sorted(problems, key=_line_col)) from None
+        raise NoteError([one_line(p) for p in sorted(problems, key=_line_col)]) from None
     if problems:
-        raise NoteError(problems)
+        raise NoteError([one_line(p) for p in problems])
     return note
 
 
 def load_note(path: Path, display_path: str | None = None) -> Note:
-    """Read and validate `path`; errors name `display_path` (default: the path as given)."""
+    """Read and validate `path`; errors name `display_path` (default: the path as given).
+
+    Only a regular, UTF-8 file of at most 1 MiB is read (see repro.lab.textfile).
+    """
+    shown = display_path or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise NoteError([f"{display_path or path}:1:1: cannot read: {exc.strerror}"]) from None
-    return parse_note(text, display_path or str(path))
+        text = read_text_file(path, shown)
+    except TextFileError as exc:
+        raise NoteError([one_line(str(exc))]) from None
+    return parse_note(text, shown)
 
 
 def dump_schema(path: Path) -> None:

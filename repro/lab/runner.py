@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -28,7 +29,10 @@ from typing import Any
 
 from repro.lab.claims import ClaimResult, Context, Measured, ProgressFn, SkipClaim, Verdict, within
 from repro.lab.errors import BadOption
+from repro.lab.format import format_number
 from repro.lab.library import REPO_ROOT, Paper
+from repro.lab.runs import new_stamp, partial_dir, publish, remove_stale_partials
+from repro.lab.settings import config_problems
 from repro.lab.threads import torch_threads
 
 RUNS_ENV = "PAPERLAB_RUNS"
@@ -57,14 +61,50 @@ def _coerce(text: str, annotation: Any, name: str) -> Any:
         return lowered in ("true", "1", "yes")
     if annotation in (int, float):
         try:
-            return annotation(text)
+            value = annotation(text)
         except ValueError:
             raise BadOption(f"--set {name}: expected {annotation.__name__}, got '{text}'") from None
+        if not math.isfinite(value):
+            raise BadOption(f"--set {name}: expected a finite number, got '{text}'")
+        return value
     return text
 
 
-def make_config(module: Any, quick: bool, overrides: tuple[str, ...] = ()) -> Any:
-    """The paper's quick or full preset with `key=value` overrides checked against its fields."""
+# An override this many times the full preset's work needs --yes: a typo (an extra 000) must not
+# start a run of days without a word.
+OVERSIZE_FACTOR = 100
+
+
+def _size(value: Any) -> float | None:
+    """How much work a setting stands for: an int, or the sum of an int tuple's items."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, tuple | list) and value and all(isinstance(v, int) for v in value):
+        return float(sum(value))
+    return None
+
+
+def work_estimate(cfg: Any, full: Any) -> tuple[float, list[str]]:
+    """How many times the full preset's work `cfg` asks for (the product of the growth of its
+    integer settings: steps, widths, counts), and which settings grew."""
+    factor, grown = 1.0, []
+    for f in dataclasses.fields(cfg):
+        if f.name == "seed" or f.name.endswith("_seed"):
+            continue  # a seed is a label, not an amount of work
+        new, old = _size(getattr(cfg, f.name)), _size(getattr(full, f.name))
+        if new is not None and old and old > 0 and new > old:
+            factor *= new / old
+            grown.append(f"{f.name}={getattr(cfg, f.name)} (full: {getattr(full, f.name)})")
+    return factor, grown
+
+
+def make_config(
+    module: Any, quick: bool, overrides: tuple[str, ...] = (), *, confirmed: bool = True
+) -> Any:
+    """The paper's quick or full preset with `key=value` overrides checked against its fields
+    and their declared ranges; an override of ≥ 100× the full preset's work needs `confirmed`."""
     presets = getattr(module, "PRESETS", None)
     if presets is None:
         if overrides:
@@ -82,7 +122,20 @@ def make_config(module: Any, quick: bool, overrides: tuple[str, ...] = ()) -> An
         if key not in names:
             raise BadOption(f"--set: unknown setting '{key}' (settings: {', '.join(names)})")
         changes[key] = _coerce(value.strip(), hints[key], key)
-    return dataclasses.replace(cfg, **changes)
+    try:
+        cfg = dataclasses.replace(cfg, **changes)
+    except (ValueError, TypeError, AssertionError) as exc:  # a Config's own __post_init__ check
+        raise BadOption(f"--set: {exc}") from None
+    problems = config_problems(cfg)
+    if problems:
+        raise BadOption("--set: " + "; ".join(problems))
+    factor, grown = work_estimate(cfg, presets["full"])
+    if factor >= OVERSIZE_FACTOR and not confirmed:
+        raise BadOption(
+            f"--set asks for about {format_number(factor)}× the work of the full preset "
+            f"({', '.join(grown)}); add --yes to run it anyway"
+        )
+    return cfg
 
 
 def config_dict(cfg: Any) -> dict:
@@ -170,7 +223,9 @@ class RunReport:
     results: list[ClaimResult]
     run_dir: Path | None = None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     environment: dict = field(default_factory=dict)
+    save_error: str = ""  # why a run that was to be saved was not (the results are still here)
 
     @property
     def ok(self) -> bool:
@@ -185,6 +240,8 @@ class RunReport:
             "claims": [r.to_json() for r in self.results],
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "save_error": self.save_error or None,
         }
 
 
@@ -201,16 +258,36 @@ def run_paper(
     progress: ProgressFn | None = None,
     runs_dir: Path | None = None,
     threads: int | None = 1,
+    confirmed: bool = True,
 ) -> RunReport:
     """Check a paper's claims (and run its experiment first when `experiment`); save if asked.
 
     `threads` torch CPU threads (None: torch's default); see repro.lab.threads for why one.
+    `confirmed=False` refuses overrides of ≥ 100× the full preset's work (see make_config).
+    A run that cannot be saved still returns its results, with `save_error` saying why.
     """
+    if seed < 0:
+        raise BadOption(f"--seed must be ≥ 0, got {seed}")
     with torch_threads(threads):
         return _run_paper(
             paper, quick, experiment, device, seed, overrides, claim_ids, skip_benchmarks,
-            progress, runs_dir,
+            progress, runs_dir, confirmed,
         )  # fmt: skip
+
+
+def _start_partial(runs_dir: Path, slug: str) -> tuple[Path | None, str]:
+    """The hidden folder this run is assembled in (and stale ones removed), or why there is none."""
+    try:
+        remove_stale_partials(runs_dir, slug)
+        tmp = partial_dir(runs_dir, slug)
+        tmp.mkdir(parents=True)
+        return tmp, ""
+    except OSError as exc:
+        return None, f"results not saved: cannot create a run folder in {runs_dir}: {_why(exc)}"
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _run_paper(
@@ -224,15 +301,13 @@ def _run_paper(
     skip_benchmarks: bool,
     progress: ProgressFn | None,
     runs_dir: Path | None,
+    confirmed: bool,
 ) -> RunReport:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     device = resolve_device(device)
     module = paper.module()
-    cfg = make_config(module, quick, overrides)
-    tmp = None
-    if runs_dir is not None:
-        tmp = runs_dir / paper.slug / f".partial-{os.getpid()}-{time.time_ns()}"
-        tmp.mkdir(parents=True)
+    cfg = make_config(module, quick, overrides, confirmed=confirmed)
+    tmp, save_error = _start_partial(runs_dir, paper.slug) if runs_dir is not None else (None, "")
     ctx = Context(
         config=cfg,
         device=device,
@@ -269,12 +344,17 @@ def _run_paper(
             metrics=_plain(metrics) if metrics is not None else None,
             results=results,
             seconds=round(time.perf_counter() - start, 3),
+            cpu_seconds=round(time.process_time() - cpu_start, 3),
             environment=environment(device, seed),
+            save_error=save_error,
         )
         if failure:
             report.environment["experiment_error"] = failure
         if tmp is not None:
-            report.run_dir = _save(report, tmp, quick)
+            try:
+                report.run_dir = _save(report, tmp, quick, overrides)
+            except OSError as exc:  # full disk, read-only mount: the results are still returned
+                report.save_error = f"results not saved to {tmp.parent}: {_why(exc)}"
         return report
     finally:
         if tmp is not None and tmp.exists():
@@ -310,21 +390,31 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _save(report: RunReport, tmp: Path, quick: bool) -> Path:
-    _write_json(tmp / "config.json", {**report.config, "_preset": "quick" if quick else "full"})
+def _save(report: RunReport, tmp: Path, quick: bool, overrides: tuple[str, ...]) -> Path:
+    preset = "quick" if quick else "full"
+    _write_json(tmp / "config.json", {**report.config, "_preset": preset})
     _write_json(tmp / "metrics.json", report.metrics or {})
     _write_json(tmp / "claims.json", [r.to_json() for r in report.results])
     _write_json(tmp / "environment.json", report.environment)
+    _write_json(
+        tmp / "run.json",
+        {
+            "paper": report.paper,
+            "preset": preset,
+            "overrides": list(overrides),
+            "seed": report.environment.get("seed"),
+            "ok": report.ok,
+            "seconds": report.seconds,
+            "cpu_seconds": report.cpu_seconds,
+        },
+    )
     log = [
         f"{r.when} {r.id}: {r.verdict.value} measured={r.measured!r} expected={r.expected!r} "
         f"tolerance={r.tolerance} ({r.seconds}s) {r.message}".rstrip()
         for r in report.results
     ]
     (tmp / "log.txt").write_text("\n".join(log) + "\n", encoding="utf-8")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    final = tmp.parent / stamp
-    os.replace(tmp, final)
-    return final
+    return publish(tmp, new_stamp())
 
 
 def latest_results(runs_dir: Path, slug: str) -> dict[str, ClaimResult]:
@@ -333,7 +423,8 @@ def latest_results(runs_dir: Path, slug: str) -> dict[str, ClaimResult]:
     folder = runs_dir / slug
     if not folder.is_dir():
         return latest
-    for run in sorted((p for p in folder.iterdir() if not p.name.startswith(".")), reverse=True):
+    runs = (p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+    for run in sorted(runs, reverse=True):
         try:
             rows = json.loads((run / "claims.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):

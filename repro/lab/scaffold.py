@@ -1,50 +1,110 @@
-"""`paperlab new`: a paper folder from the templates, never overwriting anything."""
+"""`paperlab new`: a paper folder from the templates, never overwriting anything.
+
+Whatever a user types must not break the files written: the slug, arXiv id and year are checked
+against the note schema's own rules before anything is written, the title goes into the YAML as a
+YAML-quoted scalar and into repro.py as a Python literal (`repr`), and a filesystem failure is
+one ScaffoldError.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
-from repro.lab.errors import ScaffoldError
-from repro.lab.note import SLUG_RE
+import yaml
+
+from repro.lab.errors import ScaffoldError, one_line
+from repro.lab.note import SLUG_RE, Note
 from repro.lab.sheets import environment
 
-ARXIV_RE = r"^\d{4}\.\d{4,5}$"
+SLUG_MAX = 64
+ARXIV_RE = Note.model_fields["arxiv"].metadata[0].pattern
+YEAR_RANGE = (
+    Note.model_fields["year"].metadata[0].ge,
+    Note.model_fields["year"].metadata[1].le,
+)
+TITLE_MAX = 500
+
+
+def yaml_scalar(value: str) -> str:
+    """`value` as one YAML scalar that reads back unchanged (quoted and escaped as needed)."""
+    text = yaml.safe_dump(value, default_style='"', width=float("inf"), allow_unicode=True)
+    return text.removesuffix("\n...\n").rstrip("\n")
+
+
+def docstring_text(value: str) -> str:
+    """`value` escaped for the inside of a triple-quoted docstring: it reads back unchanged and
+    cannot close the string (every quote and backslash is escaped, control characters too)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return escaped.translate({c: f"\\x{c:02x}" for c in range(32)})
+
+
+def check_inputs(slug: str, title: str, arxiv: str, year: int) -> None:
+    """Refuse what would write a folder or a note that does not validate."""
+    if len(slug) > SLUG_MAX:
+        raise ScaffoldError(f"invalid slug: {len(slug)} characters, at most {SLUG_MAX}")
+    if not re.fullmatch(SLUG_RE.strip("^$"), slug):
+        raise ScaffoldError(
+            f"invalid slug {slug!r}: use lowercase letters, digits and dashes, "
+            "starting with a letter or digit"
+        )
+    if not re.fullmatch(ARXIV_RE.strip("^$"), arxiv):
+        raise ScaffoldError(f"invalid arXiv id {arxiv!r}: expected e.g. 2106.09685")
+    lo, hi = YEAR_RANGE
+    if not lo <= year <= hi:
+        raise ScaffoldError(f"invalid year {year}: expected {lo}–{hi}")
+    if not title.strip():
+        raise ScaffoldError("the title must not be empty")
+    if len(title) > TITLE_MAX:
+        raise ScaffoldError(f"the title has {len(title):,} characters, at most {TITLE_MAX}")
 
 
 def scaffold_paper(root: Path, slug: str, title: str, arxiv: str, year: int) -> Path:
-    """Create `root/slug/` with note.yaml and repro.py; refuse bad slugs and existing folders."""
-    if not re.match(SLUG_RE, slug):
-        raise ScaffoldError(
-            f"invalid slug '{slug}': use lowercase letters, digits and dashes, "
-            "starting with a letter or digit"
-        )
-    if not re.match(ARXIV_RE, arxiv):
-        raise ScaffoldError(f"invalid arXiv id '{arxiv}': expected e.g. 2106.09685")
-    if not title.strip():
-        raise ScaffoldError("the title must not be empty")
+    """Create `root/slug/` with note.yaml and repro.py; refuse bad input and existing folders."""
+    check_inputs(slug, title, arxiv, year)
     folder = root / slug
-    if folder.exists():
+    if os.path.lexists(folder):  # a dangling symlink counts: never write through it
         raise ScaffoldError(f"{folder} already exists; not overwriting it")
-    root.mkdir(parents=True, exist_ok=True)
-    values = {"slug": slug, "title": title.strip(), "arxiv": arxiv, "year": year}
+    title = title.strip()
+    values = {
+        "slug": slug,
+        "arxiv": arxiv,
+        "year": year,
+        "title_yaml": yaml_scalar(title),
+        "title_docstring": docstring_text(title),
+        "title_comment": one_line(title),
+    }
     env = environment()
-    # Build in a hidden sibling folder and rename: a failure leaves nothing half-written.
-    tmp = Path(tempfile.mkdtemp(prefix=f".new-{slug}-", dir=root))
     try:
-        for name in ("note.yaml", "repro.py"):
-            text = env.get_template(f"{name}.j2").render(**values)
+        texts = {name: env.get_template(f"{name}.j2").render(**values) for name in NAMES}
+    except OSError as exc:
+        raise ScaffoldError(f"cannot read the templates: {exc.strerror or exc}") from None
+    try:
+        return _write(root, folder, texts)
+    except OSError as exc:
+        where = exc.filename or root
+        raise ScaffoldError(f"cannot write {where}: {exc.strerror or exc}") from None
+
+
+NAMES = ("note.yaml", "repro.py")
+
+
+def _write(root: Path, folder: Path, texts: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    # Build in a hidden sibling folder and rename: a failure leaves nothing half-written.
+    tmp = Path(tempfile.mkdtemp(prefix=f".new-{folder.name}-", dir=root))
+    try:
+        for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
         try:
             os.mkdir(folder)  # atomically claims the name; fails if it appeared meanwhile
         except FileExistsError:
             raise ScaffoldError(f"{folder} already exists; not overwriting it") from None
-        for name in ("note.yaml", "repro.py"):
+        for name in texts:
             os.replace(tmp / name, folder / name)
     finally:
-        for leftover in tmp.iterdir():
-            leftover.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -9,6 +9,7 @@ must not be empty.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,3 +86,36 @@ def _out_of_range(v: Any, m: dict) -> bool:
     if lo is not None and (v < lo or (m["min_exclusive"] and v == lo)):
         return True
     return hi is not None and v > hi
+
+
+def type_name(annotation: Any) -> str:
+    """`int`, `float`, `tuple[int, ...]` as a reader writes them."""
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def describe_settings(presets: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per `Config` field: name, type, quick and full values, bounds, help."""
+    quick, full = presets["quick"], presets["full"]
+    hints = typing.get_type_hints(type(full))
+    return [
+        {
+            "name": f.name,
+            "type": type_name(hints.get(f.name, f.type)),
+            "quick": getattr(quick, f.name),
+            "full": getattr(full, f.name),
+            "bounds": setting_bounds(f),
+            "help": setting_help(f),
+        }
+        for f in dataclasses.fields(full)
+    ]
+
+
+def as_set_value(value: Any) -> str:
+    """A value written the way `--set key=value` reads it back (tuples comma-separated)."""
+    if isinstance(value, tuple | list):
+        return ",".join(as_set_value(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

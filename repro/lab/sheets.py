@@ -15,6 +15,7 @@ from typing import Literal
 import jinja2
 
 from repro.lab.claims import ClaimResult
+from repro.lab.format import format_value
 from repro.lab.library import REPO_ROOT, Paper
 
 TEMPLATES = REPO_ROOT / "templates"
@@ -34,21 +35,6 @@ def environment() -> jinja2.Environment:
     )
     env.filters["measured"] = format_value
     return env
-
-
-def format_value(value: object) -> str:
-    """A measured or expected value as a person reads it."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
-            return f"{value:.4g}"
-        return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def claim_rows(paper: Paper, results: dict[str, ClaimResult]) -> list[dict]:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.lab.errors import UnknownPaper
+from repro.lab.errors import BadOption, MissingLibrary, NoteError, UnknownPaper, WiringError
 from repro.lab.library import Library
 
 
@@ -52,5 +52,9 @@ def test_a_cited_claim_must_not_have_a_check(library_dir: Path) -> None:
     assert "claim 'bleu' is cited in the note but has a check" in problem
 
 
-def test_missing_folder_is_an_empty_library(tmp_path: Path) -> None:
-    assert Library(tmp_path / "nowhere").slugs() == []
+def test_a_missing_folder_is_an_error_not_an_empty_library(tmp_path: Path) -> None:
+    with pytest.raises(MissingLibrary, match=r"papers folder .*nowhere does not exist"):
+        Library(tmp_path / "nowhere").slugs()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(MissingLibrary, match="is not a folder"):
+        Library(tmp_path / "file").slugs()

@@ -35,7 +35,9 @@ def test_one_crashing_claim_never_stops_the_others(toy, tmp_path: Path) -> None:
 def test_results_are_stored_completely(toy, tmp_path: Path) -> None:
     report = run_paper(toy, runs_dir=tmp_path / "runs", experiment=True, seed=7)
     files = sorted(p.name for p in report.run_dir.iterdir())
-    assert files == ["claims.json", "config.json", "environment.json", "log.txt", "metrics.json"]
+    assert files == [
+        "claims.json", "config.json", "environment.json", "log.txt", "metrics.json", "run.json"
+    ]  # fmt: skip
     env = json.loads((report.run_dir / "environment.json").read_text())
     assert env["seed"] == 7 and env["torch"] and env["python"]
     assert json.loads((report.run_dir / "metrics.json").read_text())["steps"] == 3
