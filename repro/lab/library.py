@@ -67,7 +67,7 @@ class Paper:
         except TextFileError as exc:
             raise WiringError(str(exc)) from None
         except SyntaxError as exc:
-            raise WiringError(f"{shown}:{exc.lineno}:{exc.offset}: {exc.msg}") from None
+            raise WiringError(f"{shown}:{exc.lineno or 1}:{exc.offset or 1}: {exc.msg}") from None
         except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
             raise WiringError(f"{shown}:1:1: cannot parse: {type(exc).__name__}") from None
         found: dict[str, int] = {}
@@ -83,7 +83,7 @@ class Paper:
                 ):
                     if deco.args[0].value in found:
                         raise WiringError(
-                            f"{shown}:{node.lineno}: claim {deco.args[0].value!r} is "
+                            f"{shown}:{node.lineno}:1: claim {deco.args[0].value!r} is "
                             "checked by two functions"
                         )
                     found[deco.args[0].value] = node.lineno
@@ -99,14 +99,13 @@ class Paper:
         problems = []
         for c in self.note.claims:
             if c.kind == "cited" and c.id in in_code:
-                problems.append(
-                    f"{shown}:{in_code[c.id]}: claim {c.id!r} is cited in the note but has a check"
-                )
+                where = f"{shown}:{in_code[c.id]}:1"
+                problems.append(f"{where}: claim {c.id!r} is cited in the note but has a check")
             elif c.kind != "cited" and c.id not in in_code:
-                problems.append(f"{shown}: claim {c.id!r} ({c.kind}) has no @claim function")
+                problems.append(f"{shown}:1:1: claim {c.id!r} ({c.kind}) has no @claim function")
         in_note = {c.id for c in self.note.claims}
         problems += [
-            f"{shown}:{line}: @claim({cid!r}) has no claim in note.yaml"
+            f"{shown}:{line}:1: @claim({cid!r}) has no claim in note.yaml"
             for cid, line in in_code.items()
             if cid not in in_note
         ]
