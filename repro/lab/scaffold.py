@@ -93,7 +93,7 @@ NAMES = ("note.yaml", "repro.py")
 
 
 def _write(root: Path, folder: Path, texts: dict[str, str]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(exist_ok=True)  # the papers folder itself, not a typo's whole path
     # Build in a hidden sibling folder and rename: a failure leaves nothing half-written.
     tmp = Path(tempfile.mkdtemp(prefix=f".new-{folder.name}-", dir=root))
     try:

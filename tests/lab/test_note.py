@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,7 +93,10 @@ def test_yaml_is_loaded_safely(valid_note_text: str) -> None:
     text = valid_note_text.replace(
         'title: "Toy', 'title: !!python/object/apply:os.system ["echo"]\nx: "Toy', 1
     )
-    assert any("tags (tag:yaml.org,2002:python/object/apply:os.system) are not supported" in p for p in problems(text))
+    assert any(
+        "tags (tag:yaml.org,2002:python/object/apply:os.system) are not supported" in p
+        for p in problems(text)
+    )
 
 
 def test_not_a_mapping() -> None:
@@ -113,3 +120,113 @@ def test_schema_forbids_extra_fields() -> None:
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) >= {"title", "authors", "interview", "passes"}
     assert Note.model_fields["contributions"].metadata
+
+
+# --- hostile files: each is one located error, fast, in bounded memory ---------------------
+
+BOMB = b'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + b"".join(
+    f"l{i}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n".encode() for i in range(9)
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "where", "message"),
+    [
+        (b"title: \xff\n", "1:8", "not UTF-8: byte 0xff cannot be decoded"),
+        ("title: ü\n".encode("utf-16"), "1:1", "a UTF-16 file? save it as UTF-8"),
+        ("title: x\nvenue: é".encode()[:-1], "2:8", "not UTF-8: byte 0xc3"),
+        (b"year: " + b"9" * 5000 + b"\n", "1:7", "cannot read this value"),
+        (b"a: " + b"[" * 990 + b"]" * 990 + b"\n", "1:", "nested more than 64 levels deep"),
+        (b"rec: &r [1, *r]\n", "1:6", "anchors (&r) are not supported in notes"),
+        (b"a: 1\nb: *x\n", "2:4", "aliases (*x) are not supported in notes"),
+        (BOMB, "1:4", "anchors (&a) are not supported"),
+        (b"title: a\x00b\n", "1:9", "character U+0000 is not allowed in YAML"),
+        (b"year: 2021-13-45\n", "1:7", "cannot read this value: month must be in 1..12"),
+        (b"? [a]\n: b\n", "1:3", "a mapping key must be plain text"),
+        (b"a: 1\n---\nb: 2\n", "2:1", "a note is one YAML document"),
+        (b"s: !!set {a}\n", "1:4", "tags (tag:yaml.org,2002:set) are not supported"),
+    ],
+)
+def test_hostile_bytes_give_one_located_error(
+    tmp_path: Path, data: bytes, where: str, message: str
+) -> None:
+    path = tmp_path / "note.yaml"
+    path.write_bytes(data)
+    start = time.process_time()
+    with pytest.raises(NoteError) as info:
+        load_note(path, "n.yaml")
+    assert time.process_time() - start < 1.0
+    (problem,) = info.value.problems
+    assert problem.startswith(f"n.yaml:{where}"), problem
+    assert message in problem
+
+
+def test_deep_block_nesting_is_refused_before_recursion() -> None:
+    text = "a:\n" + "".join(" " * (i + 1) + "- \n" for i in range(500))
+    (found,) = problems(text)
+    assert "nested more than 64 levels deep" in found
+
+
+def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "note.yaml"
+    with path.open("wb") as f:
+        f.truncate(64 << 20)  # sparse: 64 MiB of zeros, no disk used
+    with pytest.raises(NoteError, match=r"n.yaml:1:1: cannot read: 67,108,864 bytes is more"):
+        load_note(path, "n.yaml")
+
+
+def test_a_directory_is_not_a_note(tmp_path: Path) -> None:
+    with pytest.raises(NoteError, match=r"^n.yaml:1:1: cannot read: not a regular file$"):
+        load_note(tmp_path, "n.yaml")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: the loader must not wait."""
+    fifo = tmp_path / "note.yaml"
+    os.mkfifo(fifo)
+    code = "from repro.lab.note import load_note; import sys; load_note(sys.argv[1])"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(fifo)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "not a regular file" in result.stderr
+
+
+def test_a_utf8_bom_and_crlf_line_ends_are_fine(valid_note_text: str, tmp_path: Path) -> None:
+    path = tmp_path / "note.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + valid_note_text.replace("\n", "\r\n").encode())
+    assert load_note(path).title == "Toy: a paper for tests"
+
+
+def test_control_characters_in_keys_stay_on_one_line() -> None:
+    found = problems('"bad\\nkey": 1\n')
+    assert all("\n" not in p for p in found)
+    assert any(p.endswith(":1:1: bad\\nkey: unknown field") for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("tolerance: {abs: 0.5}", "tolerance: {abs: .inf}", "abs: Input should be a finite number"),
+        ("tolerance: {abs: 0.5}", "tolerance: {rel: .inf}", "rel: Input should be a finite number"),
+        ("tolerance: {abs: 0.5}", "tolerance: {abs: .nan}", "abs: Input should be a finite number"),
+        (
+            "tolerance: {abs: 0.5}",
+            "tolerance: {range: [-.inf, .inf]}",
+            "range[0]: Input should be a finite number",
+        ),
+        ("expected: 1.0", "expected: .nan", "`expected` must be a finite number"),
+        ("expected: 1.0", "expected: -.inf", "`expected` must be a finite number"),
+        ("expected: 1.0", "expected: " + "9" * 400, "`expected` must be a finite number"),
+    ],
+)
+def test_meaningless_tolerances_are_refused(
+    valid_note_text: str, old: str, new: str, message: str
+) -> None:
+    assert old in valid_note_text, old
+    found = problems(valid_note_text.replace(old, new, 1))
+    assert any(message in p for p in found), found

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,91 @@ def test_cuda_request_without_cuda_is_bad_input(toy) -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(BadOption, match="CUDA is not available"):
         run_paper(toy, device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("steps=0", "--set: steps: 0 is out of range (expected ≥ 1)"),
+        ("steps=-5", "--set: steps: -5 is out of range (expected ≥ 1)"),
+        ("lr=0", "--set: lr: 0.0 is out of range (expected (0, 1])"),
+        ("lr=nan", "--set lr: expected a finite number, got 'nan'"),
+        ("lr=inf", "--set lr: expected a finite number, got 'inf'"),
+        ("widths=", "--set: widths: must not be empty"),
+        ("widths=1,0", "--set: widths: 0 is out of range (expected ≥ 1)"),
+    ],
+)
+def test_settings_out_of_range_are_refused_before_work(toy, override: str, message: str) -> None:
+    with pytest.raises(BadOption) as info:
+        make_config(toy.module(), quick=True, overrides=(override,))
+    assert str(info.value) == message
+
+
+def test_an_oversized_override_needs_confirmation(toy) -> None:
+    module = toy.module()
+    with pytest.raises(BadOption, match=r"about 100× the work of the full preset \(steps=1000"):
+        make_config(module, quick=True, overrides=("steps=1000",), confirmed=False)
+    assert make_config(module, quick=True, overrides=("steps=1000",)).steps == 1000
+    assert make_config(module, quick=True, overrides=("steps=999",), confirmed=False)
+    # growth multiplies: 10× the steps and 10× the widths is 100× the work
+    with pytest.raises(BadOption, match="about 100×"):
+        make_config(module, False, ("steps=100", "widths=10,20"), confirmed=False)
+
+
+def test_a_negative_seed_is_bad_input(toy) -> None:
+    with pytest.raises(BadOption, match="--seed must be ≥ 0"):
+        run_paper(toy, seed=-1)
+
+
+def test_stale_partial_folders_are_removed_by_the_next_run(toy, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    stale = runs / "toy" / f".partial-{dead}-1"
+    live = runs / "toy" / f".partial-{os.getppid()}-2"  # a running process: left alone
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "claims.json").write_text("[]")
+    report = run_paper(toy, runs_dir=runs, claim_ids=("two-plus-two",))
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in (runs / "toy").iterdir()) == sorted(
+        [live.name, report.run_dir.name]
+    )
+
+
+def test_colliding_stamps_get_a_suffix(toy, tmp_path: Path, monkeypatch) -> None:
+    import repro.lab.runner as runner
+
+    monkeypatch.setattr(runner, "new_stamp", lambda: "20260101T000000000000Z")
+    runs = tmp_path / "runs"
+    first = run_paper(toy, runs_dir=runs, claim_ids=("two-plus-two",))
+    second = run_paper(toy, runs_dir=runs, claim_ids=("two-plus-two",))
+    assert (first.run_dir.name, second.run_dir.name) == (
+        "20260101T000000000000Z",
+        "20260101T000000000000Z-2",
+    )
+    assert not second.save_error
+
+
+@pytest.mark.parametrize("how", ["runs path is a file", "disk full at save"])
+def test_a_failed_save_keeps_the_results(toy, tmp_path: Path, monkeypatch, how: str) -> None:
+    runs = tmp_path / "runs"
+    if how == "runs path is a file":
+        runs.write_text("")
+    else:
+        import repro.lab.runner as runner
+
+        def full(path, data):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(runner, "_write_json", full)
+    report = run_paper(toy, runs_dir=runs, claim_ids=("two-plus-two",))
+    assert [r.verdict for r in report.results] == [Verdict.VERIFIED]
+    assert report.run_dir is None
+    assert report.save_error.startswith("results not saved")
+    assert ("Not a directory" in report.save_error) or ("No space left" in report.save_error)
+    if runs.is_dir():
+        assert [p.name for p in (runs / "toy").iterdir()] == []
