@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,204 @@ print("no torch")
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("no torch")
+
+
+# --- hardening: every bad input is one `Error:` line with the documented exit code ----------
+
+
+def _second_paper(library_dir: Path, slug: str, note: bytes) -> None:
+    (library_dir / slug).mkdir()
+    (library_dir / slug / "note.yaml").write_bytes(note)
+
+
+def test_a_missing_papers_folder_is_exit_2(invoke, tmp_path: Path) -> None:
+    for command in (["check"], ["list"], ["validate"]):
+        result = invoke("--papers-dir", str(tmp_path / "typo"), *command)
+        assert result.exit_code == 2, command
+        assert result.stderr.startswith(f"Error: papers folder {tmp_path / 'typo'} does not exist")
+        assert len(result.stderr.splitlines()) == 1
+
+
+def test_an_unknown_claim_is_exit_2_with_a_suggestion(invoke) -> None:
+    result = invoke("check", "toy", "--claim", "two-plus-tow")
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == "Error: --claim: toy has no claim 'two-plus-tow'; did you mean 'two-plus-two'?\n"
+    )
+    assert "claims: bleu, crashes" in invoke("check", "toy", "--claim", "zzz").stderr
+
+
+def test_slugs_match_in_any_case(invoke) -> None:
+    result = invoke("check", "TOY", "--claim", "two-plus-two", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)[0]["paper"] == "toy"
+
+
+def test_list_keeps_going_past_a_broken_note(invoke, library_dir: Path) -> None:
+    _second_paper(library_dir, "broken", b"title: [unclosed\n")
+    rows = {r["slug"]: r for r in json.loads(invoke("list", "--json").stdout)}
+    assert rows["toy"]["title"] == "Toy: a paper for tests"
+    assert rows["broken"]["error"].startswith("papers/broken/note.yaml:2:1: invalid YAML")
+    table = invoke("list")
+    assert table.exit_code == 0 and "broken/note.yaml:2:1" in table.stdout
+
+
+def test_validate_and_check_report_every_broken_note(invoke, library_dir: Path) -> None:
+    _second_paper(library_dir, "one", b"title: \xff\n")
+    _second_paper(library_dir, "two", b"a: &x 1\n")
+    for command in ("validate", "check"):
+        result = invoke(command)
+        assert result.exit_code == 2
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert any(line.startswith("Error: papers/one/note.yaml:1:8:") for line in errors), errors
+        assert any(line.startswith("Error: papers/two/note.yaml:1:4:") for line in errors), errors
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_note_does_not_hang_list_or_validate(library_dir: Path, tmp_path: Path) -> None:
+    (library_dir / "pipe").mkdir()
+    os.mkfifo(library_dir / "pipe" / "note.yaml")
+    for command in (["list", "--json"], ["validate"]):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "paperlab.py"), *command],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "pipe/note.yaml:1:1: cannot read: not a regular file" in (
+            result.stdout + result.stderr
+        )
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sheet", "toy", "-o", "missing/folder/x.md"], "cannot write missing/folder/x.md"),
+        (["schema", "-o", "missing/schema.json"], "cannot write missing/schema.json"),
+    ],
+)
+def test_an_unwritable_output_is_one_error(invoke, args: list[str], message: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: {message}: No such file or directory")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_new_refuses_hostile_input_in_one_line(invoke, library_dir: Path) -> None:
+    for args in (
+        ["new", "nl\n", "--title", "T"],
+        ["new", "a" * 300, "--title", "T"],
+        ["new", "ok", "--title", "T", "--year", "99999"],
+        ["new", "ok", "--title", "T", "--arxiv", "2401.00001\n"],
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 2, args
+        assert result.stderr.startswith("Error: invalid ") and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in library_dir.iterdir()) == ["toy"]
+
+
+def test_new_with_an_injecting_title_validates(invoke, library_dir: Path) -> None:
+    title = 'x\ntitle: injected""" + __import__("os").system("x") + """'
+    assert invoke("new", "fresh", "--title", title).exit_code == 0
+    assert invoke("validate", "fresh").exit_code == 0
+    from repro.lab.note import load_note
+
+    assert load_note(library_dir / "fresh" / "note.yaml").title == title
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "steps=0"], "Error: --set: steps: 0 is out of range (expected ≥ 1)\n"),
+        (["--set", "lr=2"], "Error: --set: lr: 2.0 is out of range (expected (0, 1])\n"),
+        (["--seed", "-1"], "Invalid value for '--seed'"),
+        (["--set", "steps=1000"], "about 100× the work of the full preset"),
+    ],
+)
+def test_bad_settings_are_refused_before_work(invoke, args: list[str], message: str) -> None:
+    result = invoke("run", "toy", *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_yes_confirms_an_oversized_run(invoke) -> None:
+    result = invoke("run", "toy", "--quick", "--set", "steps=1000", "--yes", "--no-save")
+    assert result.exit_code == 1  # the toy's failing claim; the run itself went ahead
+
+
+def test_run_prints_metrics_only_when_verbose(invoke) -> None:
+    assert "'loss'" not in invoke("run", "toy", "--quick", "--no-save").stdout
+    assert "'loss'" in invoke("run", "toy", "--quick", "--no-save", "--verbose").stdout
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_failed_save_prints_the_results_then_one_error(
+    invoke, tmp_path: Path, monkeypatch, as_json: bool
+) -> None:
+    (tmp_path / "runs-file").write_text("")
+    monkeypatch.setenv("PAPERLAB_RUNS", str(tmp_path / "runs-file"))
+    result = invoke("run", "toy", "--quick", *(["--json"] if as_json else []))
+    assert result.exit_code == 2
+    if as_json:
+        assert json.loads(result.stdout)["claims"][0]["verdict"] == "verified"
+    else:
+        assert "two-plus-two" in result.stdout and "verified" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        f"Error: results not saved: cannot create a run folder in {tmp_path / 'runs-file'}: "
+        "Not a directory"
+    ]
+
+
+def test_ctrl_c_exits_130(invoke, library_dir: Path, monkeypatch) -> None:
+    from repro.lab.library import Library
+
+    module = Library(library_dir).get("toy").module()
+
+    def interrupted(cfg, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "experiment", interrupted)
+    result = invoke("run", "toy", "--quick")
+    assert result.exit_code == 130
+    assert result.stderr.endswith("Interrupted.\n")
+
+
+def test_settings_lists_every_field(invoke) -> None:
+    rows = json.loads(invoke("settings", "toy", "--json").stdout)
+    assert [r["name"] for r in rows] == ["steps", "lr", "widths", "verbose"]
+    assert rows[0] == {
+        "name": "steps", "type": "int", "quick": 3, "full": 10, "bounds": "≥ 1",
+        "help": "training steps",
+    }  # fmt: skip
+    table = invoke("settings", "toy").stdout
+    assert "tuple[int, ...]" in table and "1,2" in table
+
+
+def test_runs_lists_and_diffs(invoke) -> None:
+    assert invoke("runs", "--json").stdout.strip() == "[]"
+    invoke("run", "toy", "--quick", "--seed", "1")
+    invoke("run", "toy", "--seed", "2")
+    runs = json.loads(invoke("runs", "toy", "--json").stdout)
+    assert [(r["preset"], r["seed"]) for r in runs] == [("full", 2), ("quick", 1)]
+    assert runs[0]["verdicts"]["verified"] == 2
+    diff = json.loads(invoke("runs", "toy", "--diff", "previous", "latest", "--json").stdout)
+    assert {"section": "config", "key": "steps", "a": 3, "b": 10} in diff["changes"]
+    table = invoke("runs", "toy", "--diff", "previous", "latest")
+    assert table.exit_code == 0 and "steps" in table.stdout
+    assert invoke("runs", "--diff", "a", "b").exit_code == 2
+
+
+def test_shell_completion_of_slugs_and_claims(library_dir: Path) -> None:
+    runner = CliRunner()
+
+    def complete(words: str) -> list[str]:
+        env = {
+            "_PAPERLAB_COMPLETE": "bash_complete",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+        }
+        result = runner.invoke(cli, [], env=env, prog_name="paperlab")
+        return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
+
+    assert complete("paperlab check t") == ["toy"]
+    assert complete("paperlab check toy --claim two") == ["two-plus-two"]

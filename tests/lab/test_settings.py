@@ -3,7 +3,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from repro.lab.settings import config_problems, setting, setting_bounds, setting_help
+import pytest
+
+from repro.lab.settings import (
+    config_problems,
+    describe_settings,
+    setting,
+    setting_bounds,
+    setting_help,
+)
 
 
 @dataclass(frozen=True)
@@ -35,3 +43,33 @@ def test_help_and_bounds_text() -> None:
     assert setting_bounds(fields["lr"]) == "> 0"
     assert setting_bounds(fields["mode"]) == "one of a, b"
     assert setting_bounds(fields["free"]) == ""
+
+
+def _papers():
+    from repro.lab.library import REPO_ROOT, Library
+
+    library = Library(REPO_ROOT / "papers")
+    return [p for p in library.papers.values() if p.repro_path.exists()]
+
+
+@pytest.mark.parametrize("paper", _papers(), ids=lambda p: p.slug)
+def test_every_paper_declares_the_range_of_its_settings(paper) -> None:
+    presets = getattr(paper.module(), "PRESETS", None)
+    if presets is None:
+        pytest.skip("no experiment settings")
+    for name, cfg in presets.items():
+        assert config_problems(cfg) == [], name
+        undeclared = [f.name for f in dataclasses.fields(cfg) if not setting_help(f)]
+        assert undeclared == [], f"fields without setting(...): {undeclared}"
+    rows = describe_settings(presets)
+    assert all(r["help"] and r["type"] for r in rows)
+
+
+def test_describe_settings_rows() -> None:
+    rows = describe_settings({"quick": Cfg(width=4), "full": Cfg()})
+    width = next(r for r in rows if r["name"] == "width")
+    assert width == {
+        "name": "width", "type": "int", "quick": 4, "full": 8, "bounds": "≥ 1",
+        "help": "hidden width",
+    }  # fmt: skip
+    assert next(r for r in rows if r["name"] == "ranks")["type"] == "tuple[int, ...]"
