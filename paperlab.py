@@ -19,7 +19,7 @@ import click
 
 from repro.lab.errors import BadOption, NoteError, PaperlabError, one_line
 from repro.lab.format import format_seconds, format_value, plural, with_unit
-from repro.lab.library import PAPERS_ENV, Library, Paper
+from repro.lab.library import PAPERS_ENV, Library, Paper, check_checkout
 
 VERDICT_STYLE = {
     "verified": "green",
@@ -132,6 +132,7 @@ def _make_output_dir(path: Path) -> None:
 def cli(ctx: click.Context, papers_dir: Path | None, debug: bool) -> None:
     """Landmark LLM papers as notes, verified reproductions and interview study sheets."""
     ctx.obj = State(papers_dir, debug)
+    check_checkout()
 
 
 def _emit_json(data: object) -> None:
@@ -730,10 +731,16 @@ def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_tex
             f"{r['sdpa_ms']:.1f}",
             f"{r['ratio']:.2f}",
             f"{r['flash_gflops']:.0f}",
-            f"{100 * r['flash_frac_peak']:.0f}%",
-            f"{100 * r['sdpa_frac_peak']:.0f}%",
+            _percent_of_peak(r["flash_frac_peak"]),
+            _percent_of_peak(r["sdpa_frac_peak"]),
         )
     _console().print(table)
+    if any(max(r["flash_frac_peak"], r["sdpa_frac_peak"]) > 1 for r in rows):
+        click.echo(
+            "* above 100% of the matmul peak: the peak was measured while the machine was busy, "
+            "so every % of peak in this table is unreliable; rerun on an idle machine.",
+            err=True,
+        )
     if memory:
         mem = Table(title="peak extra memory of one forward", title_justify="left")
         for col in ("N", "impl", "extra MB", "(N, N) scores MB"):
@@ -744,8 +751,20 @@ def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_tex
         _console().print(mem)
 
 
+def _percent_of_peak(fraction: float) -> str:
+    """A share of the calibrated peak; above 100% the calibration itself was disturbed."""
+    return f"{100 * fraction:.0f}%" + ("*" if fraction > 1 else "")
+
+
 @bench.command("decode")
-@click.option("--new-tokens", default=1024, show_default=True, type=click.IntRange(129))
+@click.option(
+    "--new-tokens",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(129),
+    help="Tokens to decode; at least 129, because the table compares the first 64 decode "
+    "steps with the last 64 and they must not overlap.",
+)
 @click.option("--prompt-len", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))

@@ -17,12 +17,29 @@ from pathlib import Path
 from types import ModuleType
 
 from repro.lab.claims import CLAIM_ATTR, ClaimSpec
-from repro.lab.errors import BadOption, MissingLibrary, NoteError, UnknownPaper, WiringError
+from repro.lab.errors import (
+    BadOption,
+    MissingLibrary,
+    NoteError,
+    PaperlabError,
+    UnknownPaper,
+    WiringError,
+)
 from repro.lab.note import Note, load_note
 from repro.lab.textfile import TextFileError, read_text_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAPERS_ENV = "PAPERLAB_PAPERS"
+
+
+def check_checkout() -> None:
+    """paperlab reads templates/ and papers/ from its checkout; a non-editable `pip install .`
+    copies only the Python code, so it is refused here with the reason (see README)."""
+    if not (REPO_ROOT / "templates").is_dir():
+        raise PaperlabError(
+            f"paperlab is not running from its checkout ({REPO_ROOT} has no templates/): "
+            "install it from a clone with `pip install -e .`"
+        )
 
 
 def default_papers_dir() -> Path:

@@ -241,7 +241,11 @@ class Claim(Strict):
 
 
 class Note(Strict):
-    """One paper, read with the three-pass method and written up with the note template."""
+    """One paper, read with the three-pass method and written up with the note template.
+
+    Plain YAML only: anchors, aliases and tags (`&a`, `*a`, `!!set`) are refused (a note never
+    needs them, and alias expansion can blow up), nesting is limited to 64 levels, and the file
+    is UTF-8 of at most 1 MiB."""
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, json_schema_extra={"title": "paperlab note"}

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import jinja2
 import yaml
 
 from repro.lab.errors import ScaffoldError, one_line
@@ -80,8 +81,11 @@ def scaffold_paper(root: Path, slug: str, title: str, arxiv: str, year: int) -> 
     env = environment()
     try:
         texts = {name: env.get_template(f"{name}.j2").render(**values) for name in NAMES}
-    except OSError as exc:
-        raise ScaffoldError(f"cannot read the templates: {exc.strerror or exc}") from None
+    except (OSError, jinja2.TemplateNotFound) as exc:
+        raise ScaffoldError(
+            f"cannot read the templates ({exc}): paperlab runs from its checkout, "
+            "installed with `pip install -e .`"
+        ) from None
     try:
         return _write(root, folder, texts)
     except OSError as exc:
