@@ -96,7 +96,7 @@ def work_estimate(cfg: Any, full: Any) -> tuple[float, list[str]]:
         new, old = _size(getattr(cfg, f.name)), _size(getattr(full, f.name))
         if new is not None and old and old > 0 and new > old:
             factor *= new / old
-            grown.append(f"{f.name}={getattr(cfg, f.name)} (full: {getattr(full, f.name)})")
+            grown.append(f"{f.name}={getattr(cfg, f.name)}, full preset {getattr(full, f.name)}")
     return factor, grown
 
 

@@ -115,7 +115,8 @@ def test_settings_out_of_range_are_refused_before_work(toy, override: str, messa
 
 def test_an_oversized_override_needs_confirmation(toy) -> None:
     module = toy.module()
-    with pytest.raises(BadOption, match=r"about 100× the work of the full preset \(steps=1000"):
+    grown = r"about 100× the work of the full preset \(steps=1000, full preset 10\)"
+    with pytest.raises(BadOption, match=grown):
         make_config(module, quick=True, overrides=("steps=1000",), confirmed=False)
     assert make_config(module, quick=True, overrides=("steps=1000",)).steps == 1000
     assert make_config(module, quick=True, overrides=("steps=999",), confirmed=False)
