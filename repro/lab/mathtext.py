@@ -62,11 +62,22 @@ def split_math(text: str) -> list[Segment]:
 _LEFTOVER_COMMAND = re.compile(r">[^<]*\\[A-Za-z]+")  # `<mi>\foo</mi>`: an unknown macro
 
 
+def _unbalanced_brace(latex: str) -> bool:
+    depth = 0
+    for token in re.findall(r"\\.|[{}]", latex):
+        depth += {"{": 1, "}": -1}.get(token, 0)
+        if depth < 0:
+            return True
+    return depth != 0
+
+
 @cache
 def to_mathml(latex: str, display: bool = False) -> str:
     """`latex` as a `<math>` element; MathError if it does not convert cleanly."""
     from latex2mathml.converter import convert
 
+    if _unbalanced_brace(latex):  # latex2mathml would guess silently
+        raise MathError(f"cannot convert ${latex}$: unbalanced braces")
     try:
         mathml = convert(latex, display="block" if display else "inline")
     except Exception as exc:  # latex2mathml raises a zoo of exception types

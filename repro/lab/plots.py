@@ -29,9 +29,7 @@ def save_line_plot(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    finite = [
-        float(y) for _, ys in series.values() for y in ys if math.isfinite(float(y))
-    ]
+    finite = [float(y) for _, ys in series.values() for y in ys if math.isfinite(float(y))]
     assert finite, f"nothing to plot in {title!r}"
     path = Path(path)
     style = {"svg.fonttype": "none", "svg.hashsalt": path.stem, "font.size": 10}

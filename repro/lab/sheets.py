@@ -77,20 +77,31 @@ def _mathml_or_code(latex: str, display: bool) -> str:
         return f'<code class="bad-math">{escape(latex)}</code>'
 
 
-def text_html(text: str, block: bool = False) -> Markup:
-    """Note Markdown as HTML, every `$…$` as MathML; `block` keeps paragraphs."""
+def markdown_html(
+    text: str, block: bool = False, math: Callable[[str, bool], str] | None = None
+) -> Markup:
+    """Note Markdown as HTML; each `$…$` becomes `math(latex, display)` (default: MathML).
+
+    The math spans are swapped for placeholders before Markdown sees them, so `_` and `*`
+    inside a formula are never read as emphasis."""
+    math = math or _mathml_or_code
     maths: list[str] = []
     parts = []
     for seg in split_math(text.strip()):
         if seg.kind in ("inline", "display"):
             parts.append(_PLACEHOLDER.format(len(maths)))
-            maths.append(_mathml_or_code(seg.body, seg.kind == "display"))
+            maths.append(math(seg.body, seg.kind == "display"))
         else:
             parts.append(seg.raw)
     source = "".join(parts)
     md = _markdown()
     html = md.render(source) if block else md.renderInline(source)
     return Markup(_PLACEHOLDER_RE.sub(lambda m: maths[int(m.group(1))], html.strip()))
+
+
+def text_html(text: str, block: bool = False) -> Markup:
+    """Note Markdown as HTML with every `$…$` as MathML; `block` keeps paragraphs."""
+    return markdown_html(text, block)
 
 
 def cell_md(text: str) -> str:
@@ -197,7 +208,7 @@ def claim_rows(paper: Paper, results: dict[str, ClaimResult]) -> list[dict]:
     return rows
 
 
-def _related(paper: Paper, library: Library | None, link: Callable[[str], str]) -> list[Related]:
+def _related(paper: Paper, library: Library | None, link: Callable[[Paper], str]) -> list[Related]:
     out = []
     for slug in paper.note.related:
         try:
@@ -205,7 +216,7 @@ def _related(paper: Paper, library: Library | None, link: Callable[[str], str]) 
             title = other.note.title if other is not None else ""
         except (UnknownPaper, NoteError):
             other, title = None, ""
-        out.append(Related(slug, title, link(other.slug) if other is not None else ""))
+        out.append(Related(slug, title, link(other) if other is not None else ""))
     return out
 
 
@@ -214,9 +225,12 @@ def paper_sheet(
     runs_dir: Path,
     lang: Lang = "en",
     library: Library | None = None,
-    link: Callable[[str], str] = lambda slug: f"{slug}.html",
+    link: Callable[[Paper], str] = lambda other: other.note.url,
 ) -> PaperSheet:
-    """One paper's sheet data: the note in `lang`, its latest results, run and plots."""
+    """One paper's sheet data: the note in `lang`, its latest results, run and plots.
+
+    `link` gives the href of a related paper that is in `library` (a sibling page, an anchor
+    in the same document, or by default its arXiv page)."""
     from repro.lab.runner import latest_results
 
     return PaperSheet(
@@ -278,15 +292,11 @@ def must_know_entries(library: Library, runs_dir: Path, lang: Lang) -> list[Pack
             entries.append(PackEntry(slug, None))
             continue
         seen.add(paper.slug)
-        entries.append(PackEntry(slug, paper_sheet(paper, runs_dir, lang, library, _anchor)))
+        entries.append(PackEntry(paper.slug, paper_sheet(paper, runs_dir, lang, library)))
     for paper in library.papers.values():
         if paper.slug not in seen and paper.note.priority == "must-know":
             entries.append(PackEntry(paper.slug, paper_sheet(paper, runs_dir, lang, library)))
     return entries
-
-
-def _anchor(slug: str) -> str:
-    return f"#{slug}"
 
 
 def render_must_know(entries: list[PackEntry], fmt: Format, lang: Lang = "en") -> str:
