@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.lab.anki import paper_cards, render_tsv, write_apkg
+from repro.lab.anki import card_guid, paper_cards, render_tsv, write_apkg
 from repro.lab.library import Library
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,19 +74,23 @@ def test_same_guids_on_every_export(two_papers: Path, tmp_path: Path) -> None:
     assert first == second and len(set(first)) == len(first)
 
 
-def test_an_edited_answer_keeps_its_guid(two_papers: Path) -> None:
-    before = {c.key: c for c in paper_cards(Library(two_papers).get("lora"))}
+def test_an_edited_answer_keeps_its_guid(two_papers: Path, tmp_path: Path) -> None:
+    def export(name: str) -> dict[str, str]:
+        (tmp_path / name).mkdir()
+        write_apkg([Library(two_papers).get("lora")], tmp_path / name / "deck.apkg")
+        rows = notes_in(tmp_path / name / "deck.apkg", tmp_path / name)
+        return {guid: fields for guid, fields, _ in rows}
+
+    before = export("before")
     note = two_papers / "lora" / "note.yaml"
     text = note.read_text(encoding="utf-8")
     edited = text.replace("The LoRA branch is linear", "EDITED: the branch is linear", 1)
     assert edited != text
     note.write_text(edited, encoding="utf-8")
-    after = {c.key: c for c in paper_cards(Library(two_papers).get("lora"))}
+    after = export("after")
     assert after.keys() == before.keys()
-    assert "EDITED" in after["question-1"].back and "EDITED" not in before["question-1"].back
-    from repro.lab.anki import card_guid
-
-    assert card_guid("lora", "question-1") == card_guid("lora", "question-1")
+    changed = [g for g in after if after[g] != before[g]]
+    assert len(changed) == 1 and "EDITED" in after[changed[0]]
     assert card_guid("lora", "question-1") != card_guid("lora", "question-2")
     assert card_guid("lora", "question-1") != card_guid("lora", "question-1", "zh")
 

@@ -100,10 +100,12 @@ def test_show_prints_formulas_and_pipes_intact(invoke, library_dir: Path) -> Non
     text = note.read_text()
     text = text.replace("    expected: 4\n", "    expected: 4\n    unit: max |logit|\n", 1)
     text = text.replace("latex: 'TODO'", "latex: '2\\,\\hat{L}_{LoRA}\\, d_{model}'")
-    text = text.replace("what: TODO the problem", "what: the rank $r$ of $d_{model} \\times r$")
+    problem = "what: the rank $r$ of $d_{model} \\times r$, $a*b*c$"
+    text = text.replace("what: TODO the problem", problem)
     note.write_text(text)
     out = invoke("show", "toy").stdout
     assert "2 L̂_LoRA d_model" in out and "rank r of d_model ×" in out
+    assert "a*b*c" in out  # escaped: rich's Markdown does not read the stars as emphasis
     assert "{LoRA}" not in out and "$" not in out
     row = next(line for line in out.splitlines() if "Two plus two" in line)
     assert "max |logit|" in row
