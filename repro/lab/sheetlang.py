@@ -87,6 +87,7 @@ LABELS: dict[str, dict[Lang, str]] = {
     "tolerance": {"en": "tolerance", "zh": "容差"},
     "when": {"en": "when", "zh": "时间"},
     "verdict_col": {"en": "verdict", "zh": "判定"},
+    "exact": {"en": "exact", "zh": "精确相等"},
     "source": {"en": "source", "zh": "出处"},
     "cited_note": {"en": "Cited, not reproduced here", "zh": "仅引用、未在本地复现"},
     "no_claims": {"en": "(no claims yet)", "zh": "（暂无）"},
