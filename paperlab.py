@@ -112,13 +112,6 @@ def _write_output(path: Path, text: str) -> None:
         raise BadOption(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _make_output_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadOption(f"cannot create {path}: {exc.strerror or exc}") from None
-
-
 @click.group(cls=PaperlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--papers-dir",
@@ -206,17 +199,18 @@ def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("slug", shell_complete=_complete_slugs)
+@click.option("--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True)
 @pass_state
-def show(state: State, slug: str) -> None:
-    """A paper's note, rendered in the terminal."""
+def show(state: State, slug: str, lang: str) -> None:
+    """A paper's note, rendered in the terminal (formulas as Unicode text)."""
     from rich.markdown import Markdown
 
-    from repro.lab.runner import latest_results
-    from repro.lab.sheets import render_sheet
+    from repro.lab.sheets import paper_sheet, render_sheet
 
     paper = state.library.get(slug)
-    text = render_sheet(paper, latest_results(state.runs_dir, paper.slug), "md")
-    _console().print(Markdown(text))
+    sheet = paper_sheet(paper, state.runs_dir, lang, state.library)
+    # The "term" flavour writes every formula as escaped Unicode: rich's Markdown shows it as is.
+    _console().print(Markdown(render_sheet(sheet, "term", lang)))
 
 
 # --- run / check ---------------------------------------------------------------------------
@@ -423,39 +417,39 @@ def check(
 
 @cli.command()
 @click.argument("slugs", nargs=-1, shell_complete=_complete_slugs)
+@click.option("--all", "all_papers", is_flag=True, help="Every paper (also the default).")
+@click.option("--must-know", is_flag=True, help="The revision pack of the five must-know papers.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["md", "html", "anki"]), default="md", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "html", "anki", "tsv"]),
+    help="Default: from the -o suffix, else md. anki: an .apkg deck; tsv: the cards as text.",
 )
+@click.option("--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True)
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
-    help="A file (one paper, or anki) or a folder (several); default: stdout.",
+    help="FILE (one paper, or several in one document) or DIR/ (a site: index + one page "
+    "per paper); default: stdout.",
 )
 @pass_state
-def sheet(state: State, slugs: tuple[str, ...], fmt: str, output: Path | None) -> None:
-    """Study sheets with the latest verdicts (Markdown, HTML, or an Anki deck)."""
-    from repro.lab.runner import latest_results
-    from repro.lab.sheets import default_output, render_cards, render_sheet
+def sheet(state, slugs, all_papers, must_know, fmt, lang, output) -> None:
+    """Study sheets with the latest verdicts (Markdown, HTML, Anki), in English or Chinese."""
+    from repro.lab.publish import Request, publish
 
-    papers = state.library.select(slugs)
-    if fmt == "anki":
-        texts = {"paperlab-deck": render_cards(papers)}
-    else:
-        texts = {
-            p.slug: render_sheet(p, latest_results(state.runs_dir, p.slug), fmt) for p in papers
-        }
-    if output is None:
-        click.echo("\n\n".join(texts.values()), nl=False)
+    request = Request(slugs, all_papers, must_know, fmt, lang, output)
+    outcome = publish(state.library, state.runs_dir, request)
+    for slug in outcome.missing or []:
+        click.echo(f"note: must-know paper '{slug}' has no note yet; listed as missing", err=True)
+    if outcome.written is None:
+        click.echo(outcome.stdout, nl=False)
         return
-    if len(texts) == 1 and not output.is_dir():
-        targets = {output: next(iter(texts.values()))}
-    else:
-        _make_output_dir(output)
-        targets = {default_output(name, fmt, output): text for name, text in texts.items()}
-    for path, text in targets.items():
-        _write_output(path, text)
+    shown = outcome.written if len(outcome.written) <= 3 else outcome.written[-1:]
+    for path in shown:
         click.echo(f"wrote {path}", err=True)
+    if len(outcome.written) > 3:
+        click.echo(f"({len(outcome.written)} files in {output})", err=True)
 
 
 @cli.command()
@@ -478,7 +472,9 @@ def new(state: State, slug: str, title: str, arxiv: str, year: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
 @pass_state
 def validate(state: State, slugs: tuple[str, ...], as_json: bool) -> None:
-    """Lint notes and their claim wiring (without importing torch); exit 2 on any problem."""
+    """Lint notes, their formulas and their claim wiring (no torch); exit 2 on any problem."""
+    from repro.lab.mathcheck import note_math_problems
+
     report: dict[str, list[str]] = {}
     for paper in state.library.select(slugs):
         try:
@@ -486,7 +482,8 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool) -> None:
         except NoteError as exc:
             report[paper.slug] = exc.problems
             continue
-        report[paper.slug] = paper.wiring_problems()
+        shown = paper.display(paper.note_path)
+        report[paper.slug] = paper.wiring_problems() + note_math_problems(paper.note_path, shown)
     bad = {slug: problems for slug, problems in report.items() if problems}
     if as_json:
         _emit_json({slug: {"ok": not p, "problems": p} for slug, p in report.items()})

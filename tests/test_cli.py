@@ -82,7 +82,7 @@ def test_sheet_shows_latest_verdicts(invoke) -> None:
     assert "| 4 | 4 | exact | verified |" in row
 
 
-@pytest.mark.parametrize("fmt", ["md", "html", "anki"])
+@pytest.mark.parametrize("fmt", ["md", "html", "tsv"])
 def test_sheet_formats_write_files(invoke, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"sheet.{fmt}"
     result = invoke("sheet", "toy", "--format", fmt, "-o", str(out))

@@ -1,27 +1,17 @@
-"""Line plots as standalone SVG files, with no plotting dependency (and no torch)."""
+"""Line plots of an experiment's curves, written as SVG by matplotlib (Agg backend).
+
+matplotlib is imported inside the function, so the commands that only read notes (list, show,
+sheet, validate) never pay for it. The SVG keeps its text as text (`svg.fonttype: none`), so the
+file stays small and the HTML sheet can inline it.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from html import escape
 from pathlib import Path
 
 Series = dict[str, tuple[Sequence[float], Sequence[float]]]  # name -> (xs, ys)
-_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
-W, H, PAD = 640, 400, 60
-
-
-def _scale(values: list[float], log: bool, lo_px: float, hi_px: float):
-    vals = [math.log10(v) for v in values] if log else values
-    lo, hi = min(vals), max(vals)
-    span = hi - lo or 1.0
-
-    def to_px(v: float) -> float:
-        v = math.log10(v) if log else v
-        return lo_px + (v - lo) / span * (hi_px - lo_px)
-
-    return to_px, lo, hi
 
 
 def save_line_plot(
@@ -33,54 +23,48 @@ def save_line_plot(
     logx: bool = False,
     logy: bool = False,
 ) -> Path:
-    """Write `series` as an SVG line chart with axes, ranges and a legend; returns the path."""
-    xs = [float(x) for s in series.values() for x in s[0]]
-    ys = [float(y) for s in series.values() for y in s[1] if math.isfinite(float(y))]
-    assert xs and ys, f"nothing to plot in {title!r}"
-    fx, x0, x1 = _scale(xs, logx, PAD, W - PAD / 2)
-    fy, y0, y1 = _scale(ys, logy, H - PAD, PAD / 2)
+    """Write `series` as an SVG line chart with axes, a grid and a legend; returns the path."""
+    import matplotlib
 
-    def fmt(v: float) -> str:
-        return f"{v:.3g}"
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif"'
-        f' font-size="12"><rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
-        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD / 2}" y2="{H - PAD}" stroke="black"/>',
-        f'<line x1="{PAD}" y1="{PAD / 2}" x2="{PAD}" y2="{H - PAD}" stroke="black"/>',
-        f'<text x="{W / 2}" y="{H - 15}" text-anchor="middle">{escape(xlabel)}'
-        f"{' (log)' if logx else ''}</text>",
-        f'<text x="15" y="{H / 2}" text-anchor="middle" transform="rotate(-90 15 {H / 2})">'
-        f"{escape(ylabel)}{' (log)' if logy else ''}</text>",
-    ]
-    for v, anchor, x, y in [
-        (x0, "start", PAD, H - PAD + 15),
-        (x1, "end", W - PAD / 2, H - PAD + 15),
-    ]:
-        parts.append(
-            f'<text x="{x}" y="{y}" text-anchor="{anchor}">{fmt(10**v if logx else v)}</text>'
-        )
-    for v, y in [(y0, H - PAD), (y1, PAD / 2 + 10)]:
-        parts.append(
-            f'<text x="{PAD - 5}" y="{y}" text-anchor="end">{fmt(10**v if logy else v)}</text>'
-        )
-    for i, (name, (sx, sy)) in enumerate(series.items()):
-        colour = _COLOURS[i % len(_COLOURS)]
-        points = " ".join(
-            f"{fx(float(x)):.1f},{fy(float(y)):.1f}"
-            for x, y in zip(sx, sy, strict=True)
-            if math.isfinite(float(y))
-        )
-        parts.append(
-            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>'
-        )
-        ly = PAD / 2 + 16 * (i + 1)
-        parts.append(
-            f'<text x="{W - PAD / 2 - 5}" y="{ly}" text-anchor="end" fill="{colour}">'
-            f"{escape(name)}</text>"
-        )
-    parts.append("</svg>")
+    finite = [float(y) for _, ys in series.values() for y in ys if math.isfinite(float(y))]
+    assert finite, f"nothing to plot in {title!r}"
     path = Path(path)
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    style = {"svg.fonttype": "none", "svg.hashsalt": path.stem, "font.size": 10}
+    with plt.rc_context(style):
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+        try:
+            for name, (xs, ys) in series.items():
+                points = [
+                    (float(x), float(y)) for x, y in zip(xs, ys, strict=True)
+                    if math.isfinite(float(y))
+                ]  # fmt: skip
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
+            ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+            if logx:
+                _log_axis(ax.xaxis, ax.set_xscale, [x for xs, _ in series.values() for x in xs])
+            if logy:
+                _log_axis(ax.yaxis, ax.set_yscale, finite)
+            ax.grid(True, which="major", alpha=0.3)
+            if len(series) > 1 or next(iter(series), ""):
+                ax.legend(frameon=False)
+            fig.savefig(path, format="svg", metadata={"Date": None})
+        finally:
+            plt.close(fig)
     return path
+
+
+def _log_axis(axis, set_scale, values: list) -> None:
+    """A log axis labelled with plain numbers (1, 2, 4, 8 rather than 2×10⁰); ticks at the
+    data when there are few distinct values, as in a sweep over ranks or sizes."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    set_scale("log")
+    distinct = sorted({float(v) for v in values if math.isfinite(float(v)) and float(v) > 0})
+    if len(distinct) <= 10:
+        axis.set_ticks(distinct)
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())

@@ -1,26 +1,113 @@
-"""Study sheets rendered from a note and its latest results: Markdown, HTML, and Anki cards.
+"""Study sheets rendered from notes and their latest results: Markdown, HTML, terminal text.
 
-One Jinja environment, StrictUndefined (a typo in a template is an error, not a blank), HTML
-autoescaped. Nothing here imports torch.
+- Markdown keeps `$…$` math (GitHub, Obsidian and Typora render it).
+- HTML turns every math span and formula into MathML (latex2mathml): a page that works offline,
+  with no JavaScript, in light and dark, on a phone and on A4 paper.
+- The terminal flavour (for `show`) is the Markdown sheet with the math written as Unicode and
+  escaped, so rich's Markdown never re-reads a formula.
+
+Several papers become a site (a folder: index.html + one page each), one combined document with a
+table of contents (a file), or the must-know pack. One Jinja environment, StrictUndefined,
+HTML autoescaped. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import jinja2
+from markupsafe import Markup, escape
 
 from repro.lab.claims import ClaimResult
-from repro.lab.format import format_value
-from repro.lab.library import REPO_ROOT, Paper
+from repro.lab.errors import NoteError, UnknownPaper
+from repro.lab.format import format_value, with_unit
+from repro.lab.library import REPO_ROOT, Library, Paper
+from repro.lab.mathtext import MathError, split_math, to_mathml, to_unicode
+from repro.lab.runview import RunInfo, latest_run
+from repro.lab.sheetlang import Lang, View, labels, localize
 
 TEMPLATES = REPO_ROOT / "templates"
-Format = Literal["md", "html", "anki"]
-SUFFIX = {"md": ".md", "html": ".html", "anki": ".tsv"}
+Mode = Literal["md", "html", "term"]
+Format = Literal["md", "html"]
+SUFFIX = {"md": ".md", "html": ".html"}
+
+# The source material's five papers to know by heart, in its order (papers/<slug>/).
+MUST_KNOW = ("transformer", "bert", "gpt3", "instructgpt", "llama")
+
+
+# --- text filters: one per output mode ------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}<>#|~])")
+
+
+def _md_escape(text: str) -> str:
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def text_term(text: str) -> str:
+    """Markdown for rich: math spans as escaped Unicode, so rich shows them as written."""
+    out = []
+    for seg in split_math(text):
+        if seg.kind in ("inline", "display"):
+            out.append(_md_escape(to_unicode(seg.body)))
+        else:
+            out.append(seg.raw)
+    return "".join(out)
+
+
+@cache
+def _markdown():
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False, "typographer": False})
+
+
+_PLACEHOLDER = "\ue000{}\ue001"
+_PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
+
+
+def _mathml_or_code(latex: str, display: bool) -> str:
+    try:
+        return to_mathml(latex, display)
+    except MathError:  # `validate` reports it; the sheet still shows the source, marked
+        return f'<code class="bad-math">{escape(latex)}</code>'
+
+
+def markdown_html(
+    text: str, block: bool = False, math: Callable[[str, bool], str] | None = None
+) -> Markup:
+    """Note Markdown as HTML; each `$…$` becomes `math(latex, display)` (default: MathML).
+
+    The math spans are swapped for placeholders before Markdown sees them, so `_` and `*`
+    inside a formula are never read as emphasis."""
+    math = math or _mathml_or_code
+    maths: list[str] = []
+    parts = []
+    for seg in split_math(text.strip()):
+        if seg.kind in ("inline", "display"):
+            parts.append(_PLACEHOLDER.format(len(maths)))
+            maths.append(math(seg.body, seg.kind == "display"))
+        else:
+            parts.append(seg.raw)
+    source = "".join(parts)
+    md = _markdown()
+    html = md.render(source) if block else md.renderInline(source)
+    return Markup(_PLACEHOLDER_RE.sub(lambda m: maths[int(m.group(1))], html.strip()))
+
+
+def text_html(text: str, block: bool = False) -> Markup:
+    """Note Markdown as HTML with every `$…$` as MathML; `block` keeps paragraphs."""
+    return markdown_html(text, block)
+
+
+def cell_md(text: str) -> str:
+    """One Markdown table cell: no line breaks, `|` escaped."""
+    return re.sub(r"(?<!\\)\|", r"\\|", " ".join(str(text).split()))
 
 
 @cache
@@ -33,8 +120,50 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters["measured"] = format_value
+    env.filters.update(
+        measured=format_value,
+        with_unit=with_unit,
+        cell=cell_md,
+        html=text_html,
+        html_block=lambda text: text_html(text, block=True),
+        mathml=lambda latex: Markup(_mathml_or_code(latex.strip(), True)),
+        unicode=lambda latex: _md_escape(to_unicode(latex.strip())),
+    )
+    env.filters["t"] = _text_for_mode
     return env
+
+
+@jinja2.pass_context
+def _text_for_mode(context: jinja2.runtime.Context, text: str) -> str:
+    """A note's text in the Markdown template: as written for `md`, Unicode math for `term`."""
+    text = str(text).strip()
+    return text_term(text) if context.get("mode") == "term" else text
+
+
+# --- what a sheet shows of one paper --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Related:
+    slug: str
+    title: str  # "" when the slug is not in the library
+    href: str  # "" when there is nothing to link to
+
+
+@dataclass
+class PaperSheet:
+    """Everything the templates need about one paper."""
+
+    slug: str
+    paper: Paper
+    view: View
+    claims: list[dict]
+    run: RunInfo | None
+    related: list[Related] = field(default_factory=list)
+
+    @property
+    def note(self):
+        return self.paper.note
 
 
 def claim_rows(paper: Paper, results: dict[str, ClaimResult]) -> list[dict]:
@@ -60,44 +189,97 @@ def claim_rows(paper: Paper, results: dict[str, ClaimResult]) -> list[dict]:
     return rows
 
 
-def render_sheet(paper: Paper, results: dict[str, ClaimResult], fmt: Format = "md") -> str:
-    """The study sheet of one paper in `fmt`."""
-    if fmt == "anki":
-        return render_cards([paper])
-    template = environment().get_template(f"sheet.{fmt}.j2")
-    return template.render(slug=paper.slug, note=paper.note, claims=claim_rows(paper, results))
+def _related(paper: Paper, library: Library | None, link: Callable[[Paper], str]) -> list[Related]:
+    out = []
+    for slug in paper.note.related:
+        try:
+            other = library.get(slug) if library is not None else None
+            title = other.note.title if other is not None else ""
+        except (UnknownPaper, NoteError):
+            other, title = None, ""
+        out.append(Related(slug, title, link(other) if other is not None else ""))
+    return out
 
 
-def render_cards(papers: list[Paper]) -> str:
-    """Flashcards as tab-separated front/back/tags lines (File → Import in Anki)."""
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-    out.write("#separator:tab\n#html:false\n#tags column:3\n")
-    for paper in papers:
-        note = paper.note
-        tag = f"paperlab::{paper.slug}"
-        writer.writerow(
-            [
-                f"{note.title}: what are its three contributions?",
-                " | ".join(note.contributions),
-                tag,
-            ]
-        )
-        for qa in note.interview.questions:
-            writer.writerow([f"[{note.title}] {qa.question}", qa.answer, tag])
-        writer.writerow(
-            [
-                f"[{note.title}] Deep dive: {note.interview.deep_dive.topic}",
-                note.interview.deep_dive.explanation,
-                tag,
-            ]
-        )
-        for f in note.formulas:
-            writer.writerow(
-                [f"[{note.title}] Formula: {f.name}", f"${f.latex}$ — {f.meaning}", tag]
-            )
-    return out.getvalue()
+def paper_sheet(
+    paper: Paper,
+    runs_dir: Path,
+    lang: Lang = "en",
+    library: Library | None = None,
+    link: Callable[[Paper], str] = lambda other: other.note.url,
+) -> PaperSheet:
+    """One paper's sheet data: the note in `lang`, its latest results, run and plots.
+
+    `link` gives the href of a related paper that is in `library` (a sibling page, an anchor
+    in the same document, or by default its arXiv page)."""
+    from repro.lab.runner import latest_results
+
+    return PaperSheet(
+        slug=paper.slug,
+        paper=paper,
+        view=localize(paper.note, lang),
+        claims=claim_rows(paper, latest_results(runs_dir, paper.slug)),
+        run=latest_run(runs_dir, paper.slug),
+        related=_related(paper, library, link),
+    )
 
 
-def default_output(slug: str, fmt: Format, folder: Path) -> Path:
-    return folder / f"{slug}{SUFFIX[fmt]}"
+def claim_counts(sheet: PaperSheet) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in sheet.claims:
+        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    return counts
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def _render(template: str, lang: Lang, **context) -> str:
+    return environment().get_template(template).render(L=labels(lang), lang=lang, **context)
+
+
+def render_sheet(sheet: PaperSheet, mode: Mode = "md", lang: Lang = "en") -> str:
+    """One paper as a complete document (`md`, `html` page, or `term` text for rich)."""
+    if mode == "html":
+        return _render("sheet.html.j2", lang, s=sheet, combined=False)
+    return _render("sheet.md.j2", lang, s=sheet, mode=mode, level=1)
+
+
+def render_combined(sheets: list[PaperSheet], fmt: Format, lang: Lang = "en") -> str:
+    """Several papers as one document with a table of contents."""
+    return _render(f"combined.{fmt}.j2", lang, sheets=sheets, combined=True, mode=fmt)
+
+
+def render_index(sheets: list[PaperSheet], fmt: Format, lang: Lang = "en") -> str:
+    """The index page of a site: papers, priority, tags and claim status, linked."""
+    rows = [(s, claim_counts(s)) for s in sheets]
+    return _render(f"index.{fmt}.j2", lang, rows=rows, mode=fmt)
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    slug: str
+    sheet: PaperSheet | None  # None: the paper is not in the library yet
+
+
+def must_know_entries(library: Library, runs_dir: Path, lang: Lang) -> list[PackEntry]:
+    """The five must-know papers in the source material's order, then any other must-know
+    note; a paper without a note is listed as missing, never skipped."""
+    entries, seen = [], set()
+    for slug in MUST_KNOW:
+        try:
+            paper = library.get(slug)
+        except UnknownPaper:
+            entries.append(PackEntry(slug, None))
+            continue
+        seen.add(paper.slug)
+        entries.append(PackEntry(paper.slug, paper_sheet(paper, runs_dir, lang, library)))
+    for paper in library.papers.values():
+        if paper.slug not in seen and paper.note.priority == "must-know":
+            entries.append(PackEntry(paper.slug, paper_sheet(paper, runs_dir, lang, library)))
+    return entries
+
+
+def render_must_know(entries: list[PackEntry], fmt: Format, lang: Lang = "en") -> str:
+    """The revision pack for the evening before an interview, as one document."""
+    return _render(f"mustknow.{fmt}.j2", lang, entries=entries, mode=fmt)

@@ -1,0 +1,186 @@
+"""Where `paperlab sheet` puts its output: stdout, one file, a combined document, or a site.
+
+The rules, so that nothing surprising appears on disk:
+- one paper (or the must-know pack) → stdout, or the file `-o` names;
+- several papers → `-o DIR/` gives a site (index + one page per paper, related links between the
+  pages), `-o FILE.html|.md` one combined document with a table of contents; never concatenated
+  documents on stdout, and never a folder named like a file;
+- `anki` → an `.apkg` file (binary, so never stdout); `tsv` → one table, stdout or a file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from repro.lab.errors import BadOption
+from repro.lab.library import Library, Paper
+from repro.lab.sheetlang import Lang
+from repro.lab.sheets import (
+    SUFFIX,
+    must_know_entries,
+    paper_sheet,
+    render_combined,
+    render_index,
+    render_must_know,
+    render_sheet,
+)
+
+OutFormat = Literal["md", "html", "anki", "tsv"]
+FORMAT_OF_SUFFIX = {".md": "md", ".html": "html", ".htm": "html", ".apkg": "anki", ".tsv": "tsv"}
+
+
+@dataclass(frozen=True)
+class Request:
+    slugs: tuple[str, ...] = ()
+    all_papers: bool = False
+    must_know: bool = False
+    fmt: OutFormat | None = None  # None: from the output's suffix, else md
+    lang: Lang = "en"
+    output: Path | None = None
+
+
+@dataclass
+class Outcome:
+    stdout: str = ""
+    written: list[Path] | None = None
+    missing: list[str] | None = None  # must-know papers without a note
+
+
+def is_folder(path: Path) -> bool:
+    """A folder when it is one already, ends with a separator, or has no suffix."""
+    text = str(path)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        return True
+    return not path.exists() and not path.suffix
+
+
+def resolve_format(request: Request) -> OutFormat:
+    suffix = request.output.suffix.lower() if request.output is not None else ""
+    guessed = FORMAT_OF_SUFFIX.get(suffix)
+    if request.fmt is None:
+        return guessed or "md"
+    folder = request.output is not None and is_folder(request.output)
+    if guessed and guessed != request.fmt and not folder:
+        raise BadOption(f"-o {request.output} looks like {guessed}, but --format is {request.fmt}")
+    return request.fmt
+
+
+def _papers(library: Library, request: Request) -> list[Paper]:
+    if request.must_know and (request.slugs or request.all_papers):
+        raise BadOption("--must-know picks its own five papers; give no paper names or --all")
+    if request.all_papers and request.slugs:
+        raise BadOption("give paper names or --all, not both")
+    papers = library.select(request.slugs)
+    for paper in papers:  # every note must load before anything is written
+        paper.note  # noqa: B018
+    return papers
+
+
+def _write(path: Path, content: str | bytes | Callable[[Path], None], written: list[Path]) -> None:
+    """Write a file the user asked for (text, bytes, or a writer of a file); a missing folder
+    or an unwritable place is one `Error:` line, and a half-written file never takes the name.
+    Only a site folder (`-o DIR/`) is created, by `_make_folder`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        elif isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BadOption(f"cannot write {path}: {exc.strerror or exc}") from None
+    written.append(path)
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadOption(f"cannot create {path}: {exc.strerror or exc}") from None
+
+
+def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
+    """Render what `request` asks for; write files or return the text for stdout."""
+    fmt = resolve_format(request)
+    lang, output = request.lang, request.output
+    written: list[Path] = []
+    if request.must_know:
+        _papers(library, request)
+        entries = must_know_entries(library, runs_dir, lang)
+        missing = [e.slug for e in entries if e.sheet is None]
+        papers = [e.sheet.paper for e in entries if e.sheet is not None]
+    else:
+        papers, missing = _papers(library, request), None
+    folder = output is not None and is_folder(output)
+    if folder:
+        _make_folder(output)
+
+    if fmt in ("anki", "tsv"):
+        from repro.lab.anki import render_tsv, write_apkg
+
+        if fmt == "tsv":
+            text = render_tsv(papers, lang)
+            if output is None:
+                return Outcome(stdout=text, missing=missing)
+            _write(output / "paperlab.tsv" if folder else output, text, written)
+            return Outcome(written=written, missing=missing)
+        if output is None:
+            raise BadOption("--format anki writes a binary .apkg: give -o FILE.apkg")
+        target = output / "paperlab.apkg" if folder else output
+        _write(target, lambda tmp: write_apkg(papers, tmp, lang), written)
+        return Outcome(written=written, missing=missing)
+
+    ext = SUFFIX[fmt]
+    if request.must_know:
+        text = render_must_know(entries, fmt, lang)
+        if output is None:
+            return Outcome(stdout=text, missing=missing)
+        _write(output / f"must-know{ext}" if folder else output, text, written)
+        return Outcome(written=written, missing=missing)
+
+    if output is None:
+        if len(papers) != 1:
+            raise BadOption(
+                f"{len(papers)} papers make {len(papers)} documents: give -o DIR/ for a site "
+                f"(index + one page each) or -o FILE{ext} for one combined document"
+            )
+        sheet = paper_sheet(papers[0], runs_dir, lang, library, _external_link)
+        return Outcome(stdout=render_sheet(sheet, fmt, lang))
+
+    if folder:
+        inside = {p.slug for p in papers}
+
+        def sibling(paper: Paper) -> str:
+            return f"{paper.slug}{ext}" if paper.slug in inside else paper.note.url
+
+        sheets = [paper_sheet(p, runs_dir, lang, library, sibling) for p in papers]
+        for sheet in sheets:
+            _write(output / f"{sheet.slug}{ext}", render_sheet(sheet, fmt, lang), written)
+        _write(output / f"index{ext}", render_index(sheets, fmt, lang), written)
+        return Outcome(written=written)
+
+    if len(papers) == 1:
+        sheet = paper_sheet(papers[0], runs_dir, lang, library, _external_link)
+        _write(output, render_sheet(sheet, fmt, lang), written)
+        return Outcome(written=written)
+
+    inside = {p.slug for p in papers}
+
+    def anchor(paper: Paper) -> str:
+        return f"#{paper.slug}" if paper.slug in inside else paper.note.url
+
+    sheets = [paper_sheet(p, runs_dir, lang, library, anchor) for p in papers]
+    _write(output, render_combined(sheets, fmt, lang), written)
+    return Outcome(written=written)
+
+
+def _external_link(paper: Paper) -> str:
+    """A page on its own links related papers to their arXiv pages: always resolvable."""
+    return paper.note.url
