@@ -179,4 +179,6 @@ def _scalar(loader: Any, event: yaml.ScalarEvent) -> Any:
         return loader.construct_object(node)
     except (ValueError, OverflowError, ArithmeticError, yaml.YAMLError) as exc:
         reason = getattr(exc, "problem", None) or str(exc)
+        if tag.endswith(":int") and "digits" in reason:  # Python's int-from-text limit
+            reason = f"an integer of {len(event.value):,} characters is too long"
         raise _problem(event.start_mark, f"cannot read this value: {reason}") from None

@@ -57,3 +57,19 @@ def test_damaged_run_files_leave_fields_empty(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps([1, 2]))
     (run,) = list_runs(tmp_path, ["toy"])
     assert (run.preset, run.verdicts, run.seconds) == ("", {}, None)
+
+
+def test_a_partial_folder_of_a_process_we_may_not_signal_is_kept(tmp_path: Path, monkeypatch):
+    import os
+
+    from repro.lab.runs import remove_stale_partials
+
+    folder = tmp_path / "toy" / ".partial-999999-1"
+    folder.mkdir(parents=True)
+
+    def not_ours(pid: int, signal: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_ours)
+    assert remove_stale_partials(tmp_path, "toy") == []
+    assert folder.exists()
