@@ -373,35 +373,38 @@ def run(
     help="Only this claim id (repeatable).",
 )
 @click.option("--skip-benchmarks", is_flag=True, help="Leave out wall-clock timing claims.")
+@click.option(
+    "--jobs", type=click.IntRange(1), default=None,
+    help="Papers checked at once, each in its own process [default: one per CPU core; 1 on cuda].",
+)  # fmt: skip
 @_common_run_options
 @pass_state
 def check(
-    state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save, threads, as_json
+    state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save, threads, jobs, as_json
 ) -> None:
     """Verify claims (all papers when none is named); exit 1 if any fails."""
     from repro.lab.library import check_claim_ids, notes_or_error
-    from repro.lab.runner import run_paper
+    from repro.lab.runner import run_papers
 
     papers = state.library.select(slugs)
     notes_or_error(papers)  # every note must load before anything runs; all problems at once
     check_claim_ids(papers, tuple(claim_ids))
     start = time.perf_counter()
-    reports = []
+    if jobs is None:  # one paper per core; a GPU is shared by one process at a time
+        jobs = 1 if device != "cpu" else min(len(papers), os.cpu_count() or 1)
     with _progress(not as_json) as progress:
-        for paper in papers:
-            reports.append(
-                run_paper(
-                    paper,
-                    quick=not full,
-                    device=device,
-                    seed=seed,
-                    claim_ids=tuple(claim_ids),
-                    skip_benchmarks=skip_benchmarks,
-                    progress=progress,
-                    runs_dir=None if no_save else state.runs_dir,
-                    threads=threads,
-                )
-            )
+        reports = run_papers(
+            papers,
+            jobs=jobs,
+            progress=progress,
+            quick=not full,
+            device=device,
+            seed=seed,
+            claim_ids=tuple(claim_ids),
+            skip_benchmarks=skip_benchmarks,
+            runs_dir=None if no_save else state.runs_dir,
+            threads=threads,
+        )
     if as_json:
         _emit_json([r.to_json() for r in reports])
     else:

@@ -182,3 +182,18 @@ def test_a_failed_save_keeps_the_results(toy, tmp_path: Path, monkeypatch, how: 
     assert ("Not a directory" in report.save_error) or ("No space left" in report.save_error)
     if runs.is_dir():
         assert [p.name for p in (runs / "toy").iterdir()] == []
+
+
+def test_papers_checked_in_parallel_give_the_same_reports(library_dir: Path) -> None:
+    from repro.lab.runner import run_papers
+
+    toy = Library(library_dir).get("toy")
+    events: list[tuple] = []
+    serial = run_papers([toy, toy], jobs=1)
+    parallel = run_papers([toy, toy], jobs=2, progress=lambda *e: events.append(e))
+
+    def verdicts(reports):
+        return [[(r.id, r.verdict, r.measured) for r in rep.results] for rep in reports]
+
+    assert verdicts(parallel) == verdicts(serial)
+    assert all(rep.paper == "toy" for rep in parallel)
