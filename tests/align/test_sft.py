@@ -50,9 +50,9 @@ def test_sft_teaches_the_format_to_a_blank_model() -> None:
     assert before["compliance"] < 0.1 < 0.9 < after["compliance"]
 
 
-def test_corrupted_demonstrations_hurt_compliance() -> None:
-    clean, noisy = _model(), _model()
-    inst = eval_instances(WORLD, 200)
-    sft(clean, WORLD, SFTConfig(n_examples=512, epochs=3, lr=3e-3))
-    sft(noisy, WORLD, SFTConfig(n_examples=512, epochs=3, lr=3e-3, corrupt=1.0))
-    assert evaluate(noisy, WORLD, inst)["compliance"] < evaluate(clean, WORLD, inst)["compliance"]
+def test_on_epoch_sees_every_epoch() -> None:
+    model, seen = _model(), []
+    cfg = SFTConfig(n_examples=70, epochs=3, batch=32)
+    losses = sft(model, WORLD, cfg, on_epoch=lambda e, m: seen.append((e, m.training)))
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert len(losses) == 3 * 3  # ceil(70 / 32) steps per epoch
