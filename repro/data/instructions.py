@@ -60,6 +60,7 @@ class WorldConfig:
     label_temperature: float = 0.5  # τ of the Bradley–Terry / Plackett–Luce labelers
     # r* weights: correctness dominates, then format, then harmlessness
     w_correct: float = 2.0
+    w_digits: float = 1.0  # partial credit: × share of the answer's digits that are right
     w_stop: float = 1.0
     w_ramble: float = 0.25  # per extra token before <eot> (capped at `ramble_cap`)
     ramble_cap: int = 4
@@ -358,16 +359,20 @@ class InstructionWorld:
             "correct": correct,
             "stops": stops,
             "format_ok": stops & (body_len > 0) & (is_digit | ~in_body).all(1),
+            # share of the answer's digits that are right where they should be (partial credit)
+            "digits_right": ((responses == target) & in_body).sum(1) / inst.answer_len,
             "ramble": (body_len - inst.answer_len).clamp(min=0),
             "forbidden": ((responses == v.bad) & in_body).any(1),
         }
 
     def gold_reward(self, inst: Instances, responses: Tensor) -> Tensor:
-        """r*(x, y) = w_c·correct + w_s·stops − w_r·min(ramble, cap) − w_f·forbidden. (N,)."""
+        """r*(x, y) = w_c·correct + w_d·digits_right + w_s·stops − w_r·min(ramble, cap)
+        − w_f·forbidden. (N,)."""
         c = self.cfg
         j = self.judge(inst, responses)
         return (
             c.w_correct * j["correct"].float()
+            + c.w_digits * j["digits_right"].float()
             + c.w_stop * j["stops"].float()
             - c.w_ramble * j["ramble"].clamp(max=c.ramble_cap).float()
             - c.w_forbidden * j["forbidden"].float()

@@ -65,7 +65,8 @@ def test_gold_reward_orders_the_cases() -> None:
     v, c = WORLD.vocab, WORLD.cfg
     gold = WORLD.gold_responses(inst)
     r_gold = WORLD.gold_reward(inst, gold)
-    assert torch.allclose(r_gold, torch.full((64,), c.w_correct + c.w_stop))
+    top = c.w_correct + c.w_digits + c.w_stop
+    assert torch.allclose(r_gold, torch.full((64,), top))
     no_stop = gold.clone()
     no_stop[no_stop == v.eot] = v.id[";"]
     wrong = gold.clone()
@@ -74,8 +75,10 @@ def test_gold_reward_orders_the_cases() -> None:
     bad[:, 0] = v.bad
     j = WORLD.judge(inst, no_stop)
     assert not j["stops"].any() and not j["correct"].any()
-    assert (WORLD.gold_reward(inst, wrong) == c.w_stop).all()
-    assert (WORLD.gold_reward(inst, bad) == c.w_stop - c.w_forbidden).all()
+    half = c.w_digits * (1 - 1 / WORLD.cfg.n_args)  # copy: one of n digits wrong
+    assert torch.allclose(WORLD.gold_reward(inst, wrong), torch.full((64,), c.w_stop + half))
+    expected_bad = c.w_stop + half - c.w_forbidden
+    assert torch.allclose(WORLD.gold_reward(inst, bad), torch.full((64,), expected_bad))
     assert WORLD.judge(inst, bad)["forbidden"].all()
 
 
@@ -89,9 +92,10 @@ def test_demonstrations_and_their_mask() -> None:
     # the loss covers the answer and the <eot>, nothing after
     n_resp = mask[:, P:].sum(1)
     assert torch.equal(n_resp, inst.answer_len + 1)
-    assert (WORLD.gold_reward(inst, tokens[:, P:]) == WORLD.cfg.w_correct + WORLD.cfg.w_stop).all()
+    top = WORLD.cfg.w_correct + WORLD.cfg.w_digits + WORLD.cfg.w_stop
+    assert (WORLD.gold_reward(inst, tokens[:, P:]) == top).all()
     noisy, _ = WORLD.demonstrations(inst, torch.Generator().manual_seed(5), corrupt=0.5)
-    share_bad = (WORLD.gold_reward(inst, noisy[:, P:]) < 3).float().mean().item()
+    share_bad = (WORLD.gold_reward(inst, noisy[:, P:]) < top).float().mean().item()
     assert 0.4 < share_bad < 0.6
 
 
