@@ -128,7 +128,9 @@ def train_reward_model(
     def loss(step: int) -> Tensor:
         if on_step is not None:
             on_step(step, rm)
-        idx = order[step * cfg.batch : (step + 1) * cfg.batch]  # (b,) prompts
+        epoch, i = divmod(step, per_epoch)  # the last batch of an epoch may be smaller
+        start = epoch * N + i * cfg.batch
+        idx = order[start : min(start + cfg.batch, (epoch + 1) * N)]  # (b,) prompts
         scores = rm(tokens[idx].reshape(-1, S)).view(len(idx), K)  # (b, K): one pass per response
         return pairwise_loss(scores, ranking[idx])
 
@@ -159,7 +161,9 @@ def _train_on_shuffled_pairs(
     def loss(step: int) -> Tensor:
         if on_step is not None:
             on_step(step, rm)
-        idx = order[step * per_step : (step + 1) * per_step]
+        epoch, i = divmod(step, per_epoch)
+        start = epoch * len(prompt) + i * per_step
+        idx = order[start : min(start + per_step, (epoch + 1) * len(prompt))]
         n = prompt[idx]
         return -F.logsigmoid(rm(tokens[n, winner[idx]]) - rm(tokens[n, loser[idx]])).mean()
 

@@ -89,3 +89,20 @@ def test_pair_agreement_counts_decided_pairs() -> None:
     gold = torch.tensor([[3.0, 1.0, 1.0]])
     assert pair_agreement(torch.tensor([[2.0, 1.0, 0.0]]), gold) == 1.0
     assert pair_agreement(torch.tensor([[0.0, 1.0, 2.0]]), gold) == 0.0
+
+
+def test_every_prompt_once_per_epoch_with_a_partial_last_batch() -> None:
+    g = torch.Generator().manual_seed(3)
+    N, K, S = 5, 3, 6
+    tokens = torch.randint(0, 12, (N, K, S), generator=g)
+    ranking = torch.stack([torch.randperm(K, generator=g) for _ in range(N)])
+    for whole in (True, False):
+        seen = []
+        rm = _rm()
+        rm.forward = lambda idx, per_token=False, _f=rm.forward: (seen.append(idx), _f(idx))[1]
+        cfg = RMConfig(batch=2, epochs=2, whole_prompts=whole)
+        losses = train_reward_model(rm, tokens, ranking, cfg)
+        assert all(math.isfinite(v) for v in losses)
+        n_scored = sum(x.shape[0] for x in seen)
+        # whole prompts: K responses per prompt; pairs: two responses per comparison
+        assert n_scored == 2 * N * (K if whole else 2 * math.comb(K, 2))
