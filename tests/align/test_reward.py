@@ -99,7 +99,9 @@ def test_every_prompt_once_per_epoch_with_a_partial_last_batch() -> None:
     for whole in (True, False):
         seen = []
         rm = _rm()
-        rm.forward = lambda idx, per_token=False, _f=rm.forward: (seen.append(idx), _f(idx))[1]
+        rm.forward = lambda idx, per_token=False, _f=rm.forward, _s=seen: (_s.append(idx), _f(idx))[
+            1
+        ]
         cfg = RMConfig(batch=2, epochs=2, whole_prompts=whole)
         losses = train_reward_model(rm, tokens, ranking, cfg)
         assert all(math.isfinite(v) for v in losses)
