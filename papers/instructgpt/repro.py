@@ -82,7 +82,7 @@ class Config:
     # the exact bandit
     bandit_responses: int = setting(32, "responses per prompt in the RL check", min=2)
     bandit_betas: tuple[float, ...] = setting(
-        (1.0, 0.3, 0.1), "β values the RL check visits", min=0, min_exclusive=True
+        (1.0, 0.3), "β values the RL check visits", min=0, min_exclusive=True
     )
     bandit_rl_iterations: int = setting(300, "PPO iterations on the bandit", min=1)
     sweep_responses: int = setting(256, "responses per prompt in the β sweep", min=2)
@@ -95,7 +95,7 @@ class Config:
 
 PRESETS = {
     "quick": Config(),
-    "full": Config(ppo_iterations=40, n_eval=1024, repeats=3),
+    "full": Config(repeats=3),  # seeds 0, 1000, 2000: the spreads quoted in the note
 }
 
 PTX_ROWS = 2048  # rows of pretraining text available to the ptx term
@@ -549,12 +549,13 @@ def ppo_kl_bounded(ctx: Context) -> Measured:
 @claim("beta-zero-overoptimises")
 def beta_zero_overoptimises(ctx: Context) -> Measured:
     """The control: PPO with β = 0 drifts much further from SFT, and its gold reward falls
-    behind PPO with β > 0 even though its RM score is at least as high: KL(β = 0)/KL(β),
-    min over seeds, counted as 0 for a seed where β = 0 has the better gold reward."""
+    behind PPO with β > 0 while its RM score is at least as high: KL(β = 0)/KL(β), min over
+    seeds, counted as 0 for a seed where either order is reversed."""
     ratios, rows = [], []
     for lm in _lm(ctx):
         e = lm["eval"]
         worse = e["beta0"]["gold_sampled"] < e["ppo"]["gold_sampled"]
+        worse &= e["beta0"]["proxy_sampled"] >= e["ppo"]["proxy_sampled"]
         ratios.append(e["beta0"]["kl_full"] / max(e["ppo"]["kl_full"], 1e-9) if worse else 0.0)
         rows.append(
             {

@@ -129,8 +129,8 @@ def rl(
     beta: float,
     iterations: int = 300,
     samples: int = 64,
-    epochs: int = 4,
-    lr: float = 0.1,
+    epochs: int = 2,
+    lr: float = 0.05,
     clip: float = 0.2,
     seed: int = 0,
 ) -> tuple[Tensor, list[dict[str, float]]]:

@@ -68,9 +68,14 @@ def test_training_batches_are_whole_prompts() -> None:
     with torch.no_grad():  # a non-zero head so that the first step moves the trunk too
         for m in (rm, ref):
             m.head.weight.fill_(0.1)
+    seen: list[torch.Tensor] = []
+    forward = rm.forward
+    rm.forward = lambda idx, per_token=False: (seen.append(idx), forward(idx))[1]
     cfg = RMConfig(batch=N, lr=1e-2)
     losses = train_reward_model(rm, tokens, ranking, cfg)
     assert len(losses) == 1
+    # one forward pass over the N·K responses, each scored once (not once per pair)
+    assert [x.shape[0] for x in seen] == [N * K]
     expected = pairwise_loss(ref(tokens.reshape(-1, S)).view(N, K), ranking)
     assert abs(losses[0] - expected.item()) < 1e-6
 
