@@ -62,7 +62,7 @@ def test_ppo_reaches_the_kl_optimum_and_needs_the_kl_term() -> None:
     logp, history = rl(BANDIT, reward, 1.0, iterations=200, seed=0)
     assert total_variation(logp, target) < 0.05
     # the exact KL is never negative, the per-sample k1 estimate often is
-    assert min(h["kl_exact"] for h in history) >= 0
+    assert min(h["kl_exact"] for h in history) >= -1e-12
     assert max(h["k1_negative"] for h in history[5:]) > 0.05
     no_kl, _ = rl(BANDIT, reward, 0.0, iterations=200, seed=0)
     assert total_variation(no_kl, target) > 0.2
