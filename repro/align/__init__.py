@@ -1,0 +1,1 @@
+"""Alignment: pretraining on the instruction world, SFT, a reward model, PPO, the exact bandit."""
