@@ -631,7 +631,8 @@ def bench_scan_cmd(ls_text, repeats, memory, decode_tokens, as_json):
     from rich.table import Table
 
     table = Table(
-        title=f"one layer's sequence mixing, cpu fp32, B=1: scan D={out['D']} N={out['N']}, "
+        title=f"one layer's sequence mixing, CPU time, 1 thread, fp32, B=1: scan D={out['D']} "
+        f"N={out['N']}, "
         f"causal attention H=1 Dh={out['Dh']}",
         title_justify="left",
     )

@@ -83,9 +83,7 @@ class Config:
 
 PRESETS = {
     "quick": Config(),
-    "full": Config(
-        noise_len=64, n_data=4, steps=2000, batch=32, lr=5e-3, eval_every=100, n_eval=1024
-    ),
+    "full": Config(noise_len=64, steps=600, eval_every=50, n_eval=1024),
 }
 
 

@@ -9,8 +9,9 @@ One layer's sequence mixing at the same width: the scan over D = 64 channels wit
 (inputs (B, L, D)) against causal attention with one head of Dh = 64 (inputs (B, 1, L, Dh)), both
 fp32 forwards without projections. FLOPs: the scan does ≈ 9·B·L·D·N (exp(ΔA), ΔB·u, a·h + b,
 C·h), attention 2·B·H·L²·Dh for QKᵀ and PV with the causal half skipped (as FlashAttention
-counts it). Exponents are least-squares slopes of log time against log L. Functions return
-plain dicts; `paperlab bench scan` renders them.
+counts it). Exponents are least-squares slopes of log time against log L. Times are process
+CPU seconds on one thread (the work done, which a busy machine inflates far less than the wall
+clock). Functions return plain dicts; `paperlab bench scan` renders them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from repro.bench.timing import median_seconds
 from repro.lab.threads import torch_threads
 from repro.nn.attention import attention_ref
 from repro.nn.ssm import selective_scan, selective_scan_ref
@@ -51,6 +51,17 @@ def fit_exponent(xs: list[float], ys: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum(
         (a - mx) ** 2 for a in lx
     )
+
+
+def cpu_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median process CPU seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
 
 
 def _inputs(impl: str, L: int, B: int, D: int, N: int, seed: int = 0) -> Callable[[], object]:
@@ -88,7 +99,7 @@ def bench_scan(
     with torch_threads(threads), torch.no_grad():
         for L in lengths:
             for impl in impls:
-                seconds = median_seconds(_inputs(impl, L, B, D, N), "cpu", repeats)
+                seconds = cpu_seconds(_inputs(impl, L, B, D, N), repeats)
                 flops = scan_flops(L, B, D, N) if impl.startswith("scan") else attention_flops(L, B)
                 rows.append(
                     {"L": L, "impl": impl, "ms": 1e3 * seconds, "gflops": flops / seconds / 1e9}
