@@ -630,7 +630,7 @@ def _cell(value: object) -> str:
 
 @cli.group()
 def bench() -> None:
-    """Performance tables (attention kernels, KV-cache decoding)."""
+    """Performance tables (attention kernels, KV-cache decoding, selective scan)."""
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
@@ -802,6 +802,88 @@ def bench_decode_cmd(new_tokens, prompt_len, device, repeats, as_json):
         )
     _console().print(table)
     click.echo(f"speed-up {out[f'speedup_{clock}']:.1f}x; identical tokens: {out['tokens_match']}")
+
+
+@bench.command("scan")
+@click.option(
+    "--l",
+    "ls_text",
+    default="512,1024,2048,4096,8192",
+    show_default=True,
+    help="Sequence lengths (comma-separated).",
+)
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--memory", is_flag=True, help="Also measure peak extra memory (fresh processes).")
+@click.option("--decode-tokens", default=512, show_default=True, type=click.IntRange(129))
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+def bench_scan_cmd(ls_text, repeats, memory, decode_tokens, as_json):
+    """Selective scan (loop, parallel) vs SDPA and naive attention over L; recurrent decoding."""
+    from repro.bench.scan import IMPLS, bench_decode_recurrent, bench_scan, peak_memory
+
+    lengths = _int_list(ls_text, "--l")
+    with _progress(not as_json) as progress:
+        out = bench_scan(
+            lengths, repeats=repeats, progress=lambda i, n: progress("scan benchmark", i, n)
+        )
+        if memory:
+            out["memory"] = [
+                {"L": L, "impl": impl, "extra_bytes": peak_memory(impl, L)}
+                for L in lengths
+                for impl in IMPLS
+            ]
+        progress("decode benchmark", 0, 1)
+        out["decode"] = bench_decode_recurrent(decode_tokens)
+        progress("decode benchmark", 1, 1)
+    if as_json:
+        _emit_json(out)
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"one layer's sequence mixing, CPU time, 1 thread, fp32, B=1: scan D={out['D']} "
+        f"N={out['N']}, "
+        f"causal attention H=1 Dh={out['Dh']}",
+        title_justify="left",
+    )
+    table.add_column("L", justify="right")
+    for impl in IMPLS:
+        table.add_column(f"{impl} ms", justify="right")
+    for L in lengths:
+        ms = {r["impl"]: r["ms"] for r in out["rows"] if r["L"] == L}
+        table.add_row(str(L), *(f"{ms[impl]:.1f}" for impl in IMPLS))
+    if len(lengths) > 1:
+        table.add_row("exponent", *(f"{out['exponents'][impl]:.2f}" for impl in IMPLS))
+    _console().print(table)
+    if memory:
+        mem = Table(title="peak extra memory of one forward (MB)", title_justify="left")
+        mem.add_column("L", justify="right")
+        for impl in IMPLS:
+            mem.add_column(impl, justify="right")
+        for L in lengths:
+            b = {m["impl"]: m["extra_bytes"] for m in out["memory"] if m["L"] == L}
+            mem.add_row(str(L), *(f"{b[impl] / 2**20:.0f}" for impl in IMPLS))
+        _console().print(mem)
+    d = out["decode"]
+    dec = Table(
+        title=f"greedy decoding, {d['new_tokens']} tokens (cpu ms/token)", title_justify="left"
+    )
+    for col in ("", "params", "first 64", "last 64", "state/cache bytes at end"):
+        dec.add_column(col, justify="right")
+    dec.add_row(
+        "Mamba step",
+        f"{d['mamba_params']:,}",
+        f"{d['mamba_first_ms']:.2f}",
+        f"{d['mamba_last_ms']:.2f}",
+        f"{d['mamba_state_bytes']:,}",
+    )
+    dec.add_row(
+        "GPT KV cache",
+        f"{d['gpt_params']:,}",
+        f"{d['gpt_first_ms']:.2f}",
+        f"{d['gpt_last_ms']:.2f}",
+        f"{d['gpt_kv_bytes_at_end']:,}",
+    )
+    _console().print(dec)
 
 
 def main() -> None:

@@ -50,12 +50,17 @@ def associative_recall(
 def selective_copy(
     batch: int, length: int, n_tokens: int, vocab_size: int, generator=None
 ) -> tuple[Tensor, Tensor]:
-    """Mamba's selective copying (Gu & Dao §4.1.1): n_tokens symbols at random positions of a
-    length-T sequence of PAD noise, then SEP; the target is those symbols in order, (B, n_tokens).
+    """Selective copying (Gu & Dao §4.1.1) with the S4 generator's layout (state-spaces/s4
+    `copying.py::torch_copying_data(L, M, A, variable=True)`), in this module's token ids.
+
+    M = n_tokens symbols are scattered at random sorted positions among length + M slots of PAD
+    noise, then M SEP markers follow: a sequence (B, length + 2M). The target (B, M) is the
+    symbols in order; a causal model predicts them at the M marker positions (the last M).
     """
-    pos = torch.rand(batch, length, generator=generator).argsort(-1)[:, :n_tokens].sort(-1).values
+    slots = length + n_tokens
+    pos = torch.rand(batch, slots, generator=generator).argsort(-1)[:, :n_tokens].sort(-1).values
     symbols = random_symbols(batch, n_tokens, vocab_size, generator)
-    seq = torch.full((batch, length), PAD, dtype=torch.long)
+    seq = torch.full((batch, slots), PAD, dtype=torch.long)
     seq.scatter_(1, pos, symbols)
-    sep = torch.full((batch, 1), SEP, dtype=torch.long)
-    return torch.cat([seq, sep], dim=1), symbols
+    markers = torch.full((batch, n_tokens), SEP, dtype=torch.long)
+    return torch.cat([seq, markers], dim=1), symbols

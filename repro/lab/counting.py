@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from repro.models.bert import BertConfig
     from repro.models.gpt import GPTConfig
     from repro.models.llama import LlamaConfig
+    from repro.models.mamba import MambaConfig
     from repro.models.transformer import TransformerConfig
 
 M = TypeVar("M")
@@ -133,11 +134,38 @@ def bert_param_count(
     return total
 
 
+def mamba_mixer_params(cfg: MambaConfig) -> int:
+    """One Mamba block (Gu & Dao §3.4, Figure 3) with D = E·C inner channels:
+    in_proj C×2D, depthwise conv D×K (+D bias), then the SSM — selective: x_proj D×(R+2N),
+    dt_proj R×D + D; LTI control: Δ bias D, B and C D×N each — A_log D×N, skip D, out_proj D×C.
+    """
+    D, N, R, K = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+    proj = mamba_projection_params(cfg)
+    conv = D * K + (D if cfg.conv_bias else 0)
+    ssm = (D * (R + 2 * N) + R * D + D) if cfg.selective else (D + 2 * D * N)
+    return proj + conv + ssm + D * N + D
+
+
+def mamba_projection_params(cfg: MambaConfig) -> int:
+    """The paper's 3ED²: in_proj (2ED²) and out_proj (ED²), plus their biases if any."""
+    C, D = cfg.d_model, cfg.d_inner
+    return 3 * C * D + ((2 * D + C) if cfg.bias else 0)
+
+
+def mamba_param_count(cfg: MambaConfig, embeddings: bool = True) -> int:
+    """Embedding (V padded), NL × (RMSNorm + mixer), final RMSNorm, head (tied or not)."""
+    C, V = cfg.d_model, cfg.padded_vocab_size
+    body = cfg.n_layers * (rms_norm_params(C) + mamba_mixer_params(cfg)) + rms_norm_params(C)
+    vocab = V * C * (1 if cfg.tie_embeddings else 2)
+    return body + (vocab if embeddings else 0)
+
+
 _COUNTERS: dict[str, Callable[..., int]] = {
     "GPTConfig": gpt_param_count,
     "LlamaConfig": llama_param_count,
     "TransformerConfig": transformer_param_count,
     "BertConfig": bert_param_count,
+    "MambaConfig": mamba_param_count,
 }
 
 
@@ -220,3 +248,11 @@ def kv_cache_bytes_per_token(
 ) -> int:
     """2 (k and v) · L · Hkv · D · bytes per element (Pope et al. §2)."""
     return 2 * n_layers * n_kv_heads * head_dim * bytes_per_elem
+
+
+def ssm_state_bytes_per_layer(
+    batch: int, d_inner: int, d_state: int, d_conv: int, bytes_per_elem: int = 2
+) -> int:
+    """A Mamba layer's decoding state, B·(D·N + D·(K−1)) elements: the SSM state and the last
+    K−1 conv inputs. It does not depend on how many tokens have been processed."""
+    return batch * (d_inner * d_state + d_inner * (d_conv - 1)) * bytes_per_elem
