@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per pytest / check run")
     parser.add_argument("--json", type=Path, help="also write the outcomes here")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmodified run")
+    parser.add_argument("--no-claims", action="store_true", help="run the tests only")
     args = parser.parse_args(argv)
 
     paths = (
@@ -213,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown mutant id(s): {', '.join(sorted(unknown))}")
         mutants = [m for m in mutants if m.id in args.only]
+    if args.no_claims:
+        for m in mutants:
+            m.papers = []
     print(f"{len(mutants)} mutants from {len(paths)} catalogue file(s)", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="paperlab-mutants-") as tmp:
