@@ -89,6 +89,7 @@ TRANSFORMS: dict[str, Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, 
     "single training case re-scaling": lambda x, W, g: (torch.cat([3.7 * x[:1], x[1:]]), W),
 }
 
+
 def _rmsnorm_module(a: Tensor, gain: Tensor) -> Tensor:
     """The library's `RMSNorm` module (the one the models use), fp64, ε = 0, gain g."""
     norm = RMSNorm(a.shape[-1], eps=0.0).to(a.dtype)
