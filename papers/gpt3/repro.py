@@ -150,8 +150,8 @@ def residual_init_scaling(ctx: Context) -> Measured:
     for name, p in model.named_parameters():
         if p.dim() == 2 and name.startswith("blocks."):
             (residual if name.endswith(("attn.wo.weight", "mlp.w2.weight")) else other).append(p)
-    std_res = float(torch.cat([p.flatten() for p in residual]).std())
-    std_other = float(torch.cat([p.flatten() for p in other]).std())
+    std_res = float(torch.cat([p.detach().flatten() for p in residual]).std())
+    std_other = float(torch.cat([p.detach().flatten() for p in other]).std())
     return Measured(
         std_res / std_other,
         {"std_residual": std_res, "std_other": std_other, "1/sqrt(2L)": 1 / math.sqrt(24)},

@@ -43,8 +43,30 @@ from repro.train import evaluate_lm, train_lm
 
 @cache
 def n_params(preset: str) -> int:
-    """Exact parameter count of a Table 2 model, built on `meta` (no memory)."""
-    return count_parameters(build_preset(preset))
+    """Exact parameter count of a Table 2 model, built on `meta` (no memory); asserted equal to
+    the analytic count of `repro.lab.counting`."""
+    built = count_parameters(build_preset(preset))
+    analytic = param_count(preset_config(preset))
+    assert built == analytic, f"{preset}: built {built} != analytic {analytic}"
+    return built
+
+
+def closed_form_params(n_layers: int, dim: int, vocab: int = 32000, multiple_of: int = 256) -> int:
+    """LLaMA written from §2.2 and Meta's code: SwiGLU width F = 2/3·4d rounded up to a multiple
+    of 256; per layer q, k, v, o 4d² (no biases), the SwiGLU FFN 3·d·F and two RMSNorm gains 2d;
+    untied input and output embeddings 2·V·d and the final RMSNorm d."""
+    F = multiple_of * -(-int(2 * 4 * dim / 3) // multiple_of)
+    return n_layers * (4 * dim**2 + 3 * dim * F + 2 * dim) + 2 * vocab * dim + dim
+
+
+@claim("params-exact")
+def params_exact(ctx: Context) -> Measured:
+    """Largest |built − closed form| over the four Table 2 models."""
+    diffs = {}
+    for preset in ("llama-7b", "llama-13b", "llama-33b", "llama-65b"):
+        cfg = preset_config(preset)
+        diffs[preset] = n_params(preset) - closed_form_params(cfg.n_layers, cfg.d_model)
+    return Measured(max(abs(d) for d in diffs.values()), {"built_minus_closed_form": diffs})
 
 
 def _billions(preset: str) -> Measured:
