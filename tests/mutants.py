@@ -42,6 +42,10 @@ SKIP_COPY = shutil.ignore_patterns(
 FAILED_LINE = re.compile(r"^(FAILED|ERROR) (\S+?)(?:\[.*?\])?(?: - .*)?$")
 
 
+class RunError(Exception):
+    """pytest or check did not finish (timeout, killed): neither caught nor survived."""
+
+
 @dataclass
 class Mutant:
     id: str
@@ -107,15 +111,20 @@ def failing_tests(root: Path, tests: list[str], timeout: float) -> set[str]:
     if not tests:
         return set()
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
-    try:
-        done = subprocess.run(
-            cmd, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired:
-        return {"<pytest timed out>"}
+    for _ in range(2):  # a run killed from outside (a signal) is retried once
+        try:
+            done = subprocess.run(
+                cmd, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as e:
+            raise RunError(f"pytest timed out after {timeout:.0f}s") from e
+        if done.returncode >= 0:
+            break
+    else:
+        raise RunError(f"pytest killed by signal {-done.returncode}")
     failed = {m.group(2) for line in done.stdout.splitlines() if (m := FAILED_LINE.match(line))}
-    if done.returncode not in (0, 1) and not failed:  # usage error, interrupted, nothing collected
-        failed.add(f"<pytest exit {done.returncode}>")
+    if done.returncode not in (0, 1) and not failed:  # import error at collection, usage error
+        failed.add(f"<pytest exit {done.returncode}: {done.stdout.strip().splitlines()[-1:]}>")
     return failed
 
 
@@ -136,8 +145,10 @@ def failing_claims(root: Path, papers: list[str], timeout: float) -> set[str]:
         done = subprocess.run(
             cmd, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout
         )
-    except subprocess.TimeoutExpired:
-        return {"<check timed out>"}
+    except subprocess.TimeoutExpired as e:
+        raise RunError(f"check timed out after {timeout:.0f}s") from e
+    if done.returncode < 0:
+        raise RunError(f"check killed by signal {-done.returncode}")
     try:
         reports = json.loads(done.stdout)
     except json.JSONDecodeError:
@@ -169,17 +180,22 @@ def run_mutant(
         tests = failing_tests(root, m.tests, timeout) - baseline[0]
         claims = failing_claims(root, m.papers, timeout) - baseline[1]
         return Outcome(m.id, sorted(tests), sorted(claims), time.perf_counter() - start)
+    except RunError as e:
+        return Outcome(m.id, seconds=time.perf_counter() - start, error=str(e))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def summary(outcomes: list[Outcome]) -> dict[str, float]:
+    errors = [o for o in outcomes if o.error]
+    outcomes = [o for o in outcomes if not o.error]
     n = len(outcomes)
     survived = [o for o in outcomes if o.detectors == 0]
     single = [o for o in outcomes if o.detectors == 1]
     one_test_fn = [o for o in outcomes if len(o.caught_by_tests) == 1]
     return {
         "mutants": n,
+        "not_run": len(errors),
         "survived": len(survived),
         "caught_by_tests": sum(bool(o.caught_by_tests) for o in outcomes),
         "caught_by_claims": sum(bool(o.caught_by_claims) for o in outcomes),
@@ -222,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="paperlab-mutants-") as tmp:
         base = Path(tmp)
         baseline: tuple[set[str], set[str]] = (set(), set())
-        if not args.no_baseline:
+        if not args.no_baseline:  # RunError here stops the run: the baseline must finish
             root = _copy(base, "_baseline")
             tests = sorted({t for m in mutants for t in m.tests})
             papers = sorted({p for m in mutants for p in m.papers})
@@ -237,11 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         for i, m in enumerate(mutants, 1):
             o = run_mutant(m, base, baseline, args.timeout)
             outcomes.append(o)
-            verdict = (
-                "SURVIVED"
-                if o.detectors == 0
-                else f"{len(o.caught_by_tests)} tests, {len(o.caught_by_claims)} claims"
-            )
+            if o.error:
+                verdict = f"NOT RUN ({o.error})"
+            elif o.detectors == 0:
+                verdict = "SURVIVED"
+            else:
+                verdict = f"{len(o.caught_by_tests)} tests, {len(o.caught_by_claims)} claims"
             print(
                 f"[{i}/{len(mutants)}] {m.id:<40} {verdict:<22} {o.seconds:6.0f}s", file=sys.stderr
             )
@@ -255,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps({"summary": totals, "outcomes": [asdict(o) for o in outcomes]}, indent=2)
         )
-    return 1 if totals["survived"] else 0
+    return 1 if totals["survived"] or totals["not_run"] else 0
 
 
 if __name__ == "__main__":
