@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the outcomes here")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmodified run")
     parser.add_argument("--no-claims", action="store_true", help="run the tests only")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once")
     args = parser.parse_args(argv)
 
     paths = (
@@ -250,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in sorted(baseline[0] | baseline[1]):
                 print(f"baseline already fails, not counted: {name}", file=sys.stderr)
         outcomes = []
-        for i, m in enumerate(mutants, 1):
-            o = run_mutant(m, base, baseline, args.timeout)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # the work is in subprocesses
+            futures = [pool.submit(run_mutant, m, base, baseline, args.timeout) for m in mutants]
+            done = [f.result() for f in futures]
+        for i, (m, o) in enumerate(zip(mutants, done, strict=True), 1):
             outcomes.append(o)
             if o.error:
                 verdict = f"NOT RUN ({o.error})"
