@@ -254,6 +254,9 @@ def matched_llama_config(cfg: Config) -> LlamaConfig:
     return _llama_config(cfg, best)
 
 
+EARLY_STEPS = 200  # the quick preset's whole run; the first fifth of the full one
+
+
 def experiment(cfg: Config, ctx: Context) -> dict:
     source = MarkovSource(MarkovConfig(vocab_size=cfg.vocab_size, order=cfg.order))
     floor = source.entropy_rate()  # nats/token: no model can do better on this source
@@ -279,6 +282,8 @@ def experiment(cfg: Config, ctx: Context) -> dict:
         results[f"{name}_params"] = count_parameters(model)
         results[f"{name}_test_loss"] = test_loss
         results[f"{name}_mean_train_loss"] = sum(losses) / len(losses)
+        early = losses[:EARLY_STEPS]
+        results[f"{name}_early_train_loss"] = sum(early) / len(early)
         curves[name] = losses
 
     if ctx.out_dir is not None:
@@ -321,4 +326,19 @@ def block_learning_speed(ctx: Context) -> Measured:
     return Measured(
         m["llama_mean_train_loss"] - m["gpt_mean_train_loss"],
         {"llama": m["llama_mean_train_loss"], "gpt": m["gpt_mean_train_loss"]},
+    )
+
+
+@claim("block-early-learning")
+def block_early_learning(ctx: Context) -> Measured:
+    """Mean training loss over the first 200 steps, LLaMA − GPT (fresh batches: held-out)."""
+    m = ctx.experiment()
+    return Measured(
+        m["llama_early_train_loss"] - m["gpt_early_train_loss"],
+        {
+            "llama": m["llama_early_train_loss"],
+            "gpt": m["gpt_early_train_loss"],
+            "steps": EARLY_STEPS,
+            "entropy_floor": m["entropy_floor"],
+        },
     )
