@@ -278,6 +278,26 @@ def _bert_size(preset: str) -> Measured:
     )
 
 
+def closed_form_params(L: int, H: int, V: int = 30522, P: int = 512) -> int:
+    """BERT with its pre-training heads, written from §3 and Fig. 2 (F = 4H, 2 segments):
+    embeddings (V + P + 2)·H and their LayerNorm 2H; per layer q, k, v, o with biases 4H² + 4H,
+    the FFN 8H² + 5H and two LayerNorms 4H; the pooler H² + H; the MLM transform H² + H, its
+    LayerNorm 2H and output bias V (decoder tied to the word embeddings); NSP 2H + 2."""
+    layers = L * (12 * H**2 + 13 * H)
+    return (V + P + 2) * H + 2 * H + layers + (H**2 + H) + (H**2 + H + 2 * H + V) + (2 * H + 2)
+
+
+@claim("params-exact")
+def params_exact(ctx: Context) -> Measured:
+    """Largest |built − closed form| over BERT-Base and BERT-Large (analytic = built asserted)."""
+    diffs = {}
+    for preset in ("bert-base", "bert-large"):
+        cfg = preset_config(preset)
+        built = _bert_size(preset).details["parameters"]
+        diffs[preset] = built - closed_form_params(cfg.n_layers, cfg.d_model)
+    return Measured(max(abs(d) for d in diffs.values()), {"built_minus_closed_form": diffs})
+
+
 @claim("base-params")
 def base_params(ctx: Context) -> Measured:
     return _bert_size("bert-base")

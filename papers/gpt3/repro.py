@@ -17,6 +17,7 @@ Three things are re-computed here:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cache
 
@@ -24,7 +25,13 @@ import torch
 from torch import Tensor
 
 from repro.lab.claims import Context, Measured, claim
-from repro.lab.counting import build_preset, count_parameters, training_flops
+from repro.lab.counting import (
+    build_preset,
+    count_parameters,
+    param_count,
+    preset_config,
+    training_flops,
+)
 from repro.lab.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.models.gpt import GPT, GPTConfig
@@ -34,6 +41,16 @@ from repro.train import lm_loss, train
 
 # Two rows of Table 2.1 are not self-consistent (n_heads · d_head ≠ d_model); the reading that
 # reproduces Table D.1's parameter count is built (see note.yaml, passes.third).
+PRESETS_2_1 = (
+    "gpt3-small",
+    "gpt3-medium",
+    "gpt3-large",
+    "gpt3-xl",
+    "gpt3-2.7b",
+    "gpt3-6.7b",
+    "gpt3-13b",
+    "gpt3-175b",
+)
 READINGS: dict[str, dict[str, int]] = {
     "gpt3-xl": {"n_heads": 16},  # printed 24 heads × 128 = 3072 ≠ d_model 2048; 16 × 128 = 2048
     "gpt3-13b": {"d_model": 5120},  # printed 5140 ≠ 40 heads × 128 = 5120
@@ -44,8 +61,19 @@ PF_DAY = 1e15 * 86400  # FLOPs in one petaflop/s-day (Table D.1's unit)
 
 @cache
 def n_params(preset: str, **overrides: int) -> int:
-    """Exact parameter count of a Table 2.1 row, built on `meta` (no memory)."""
-    return count_parameters(build_preset(preset, **overrides))
+    """Exact parameter count of a Table 2.1 row, built on `meta` (no memory); asserted equal to
+    the analytic count of `repro.lab.counting`."""
+    built = count_parameters(build_preset(preset, **overrides))
+    analytic = param_count(preset_config(preset, **overrides))
+    assert built == analytic, f"{preset} {overrides}: built {built} != analytic {analytic}"
+    return built
+
+
+def closed_form_params(n_layers: int, d_model: int, vocab: int = 50257, n_ctx: int = 2048) -> int:
+    """GPT-2/3 with d_attn = d_model and d_ff = 4·d_model, written from the architecture (§2.1):
+    per layer 4d² + 4d (q, k, v, o with biases) + 8d² + 5d (the FFN) + 4d (two LayerNorms), then
+    the tied token embedding V·d, the learned positions n_ctx·d and the final LayerNorm 2d."""
+    return n_layers * (12 * d_model**2 + 13 * d_model) + (vocab + n_ctx) * d_model + 2 * d_model
 
 
 def _row(preset: str) -> Measured:
@@ -98,6 +126,37 @@ def params_13b(ctx: Context) -> Measured:
 @claim("params-175b")
 def params_175b(ctx: Context) -> Measured:
     return _row("gpt3-175b")
+
+
+@claim("params-exact")
+def params_exact(ctx: Context) -> Measured:
+    """Largest |built − closed form| over the eight rows (XL with 16 heads, 13B with 5120)."""
+    rows = {}
+    for preset in PRESETS_2_1:
+        cfg = preset_config(preset, **READINGS.get(preset, {}))
+        rows[preset] = n_params(preset, **READINGS.get(preset, {})) - closed_form_params(
+            cfg.n_layers, cfg.d_model
+        )
+    return Measured(max(abs(d) for d in rows.values()), {"built_minus_closed_form": rows})
+
+
+@claim("residual-init-scaling")
+def residual_init_scaling(ctx: Context) -> Measured:
+    """§2.1 keeps GPT-2's modified initialisation: residual projections (attention output, FFN
+    output) start with std 0.02/√(2L). Measured: their std over that of the other weight
+    matrices, in a 12-layer model (GPT-3 Small's depth, narrower)."""
+    torch.manual_seed(ctx.seed)
+    model = GPT(GPTConfig(n_layers=12, d_model=256, n_heads=4, vocab_size=1024, max_seq_len=256))
+    residual, other = [], []
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and name.startswith("blocks."):
+            (residual if name.endswith(("attn.wo.weight", "mlp.w2.weight")) else other).append(p)
+    std_res = float(torch.cat([p.detach().flatten() for p in residual]).std())
+    std_other = float(torch.cat([p.detach().flatten() for p in other]).std())
+    return Measured(
+        std_res / std_other,
+        {"std_residual": std_res, "std_other": std_other, "1/sqrt(2L)": 1 / math.sqrt(24)},
+    )
 
 
 @claim("compute-175b")
@@ -185,6 +244,13 @@ def ideal_learner_accuracy(x: Tensor, n_outputs: int) -> Tensor:
     return (seen + (1 - seen) / n_outputs).mean(0)
 
 
+def query_accuracy(model: GPT, seq: Tensor, targets: Tensor, device: str) -> Tensor:
+    """Greedy accuracy at each query position of seq (B, 2K) -> (K,), one value per shot count."""
+    with torch.no_grad():
+        pred = model(seq.to(device)).argmax(-1).cpu()  # (B, 2K)
+    return (pred[:, 0::2] == targets[:, 0::2]).float().mean(0)  # (K,)
+
+
 def experiment(cfg: Config, ctx: Context) -> dict:
     tasks = MappingTasks(cfg)
     g = torch.Generator().manual_seed(ctx.seed)
@@ -199,6 +265,11 @@ def experiment(cfg: Config, ctx: Context) -> dict:
         )
     ).to(ctx.device)
 
+    # The control: the same model and held-out sequences before any training
+    eval_g = torch.Generator().manual_seed(10_000 + ctx.seed)
+    seq, targets = tasks.sample(cfg.eval_sequences, held_out=True, g=eval_g)
+    untrained = query_accuracy(model, seq, targets, ctx.device)  # (K,)
+
     # Outer loop (§1, Fig. 1.1): plain next-token training over many random tasks
     def loss_fn(step: int) -> Tensor:
         seq, targets = tasks.sample(cfg.batch, held_out=False, g=g)
@@ -210,11 +281,7 @@ def experiment(cfg: Config, ctx: Context) -> dict:
 
     # Inner loop (§2.4): no gradient step; the demonstrations before a query are the only
     # evidence about the held-out mapping, so query i is an i-shot problem
-    eval_g = torch.Generator().manual_seed(10_000 + ctx.seed)
-    seq, targets = tasks.sample(cfg.eval_sequences, held_out=True, g=eval_g)
-    with torch.no_grad():
-        pred = model(seq.to(ctx.device)).argmax(-1).cpu()  # (B, 2K)
-    accuracy = (pred[:, 0::2] == targets[:, 0::2]).float().mean(0)  # (K,) by number of shots
+    accuracy = query_accuracy(model, seq, targets, ctx.device)  # (K,) by number of shots
     ideal = ideal_learner_accuracy(seq[:, 0::2], cfg.n_outputs)  # (K,)
     chance = 1 / cfg.n_outputs
 
@@ -224,6 +291,7 @@ def experiment(cfg: Config, ctx: Context) -> dict:
             ctx.out_dir / "icl_accuracy_vs_shots.svg",
             {
                 "tiny GPT (held-out mappings)": (shots, accuracy.tolist()),
+                "same GPT untrained": (shots, untrained.tolist()),
                 "Bayes-optimal learner": (shots, ideal.tolist()),
                 "chance 1/|Y|": (shots, [chance] * cfg.n_pairs),
             },
@@ -233,6 +301,7 @@ def experiment(cfg: Config, ctx: Context) -> dict:
         )
     return {
         "accuracy_by_shots": accuracy.tolist(),
+        "untrained_accuracy_by_shots": untrained.tolist(),
         "ideal_by_shots": ideal.tolist(),
         "chance": chance,
         "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
@@ -256,6 +325,18 @@ def icl_few_shot_gain(ctx: Context) -> Measured:
     return Measured(
         acc[-1] - acc[0],
         {"shots": len(acc) - 1, "k_shot_accuracy": acc[-1], "zero_shot_accuracy": acc[0]},
+    )
+
+
+@claim("icl-beats-untrained")
+def icl_beats_untrained(ctx: Context) -> Measured:
+    """Control: the same model before training, on the same held-out sequences. Its accuracy
+    after K − 1 demonstrations is subtracted from the trained model's."""
+    m = ctx.experiment()
+    trained, untrained = m["accuracy_by_shots"], m["untrained_accuracy_by_shots"]
+    return Measured(
+        trained[-1] - untrained[-1],
+        {"k_shot_trained": trained[-1], "k_shot_untrained": untrained[-1], "chance": m["chance"]},
     )
 
 

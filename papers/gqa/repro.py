@@ -18,7 +18,10 @@ group into one (Fig. 1), then continue pre-training for a fraction α of the ori
 
 What is checked here, claim by claim (see note.yaml):
 1. GQA with Hkv = H is MHA and with Hkv = 1 is MQA, on the same weights (measured, fp64): the
-   library's grouped `Attention` against a per-head MHA loop and a shared-key MQA einsum;
+   library's grouped `Attention` against a per-head MHA loop and a shared-key MQA einsum; and
+   with 1 < Hkv < H, where the head-to-group map matters, every path of the library (each
+   backend, FlashAttention with small tiles) against a group-by-group loop, with the control
+   that the wrong map (h mod Hkv) does not match;
 2. the KV cache shrinks by H / Hkv (derived): cache buffers allocated on the meta device for
    T5-XXL's decoder (64 heads) as MHA and as GQA-8;
 3. uptraining (measured): a tiny MHA decoder trained on a Markov source, converted to GQA
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +47,7 @@ from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.attention import Attention, attention_mask
+from repro.nn.flash import flash_attention
 from repro.nn.kv_cache import caches_for
 from repro.train import evaluate_lm, next_token_loss, train
 
@@ -101,6 +106,71 @@ def gqa_hkv_h_is_mha(ctx: Context) -> Measured:
 def gqa_hkv_1_is_mqa(ctx: Context) -> Measured:
     r = grouped_vs_reference(n_kv_heads=1, seed=ctx.seed)
     return Measured(r["max_abs_diff"], r | {"H": 8, "Hkv": 1, "dtype": "float64"})
+
+
+def gqa_per_group(x: Tensor, attn: Attention, group_of: Callable[[int], int]) -> Tensor:
+    """Grouped-query attention written group by group (§2.2): query head h attends with key/value
+    head group_of(h). x (B, T, C), causal."""
+    B, T, C = x.shape
+    H, Hkv, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    q = attn.wq(x).view(B, T, H, D)  # (B, T, H, D)
+    k = attn.wk(x).view(B, T, Hkv, D)  # (B, T, Hkv, D)
+    v = attn.wv(x).view(B, T, Hkv, D)
+    mask = attention_mask(T, T, True, None, x.device)  # (T, T)
+    heads = []
+    for h in range(H):
+        g = group_of(h)
+        scores = q[:, :, h] @ k[:, :, g].transpose(1, 2) / math.sqrt(D)  # (B, T, T)
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        heads.append(probs @ v[:, :, g])  # (B, T, D)
+    return attn.wo(torch.cat(heads, dim=-1))  # (B, T, C)
+
+
+GROUPED = (2, 4)  # 1 < Hkv < H = 8: the only layouts where the head-to-group map matters
+SMALL_TILES = 8  # Br = Bc = 8 over T = 40: several query and key tiles, partial last tiles
+
+
+def grouped_paths(n_kv_heads: int, seed: int) -> dict[str, Tensor]:
+    """The library's GQA on one layer (H = 8, T = 40, fp64) through every path: the `Attention`
+    module with each backend, and FlashAttention with explicit small tiles; plus x and layer."""
+    torch.manual_seed(seed)
+    C, H, T = 64, 8, 40
+    attn = Attention(C, H, n_kv_heads, causal=True).double()
+    x = torch.randn(3, T, C, dtype=torch.float64)  # (B, T, C)
+    out = {}
+    with torch.no_grad():
+        for backend in ("ref", "sdpa", "flash"):
+            attn.backend = backend
+            out[backend] = attn(x)
+        q = attn._split(attn.wq(x), H)  # (B, H, T, D)
+        k, v = attn._split(attn.wk(x), n_kv_heads), attn._split(attn.wv(x), n_kv_heads)
+        y = flash_attention(q, k, v, causal=True, block_q=SMALL_TILES, block_k=SMALL_TILES)
+        out["flash_small_tiles"] = attn.wo(y.transpose(1, 2).reshape(3, T, C))
+    return {"x": x, "attn": attn, "paths": out}
+
+
+def _worst_diff(n_kv_heads: int, seed: int, group_of: Callable[[int, int], int]) -> float:
+    r = grouped_paths(n_kv_heads, seed)
+    G = 8 // n_kv_heads
+    with torch.no_grad():
+        ref = gqa_per_group(r["x"], r["attn"], lambda h: group_of(h, G))
+        return max(float((y - ref).abs().max()) for y in r["paths"].values())
+
+
+@claim("gqa-groups-match-per-group-reference")
+def gqa_groups_match_per_group_reference(ctx: Context) -> Measured:
+    """Max |library − per-group reference| over Hkv ∈ {2, 4} and every path, fp64."""
+    diffs = {f"Hkv={n}": _worst_diff(n, ctx.seed, lambda h, G: h // G) for n in GROUPED}
+    return Measured(max(diffs.values()), diffs | {"H": 8, "T": 40, "small_tiles": SMALL_TILES})
+
+
+@claim("gqa-wrong-group-map-differs")
+def gqa_wrong_group_map_differs(ctx: Context) -> Measured:
+    """Control: the same reference with query head h on kv head h mod Hkv (heads dealt round
+    robin instead of in consecutive groups) must not match the library: min over Hkv of the
+    max |difference|."""
+    diffs = {f"Hkv={n}": _worst_diff(n, ctx.seed, lambda h, G: h % (8 // G)) for n in GROUPED}
+    return Measured(min(diffs.values()), diffs | {"H": 8, "T": 40})
 
 
 # --- 2. the KV cache shrinks by H / Hkv -------------------------------------------------------

@@ -44,8 +44,30 @@ from repro.train import evaluate_lm, train_lm
 
 @cache
 def n_params(preset: str) -> int:
-    """Exact parameter count of a Table 2 model, built on `meta` (no memory)."""
-    return count_parameters(build_preset(preset))
+    """Exact parameter count of a Table 2 model, built on `meta` (no memory); asserted equal to
+    the analytic count of `repro.lab.counting`."""
+    built = count_parameters(build_preset(preset))
+    analytic = param_count(preset_config(preset))
+    assert built == analytic, f"{preset}: built {built} != analytic {analytic}"
+    return built
+
+
+def closed_form_params(n_layers: int, dim: int, vocab: int = 32000, multiple_of: int = 256) -> int:
+    """LLaMA written from §2.2 and Meta's code: SwiGLU width F = 2/3·4d rounded up to a multiple
+    of 256; per layer q, k, v, o 4d² (no biases), the SwiGLU FFN 3·d·F and two RMSNorm gains 2d;
+    untied input and output embeddings 2·V·d and the final RMSNorm d."""
+    F = multiple_of * -(-int(2 * 4 * dim / 3) // multiple_of)
+    return n_layers * (4 * dim**2 + 3 * dim * F + 2 * dim) + 2 * vocab * dim + dim
+
+
+@claim("params-exact")
+def params_exact(ctx: Context) -> Measured:
+    """Largest |built − closed form| over the four Table 2 models."""
+    diffs = {}
+    for preset in ("llama-7b", "llama-13b", "llama-33b", "llama-65b"):
+        cfg = preset_config(preset)
+        diffs[preset] = n_params(preset) - closed_form_params(cfg.n_layers, cfg.d_model)
+    return Measured(max(abs(d) for d in diffs.values()), {"built_minus_closed_form": diffs})
 
 
 def _billions(preset: str) -> Measured:
@@ -240,6 +262,9 @@ def matched_llama_config(cfg: Config) -> LlamaConfig:
     return _llama_config(cfg, best)
 
 
+EARLY_STEPS = 200  # the quick preset's whole run; the first fifth of the full one
+
+
 def experiment(cfg: Config, ctx: Context) -> dict:
     source = MarkovSource(MarkovConfig(vocab_size=cfg.vocab_size, order=cfg.order))
     floor = source.entropy_rate()  # nats/token: no model can do better on this source
@@ -265,6 +290,8 @@ def experiment(cfg: Config, ctx: Context) -> dict:
         results[f"{name}_params"] = count_parameters(model)
         results[f"{name}_test_loss"] = test_loss
         results[f"{name}_mean_train_loss"] = sum(losses) / len(losses)
+        early = losses[:EARLY_STEPS]
+        results[f"{name}_early_train_loss"] = sum(early) / len(early)
         curves[name] = losses
 
     if ctx.out_dir is not None:
@@ -307,4 +334,19 @@ def block_learning_speed(ctx: Context) -> Measured:
     return Measured(
         m["llama_mean_train_loss"] - m["gpt_mean_train_loss"],
         {"llama": m["llama_mean_train_loss"], "gpt": m["gpt_mean_train_loss"]},
+    )
+
+
+@claim("block-early-learning")
+def block_early_learning(ctx: Context) -> Measured:
+    """Mean training loss over the first 200 steps, LLaMA − GPT (fresh batches: held-out)."""
+    m = ctx.experiment()
+    return Measured(
+        m["llama_early_train_loss"] - m["gpt_early_train_loss"],
+        {
+            "llama": m["llama_early_train_loss"],
+            "gpt": m["gpt_early_train_loss"],
+            "steps": EARLY_STEPS,
+            "entropy_floor": m["entropy_floor"],
+        },
     )

@@ -10,10 +10,12 @@ RMSNorm   (Eq. 4):  ā_i = a_i / RMS(a) · g_i,  RMS(a) = sqrt(mean(a²))
 
 What is checked here, claim by claim (see note.yaml):
 1. Table 1 (measured): every column of the invariance table, for the LayerNorm and the RMSNorm
-   rows, is decided numerically in fp64 with ε = 0: apply the transformation, compare outputs;
+   rows, is decided numerically in fp64 with ε = 0: apply the transformation, compare outputs
+   (the RMSNorm row runs the library's `RMSNorm` module);
 2. re-scaling invariance in practice (measured): the library's fp32 `RMSNorm` module at its
    default ε, inputs and weight matrices scaled by δ ∈ {1/2 … 1000};
-3. RMSNorm = LayerNorm without bias on zero-mean inputs (measured, fp32);
+3. RMSNorm = LayerNorm without bias on zero-mean inputs, and ≠ LayerNorm on inputs whose mean is
+   not zero (measured, fp32, the module);
 4. speed (benchmark): forward + backward of the two norms written the same way (the library's
    composite `*_ref` functions), plus PyTorch's kernels for the record;
 5. a tiny LM (measured): the same pre-norm decoder (`repro.models.llama`) with its RMSNorms, and
@@ -97,9 +99,18 @@ TRANSFORMS: dict[str, Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, 
     "single training case re-scaling": lambda x, W, g: (torch.cat([3.7 * x[:1], x[1:]]), W),
 }
 
+
+def _rmsnorm_module(a: Tensor, gain: Tensor) -> Tensor:
+    """The library's `RMSNorm` module (the one the models use), fp64, ε = 0, gain g."""
+    norm = RMSNorm(a.shape[-1], eps=0.0).to(a.dtype)
+    with torch.no_grad():
+        norm.weight.copy_(gain)
+        return norm(a)
+
+
 NORMS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "LayerNorm": lambda a, gain: layer_norm_ref(a, gain, None, eps=0.0),  # Eq. 2
-    "RMSNorm": lambda a, gain: rms_norm_ref(a, gain, eps=0.0),  # Eq. 4
+    "RMSNorm": _rmsnorm_module,  # Eq. 4
 }
 
 INVARIANT_BELOW = 1e-9  # fp64 round-off of unit-scale outputs is ~1e-15
@@ -187,6 +198,24 @@ def equals_layernorm_on_zero_mean(ctx: Context) -> Measured:
         # and the same pair on the raw inputs, where they must differ
         diff_raw = float((norm(a) - F.layer_norm(a, (C,), norm.weight, None, norm.eps)).abs().max())
     return Measured(diff, {"max_diff_nonzero_mean_inputs": diff_raw})
+
+
+@claim("differs-from-layernorm-on-nonzero-mean")
+def differs_from_layernorm_on_nonzero_mean(ctx: Context) -> Measured:
+    """The other half of §4: RMSNorm does not re-centre. On summed inputs whose mean is not 0
+    the module must differ from LayerNorm (same gain, no bias): mean |difference|, fp32."""
+    g = torch.Generator().manual_seed(ctx.seed)
+    B, C = 256, 512
+    a = torch.randn(B, C, generator=g) + 0.5  # (B, C): μ = 0.5 and σ = 1, so RMS = √1.25
+    norm = RMSNorm(C)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.1 * torch.randn(C, generator=g))
+        ln = F.layer_norm(a, (C,), norm.weight, None, eps=norm.eps)
+        diff = float((norm(a) - ln).abs().mean())
+        # what Eq. 2 and Eq. 4 predict: a/RMS(a) − (a − μ)/σ, from the per-row statistics
+        mu, var = a.mean(-1, keepdim=True), a.var(-1, correction=0, keepdim=True)
+        predicted = (a / (var + mu**2).sqrt() - (a - mu) / var.sqrt()) * norm.weight
+    return Measured(diff, {"predicted_mean_abs_diff": float(predicted.abs().mean())})
 
 
 # --- 4. speed --------------------------------------------------------------------------------
@@ -324,5 +353,30 @@ def tiny_lm_comparable_loss(ctx: Context) -> Measured:
             "entropy_floor": m["entropy_floor"],
             "unigram_entropy": m["unigram_entropy"],
             "seeds": ctx.config.seeds,
+        },
+    )
+
+
+@claim("tiny-lm-learns-the-source")
+def tiny_lm_learns_the_source(ctx: Context) -> Measured:
+    """Share of the learnable information the RMSNorm LM captures: (H_unigram − loss) /
+    (H_unigram − entropy floor). 0 is a unigram model; above 1 is impossible without seeing
+    the future (a leaking causal mask), so the claim is bounded on both sides."""
+    m = ctx.experiment()
+    share = [
+        (m["unigram_entropy"] - loss) / (m["unigram_entropy"] - m["entropy_floor"])
+        for loss in m["loss_rmsnorm"]
+    ]
+    return Measured(
+        min(share),
+        {
+            "share_per_seed": share,
+            "share_layernorm": [
+                (m["unigram_entropy"] - loss) / (m["unigram_entropy"] - m["entropy_floor"])
+                for loss in m["loss_layernorm"]
+            ],
+            "loss_rmsnorm": m["loss_rmsnorm"],
+            "entropy_floor": m["entropy_floor"],
+            "unigram_entropy": m["unigram_entropy"],
         },
     )

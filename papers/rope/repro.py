@@ -256,3 +256,21 @@ def accuracy_drops_beyond_training_length(ctx: Context) -> Measured:
             "train_len": m["train_len"],
         },
     )
+
+
+@claim("accuracy-inside-training-length")
+def accuracy_inside_training_length(ctx: Context) -> Measured:
+    """Positive control for the previous claim: at the lengths it was trained on, the same model
+    predicts well (next-token accuracy at positions order − 1 … L − 1), so the drop beyond L is
+    about length, not a model that never learned."""
+    m = ctx.experiment()
+    inside = m["segments"]["inside"]
+    return Measured(
+        inside["accuracy"],
+        {
+            "inside_loss": inside["loss"],
+            "entropy_floor": m["entropy_floor"],
+            "unigram_entropy": m["unigram_entropy"],
+            "beyond_L_accuracy": m["segments"]["L_to_2L"]["accuracy"],
+        },
+    )

@@ -132,8 +132,9 @@ class Bert(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
+        # google-research/bert: truncated_normal_initializer(0.02), i.e. cut at two std
         if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 

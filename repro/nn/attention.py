@@ -54,9 +54,11 @@ def attention_ref(
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
-    upcast: torch.dtype = torch.float32,
+    upcast: torch.dtype | None = None,
 ) -> Tensor:
     """softmax(Q Kᵀ / √D) V, materialising the (T, S) score matrix, computed in `upcast`.
+
+    `upcast` None means at least fp32 (fp64 stays fp64), as `repro.nn.norm` does.
 
     q (B, H, T, D), k/v (B, Hkv, S, D) -> (B, H, T, D) in q's dtype.
     """
@@ -64,6 +66,8 @@ def attention_ref(
     Hkv, S = k.shape[1], k.shape[2]
     assert H % Hkv == 0, f"H={H} is not a multiple of Hkv={Hkv}"
     scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if upcast is None:
+        upcast = torch.promote_types(q.dtype, torch.float32)
     qf, kf, vf = q.to(upcast), repeat_kv(k.to(upcast), H // Hkv), repeat_kv(v.to(upcast), H // Hkv)
     scores = (qf @ kf.transpose(-2, -1)) * scale  # (B, H, T, S)
     mask = attention_mask(T, S, causal, key_padding_mask, q.device)

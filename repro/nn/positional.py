@@ -66,7 +66,8 @@ def apply_rope_ref(x: Tensor, start_pos: int = 0, base: float = 10000.0) -> Tens
 class RotaryEmbedding(nn.Module):
     """RoPE as `rope(x, start_pos)` for x (B, H, T, D), from precomputed cos/sin tables.
 
-    Computes Eq. 34 — x ⊗ cos(mθ) + (-x_2, x_1, -x_4, x_3, …) ⊗ sin(mθ) — in fp32.
+    Computes Eq. 34 — x ⊗ cos(mθ) + (-x_2, x_1, -x_4, x_3, …) ⊗ sin(mθ) — in at least fp32
+    (fp64 stays fp64, from fp64 tables), cast back to x's dtype.
     """
 
     def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0) -> None:
@@ -74,7 +75,7 @@ class RotaryEmbedding(nn.Module):
         assert head_dim % 2 == 0, f"RoPE needs an even head dim, got head_dim={head_dim}"
         self.head_dim, self.max_seq_len = head_dim, max_seq_len
         m = torch.arange(max_seq_len, dtype=torch.float64)
-        angles = (m[:, None] * rope_frequencies(head_dim, base)).float()  # (T_max, D/2)
+        angles = m[:, None] * rope_frequencies(head_dim, base)  # (T_max, D/2) fp64
         self.register_buffer("cos", torch.cos(angles), persistent=False)
         self.register_buffer("sin", torch.sin(angles), persistent=False)
 
@@ -84,8 +85,9 @@ class RotaryEmbedding(nn.Module):
         assert start_pos + T <= self.max_seq_len, (
             f"positions up to {start_pos + T} exceed max_seq_len={self.max_seq_len}"
         )
-        cos = self.cos[start_pos : start_pos + T].float()  # (T, D/2)
-        sin = self.sin[start_pos : start_pos + T].float()  # (T, D/2)
-        x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, T, D/2) each
+        cd = torch.promote_types(x.dtype, torch.float32)
+        cos = self.cos[start_pos : start_pos + T].to(cd)  # (T, D/2)
+        sin = self.sin[start_pos : start_pos + T].to(cd)  # (T, D/2)
+        x1, x2 = x.to(cd).unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, T, D/2) each
         out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, D/2, 2)
         return out.flatten(-2).type_as(x)  # (B, H, T, D)

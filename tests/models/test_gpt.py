@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -123,3 +125,108 @@ def test_xl_row_as_printed_is_not_1_3b_but_16_heads_is():
 
 def test_presets_are_all_listed():
     assert set(PRESETS) == set(TABLE_2_1)
+
+
+# --- GPT-2/3 written out in fp64, independent of repro.nn ------------------------------------
+
+F64 = torch.float64
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """O(1) activations, LayerNorm gains ≠ 1 and biases ≠ 0, so every term shows; fp64."""
+    g = torch.Generator().manual_seed(seed)
+    model.double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=F64)
+            if name.split(".")[-2].startswith("ln"):
+                p.copy_((1 if name.endswith("weight") else 0) + 0.3 * noise)
+            elif p.dim() == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise / math.sqrt(p.shape[-1]))
+    return model
+
+
+def _layer_norm(x, g, b, eps=1e-5):
+    """Ba et al. Eq. 4 with GPT-2's eps 1e-5: (x − μ)/√(σ² + eps)·g + b, biased variance."""
+    mu = x.mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + eps) * g + b
+
+
+def _gelu_tanh(x):
+    """GPT-2's GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _causal_attention(q, k, v):
+    B, H, T, D = q.shape
+    group = H // k.shape[1]
+    out = torch.empty_like(q)
+    for h in range(H):
+        scores = q[:, h] @ k[:, h // group].transpose(-1, -2) / math.sqrt(D)  # (B, T, T)
+        w = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -math.inf).exp()
+        out[:, h] = (w / w.sum(-1, keepdim=True)) @ v[:, h // group]
+    return out
+
+
+def _gpt_ref(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """GPT-2 §2.3: pre-LN blocks x + attn(LN(x)), x + mlp(LN(x)); a final LN; tied head."""
+    cfg, sd = model.cfg, model.state_dict()
+    H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    B, T = idx.shape
+    x = sd["wte.weight"][idx] + sd["wpe.weight"][:T]  # (B, T, C)
+    for i in range(cfg.n_layers):
+        p = {k[len(f"blocks.{i}.") :]: v for k, v in sd.items() if k.startswith(f"blocks.{i}.")}
+
+        def lin(z, name, p=p):
+            return z @ p[f"{name}.weight"].T + p[f"{name}.bias"]
+
+        a = _layer_norm(x, p["ln_1.weight"], p["ln_1.bias"])
+        q = lin(a, "attn.wq").view(B, T, H, D).transpose(1, 2)
+        k = lin(a, "attn.wk").view(B, T, Hkv, D).transpose(1, 2)
+        v = lin(a, "attn.wv").view(B, T, Hkv, D).transpose(1, 2)
+        x = x + lin(_causal_attention(q, k, v).transpose(1, 2).reshape(B, T, H * D), "attn.wo")
+        m = _layer_norm(x, p["ln_2.weight"], p["ln_2.bias"])
+        x = x + lin(_gelu_tanh(lin(m, "mlp.w1")), "mlp.w2")
+    x = _layer_norm(x, sd["ln_f.weight"], sd["ln_f.bias"])
+    return x @ sd["wte.weight"].T
+
+
+@pytest.mark.parametrize("cfg", TINY, ids=["mha", "gqa", "d_attn!=d_model"])
+def test_forward_matches_the_papers_equations_in_fp64(cfg: dict):
+    torch.manual_seed(0)
+    model = _randomise(GPT(GPTConfig(**cfg))).eval()
+    idx = torch.randint(0, 50, (2, 9))
+    torch.testing.assert_close(model(idx), _gpt_ref(model, idx), atol=1e-12, rtol=1e-12)
+
+
+def test_initialisation_follows_gpt2():
+    """GPT-2 §2.3 (and its code): N(0, 0.02) weights, residual projections N(0, 0.02/√(2L)),
+    zero biases, LayerNorm gains 1."""
+    torch.manual_seed(0)
+    L = 6
+    model = GPT(GPTConfig(n_layers=L, d_model=192, n_heads=4, vocab_size=1000, max_seq_len=512))
+    residual = {f"blocks.{i}.{w}.weight" for i in range(L) for w in ("attn.wo", "mlp.w2")}
+    for name, p in model.named_parameters():
+        if ".ln" in name or name.startswith("ln_f"):
+            want = torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p)
+            assert torch.equal(p, want), name
+        elif p.dim() == 1:
+            assert torch.count_nonzero(p) == 0, name
+        else:
+            std = 0.02 / math.sqrt(2 * L) if name in residual else 0.02
+            assert abs(p.std().item() / std - 1) < 0.05, (name, p.std().item(), std)
+            assert abs(p.mean().item()) < 0.1 * std, name
+
+
+def test_gpt3_constants():
+    for name in TABLE_2_1:
+        cfg = GPTConfig.from_name(name)
+        assert cfg.vocab_size == 50257  # GPT-2 §2.2 byte-level BPE, reused by GPT-3
+        assert cfg.max_seq_len == 2048  # GPT-3 §2.1: n_ctx = 2048 for every model
+        assert cfg.tie_embeddings and cfg.bias and cfg.n_kv_heads == cfg.n_heads
+    model = GPT(GPTConfig(n_layers=1, d_model=16, n_heads=2))
+    assert model.ln_f.eps == model.blocks[0].ln_1.eps == 1e-5  # GPT-2's code
+    z = torch.linspace(-4, 4, 9)
+    torch.testing.assert_close(model.blocks[0].mlp.act(z), _gelu_tanh(z))  # GPT-2's GELU

@@ -109,3 +109,126 @@ def test_presets_follow_table_2_and_the_released_code(name: str):
 
 def test_presets_are_all_listed():
     assert set(PRESETS) == set(TABLE_2)
+
+
+# --- the paper's equations written out in fp64, independent of repro.nn ---------------------
+
+F64 = torch.float64
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Weights far from the init (gains ≠ 1, O(1) activations), so every path shows in the
+    output; in fp64."""
+    g = torch.Generator().manual_seed(seed)
+    model.double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=F64)
+            if "norm" in name:
+                p.copy_(1 + 0.3 * noise)
+            elif "embeddings" in name:
+                p.copy_(noise)
+            else:
+                p.copy_(noise / math.sqrt(p.shape[-1]))
+    return model
+
+
+def _rms_norm(x, g, eps):
+    """Zhang & Sennrich Eq. 4: a_i / √(mean(a²) + eps) · g_i."""
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * g
+
+
+def _rope(x, base=10000.0):
+    """RoFormer Eq. 34, interleaved planes (2i, 2i+1) rotated by m·base^(−2i/D), one by one."""
+    T, D = x.shape[-2:]
+    out = torch.empty_like(x)
+    for m in range(T):
+        for i in range(D // 2):
+            angle = m * math.pow(base, -2 * i / D)
+            c, s = math.cos(angle), math.sin(angle)
+            a, b = x[..., m, 2 * i], x[..., m, 2 * i + 1]
+            out[..., m, 2 * i], out[..., m, 2 * i + 1] = a * c - b * s, a * s + b * c
+    return out
+
+
+def _causal_attention(q, k, v):
+    """softmax(q kᵀ/√D + causal mask) v per query head; head h reads kv head h // (H / Hkv)."""
+    B, H, T, D = q.shape
+    group = H // k.shape[1]
+    out = torch.empty_like(q)
+    for h in range(H):
+        scores = q[:, h] @ k[:, h // group].transpose(-1, -2) / math.sqrt(D)  # (B, T, T)
+        future = torch.ones(T, T, dtype=torch.bool).triu(1)
+        w = scores.masked_fill(future, -math.inf).exp()
+        out[:, h] = (w / w.sum(-1, keepdim=True)) @ v[:, h // group]
+    return out
+
+
+def _llama_ref(model: Llama, idx: torch.Tensor) -> torch.Tensor:
+    """§2.2: h = x + attn(rmsnorm(x)); out = h + swiglu(rmsnorm(h)); final RMSNorm; output."""
+    cfg, sd = model.cfg, model.state_dict()
+    H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 1e-6  # eps of Meta's code
+    B, T = idx.shape
+    x = sd["tok_embeddings.weight"][idx]  # (B, T, C)
+    for i in range(cfg.n_layers):
+        p = {k[len(f"layers.{i}.") :]: v for k, v in sd.items() if k.startswith(f"layers.{i}.")}
+        a = _rms_norm(x, p["attention_norm.weight"], eps)
+        q = (a @ p["attention.wq.weight"].T).view(B, T, H, D).transpose(1, 2)
+        k = (a @ p["attention.wk.weight"].T).view(B, T, Hkv, D).transpose(1, 2)
+        v = (a @ p["attention.wv.weight"].T).view(B, T, Hkv, D).transpose(1, 2)
+        y = _causal_attention(_rope(q), _rope(k), v).transpose(1, 2).reshape(B, T, H * D)
+        h = x + y @ p["attention.wo.weight"].T
+        f = _rms_norm(h, p["ffn_norm.weight"], eps)
+        gate = f @ p["feed_forward.w1.weight"].T
+        swish = gate / (1 + torch.exp(-gate))  # Swish_1(z) = z·σ(z) (Shazeer Eq. 6)
+        x = h + (swish * (f @ p["feed_forward.w3.weight"].T)) @ p["feed_forward.w2.weight"].T
+    return _rms_norm(x, sd["norm.weight"], eps) @ sd["output.weight"].T
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_forward_matches_the_papers_equations_in_fp64(n_kv_heads: int):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        n_layers=2, d_model=32, n_heads=4, n_kv_heads=n_kv_heads, vocab_size=50, max_seq_len=16
+    )
+    model = _randomise(Llama(cfg)).eval()
+    idx = torch.randint(0, 50, (2, 9))
+    torch.testing.assert_close(model(idx), _llama_ref(model, idx), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+def test_every_parameter_gets_a_nonzero_gradient(n_kv_heads: int):
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=n_kv_heads))
+    idx = torch.randint(0, 256, (2, 9))
+    torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("name", list(TABLE_2))
+def test_presets_pin_the_papers_constants(name: str):
+    cfg = LlamaConfig.from_name(name)
+    assert cfg.rope_base == 10000.0  # RoFormer §3.3 θ_i = 10000^(−2(i−1)/d), Meta's code
+    assert cfg.norm_eps == 1e-6  # Meta's params.json
+    assert cfg.vocab_size == 32000  # Meta's SentencePiece tokenizer
+    assert cfg.max_seq_len == 2048  # §2.2 / Table 2: context length 2048
+    assert cfg.n_kv_heads == cfg.n_heads  # LLaMA-1 is multi-head (GQA came with LLaMA-2 70B)
+    with torch.device("meta"):
+        model = Llama(cfg)
+    block = model.layers[0]
+    assert isinstance(block.attention_norm, RMSNorm) and isinstance(block.ffn_norm, RMSNorm)
+    assert block.attention_norm.eps == block.ffn_norm.eps == model.norm.eps == 1e-6
+    assert isinstance(block.feed_forward, GLUFeedForward)  # §2.2 SwiGLU
+    z = torch.linspace(-4, 4, 9)
+    torch.testing.assert_close(block.feed_forward.gate(z), z * torch.sigmoid(z))
+
+
+def test_norm_gains_start_at_one_and_weights_at_0_02():
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(n_layers=2, d_model=128, n_heads=4, vocab_size=512))
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            assert torch.equal(p, torch.ones_like(p)), name
+        else:
+            assert abs(p.std().item() - 0.02) < 0.002 and abs(p.mean().item()) < 0.002, name

@@ -81,12 +81,22 @@ def test_repeat_kv_serves_consecutive_query_heads():
 
 @pytest.mark.parametrize("backend", ["ref", "sdpa", "flash", "auto"])
 @pytest.mark.parametrize("causal,pad", MASKS)
-def test_gqa_equals_mha_with_repeated_heads(backend, causal, pad):
-    q, k, v = _qkv(H=6, Hkv=2)
+def test_gqa_matches_per_group_reference(backend, causal, pad):
+    """1 < Hkv < H: query head h must read key/value head h // (H / Hkv), checked against the
+    test's own loop over heads (not against repeat_kv, which every backend shares)."""
+    q, k, v = (x.to(F64) for x in _qkv(H=6, Hkv=2))
     kpm = torch.tensor([[True] * 11, [True] * 6 + [False] * 5]) if pad else None
-    gqa = attention(q, k, v, causal, kpm, backend=backend)
-    mha = attention(q, repeat_kv(k, 3), repeat_kv(v, 3), causal, kpm, backend=backend)
-    torch.testing.assert_close(gqa, mha, atol=1e-6, rtol=1e-6)
+    got = attention(q, k, v, causal, kpm, backend=backend)
+    torch.testing.assert_close(got, _naive(q, k, v, causal, kpm), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["ref", "sdpa", "flash"])
+def test_fp64_inputs_are_computed_in_fp64(backend):
+    """No silent fp32 step: fp64 attention is exact to 1e-12 against the fp64 formula."""
+    q, k, v = (x.to(F64) for x in _qkv(T=13, S=13))
+    got = attention(q, k, v, causal=True, backend=backend)
+    assert got.dtype == F64
+    torch.testing.assert_close(got, _naive(q, k, v, causal=True), atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flash"])
@@ -136,10 +146,27 @@ def test_module_backends_agree_with_ref_in_cross_attention(backend):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_module_gradients_flow_through_flash_backend():
+@pytest.mark.parametrize("backend", ["ref", "sdpa", "flash"])
+def test_module_gradients_match_the_naive_formula(backend):
+    """Gradients of x and of every projection against autograd through the test's fp64 loop."""
     torch.manual_seed(0)
-    attn = Attention(d_model=16, n_heads=4, n_kv_heads=2, causal=True, backend="flash")
-    x = torch.randn(2, 6, 16, requires_grad=True)
+    attn = Attention(d_model=16, n_heads=4, n_kv_heads=2, causal=True, backend=backend).double()
+    x = torch.randn(2, 6, 16, dtype=F64, requires_grad=True)
     attn(x).square().sum().backward()
-    grads = [x.grad, *(p.grad for p in attn.parameters())]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    got = [x.grad, *(p.grad for p in attn.parameters())]
+
+    x_ref = x.detach().clone().requires_grad_()
+    params = [p.detach().clone().requires_grad_() for p in attn.parameters()]
+    wq, bq, wk, bk, wv, bv, wo, bo = params
+
+    def heads(y, n):
+        return y.view(2, 6, n, 4).transpose(1, 2)  # (B, n, T, D)
+
+    q = heads(x_ref @ wq.T + bq, 4)
+    k, v = heads(x_ref @ wk.T + bk, 2), heads(x_ref @ wv.T + bv, 2)
+    y = _naive(q, k, v, causal=True).transpose(1, 2).reshape(2, 6, 16)
+    (y @ wo.T + bo).square().sum().backward()
+    want = [x_ref.grad, *(p.grad for p in params)]
+    for g, w in zip(got, want, strict=True):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)

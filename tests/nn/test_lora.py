@@ -77,7 +77,9 @@ def test_merge_unmerge_round_trip_and_idempotence():
     layer.merge()
     layer.merge()  # idempotent: merging twice adds ΔW once
     assert layer.merged
-    torch.testing.assert_close(layer.base.weight, W0 + layer.delta_weight(), atol=0, rtol=0)
+    want_W = W0 + (16 / 8) * layer.lora_B.detach() @ layer.lora_A.detach()  # §4.1: W0 + (α/r)·BA
+    torch.testing.assert_close(layer.base.weight, want_W, atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.delta_weight(), want_W - W0, atol=1e-6, rtol=0)
     torch.testing.assert_close(layer(x), unmerged, atol=1e-5, rtol=1e-5)
     layer.unmerge()
     layer.unmerge()

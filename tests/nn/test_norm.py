@@ -64,3 +64,17 @@ def test_low_precision_error_is_at_most_twice_the_refs(dtype: torch.dtype):
     ref = rms_norm_ref(x.to(dtype), norm.weight)
     err, ref_err = (out.double() - exact).abs().max(), (ref.double() - exact).abs().max()
     assert err <= 2 * ref_err
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.5])
+def test_rms_norm_module_follows_eq_4_written_out_in_fp64(eps: float):
+    """ā_i = a_i / √(mean(a²) + eps) · g_i, no re-centring; a large eps makes eps visible."""
+    torch.manual_seed(0)
+    a = torch.randn(3, 5, 16, dtype=torch.float64) * 0.7 + 0.4
+    norm = RMSNorm(16, eps=eps).double()
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(16, dtype=torch.float64))
+    want = a / torch.sqrt((a**2).mean(-1, keepdim=True) + eps) * norm.weight
+    torch.testing.assert_close(norm(a), want, atol=1e-12, rtol=1e-12)
+    layer_norm = (a - a.mean(-1, keepdim=True)) / a.std(-1, correction=0, keepdim=True)
+    assert (norm(a) - layer_norm * norm.weight).abs().max() > 0.1, "must not re-centre"

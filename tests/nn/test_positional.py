@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -42,11 +44,11 @@ def test_rope_matches_block_rotation_ref(shape: tuple[int, ...], start_pos: int)
     )
 
 
-def test_rope_fp64_agrees_to_fp32_precision_and_bf16_keeps_dtype():
+def test_rope_fp64_is_exact_and_bf16_keeps_dtype():
     torch.manual_seed(0)
     x = torch.randn(2, 2, 33, 16, dtype=torch.float64)
     rope = RotaryEmbedding(16, max_seq_len=64)
-    torch.testing.assert_close(rope(x, 5), apply_rope_ref(x, 5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(rope(x, 5), apply_rope_ref(x, 5), atol=1e-12, rtol=0)
     xb = x.bfloat16()
     out = rope(xb, 5)
     assert out.dtype == torch.bfloat16
@@ -77,3 +79,32 @@ def test_rope_scores_depend_only_on_relative_position():
 def test_rope_rejects_positions_past_the_table():
     with pytest.raises(AssertionError, match="max_seq_len"):
         RotaryEmbedding(8, max_seq_len=4)(torch.randn(1, 1, 3, 8), 2)
+
+
+@pytest.mark.parametrize("head_dim,base", [(8, 10000.0), (64, 10000.0), (16, 500.0)])
+def test_rope_angles_follow_eq_15_written_out(head_dim: int, base: float):
+    """θ_i = base^(−2(i−1)/D), i = 1..D/2 (RoFormer Eq. 15), evaluated here with math.pow,
+    not with the module's own helper, so a frequency bug cannot cancel out."""
+    rope = RotaryEmbedding(head_dim, max_seq_len=20, base=base)
+    theta = [math.pow(base, -2 * (i - 1) / head_dim) for i in range(1, head_dim // 2 + 1)]
+    angles = torch.tensor([[m * t for t in theta] for m in range(20)], dtype=torch.float64)
+    torch.testing.assert_close(rope.cos.double(), angles.cos(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(rope.sin.double(), angles.sin(), atol=1e-6, rtol=0)
+    # and on a tensor: plane i of position m is rotated by m·θ_i
+    x = torch.zeros(1, 1, 20, head_dim, dtype=torch.float64)
+    x[..., 0::2] = 1.0  # every plane starts at (1, 0)
+    out = rope(x)
+    torch.testing.assert_close(out[0, 0, :, 0::2], angles.cos(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[0, 0, :, 1::2], angles.sin(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(apply_rope_ref(x, base=base)[0, 0, :, 1::2], angles.sin())
+
+
+def test_sinusoid_frequencies_follow_section_3_5_written_out():
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), with math.sin here."""
+    d = 10
+    pe = sinusoidal_encoding(30, d).double()
+    for pos in (0, 1, 7, 29):
+        for i in range(d // 2):
+            w = pos / math.pow(10000.0, 2 * i / d)
+            assert abs(pe[pos, 2 * i].item() - math.sin(w)) < 1e-5
+            assert abs(pe[pos, 2 * i + 1].item() - math.cos(w)) < 1e-5

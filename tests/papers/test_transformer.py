@@ -56,7 +56,7 @@ def test_shift_matrix_composes() -> None:
 
 def test_softmax_jacobian_norm_matches_autograd() -> None:
     s = torch.randn(3, 5, dtype=torch.float64)
-    norms = TRANSFORMER.softmax_jacobian_norm(s)
+    norms = TRANSFORMER.softmax_jacobian_norm(s.softmax(-1))  # from the probabilities
     for row, norm in zip(s, norms, strict=True):
         J = torch.autograd.functional.jacobian(lambda x: x.softmax(-1), row)
         assert float(norm) == pytest.approx(float(J.norm()), rel=1e-12)
@@ -64,7 +64,7 @@ def test_softmax_jacobian_norm_matches_autograd() -> None:
 
 def test_uniform_softmax_jacobian_norm() -> None:
     K = 64  # equal logits: J = I/K − 11ᵀ/K², ‖J‖_F² = (K − 1)/K²
-    norm = TRANSFORMER.softmax_jacobian_norm(torch.zeros(1, K, dtype=torch.float64))
+    norm = TRANSFORMER.softmax_jacobian_norm(torch.full((1, K), 1 / K, dtype=torch.float64))
     assert float(norm[0]) == pytest.approx(math.sqrt(K - 1) / K)
 
 
@@ -74,3 +74,18 @@ def test_reversal_batch_layout() -> None:
     assert src.shape == (4, cfg.seq_len) and dec_in.shape == dec_out.shape == (4, cfg.seq_len + 1)
     assert torch.equal(dec_out[:, :-1], src.flip(1))
     assert torch.equal(dec_in[:, 1:], dec_out[:, :-1])  # teacher forcing: shifted right
+
+
+def test_attention_probabilities_are_the_librarys_softmax() -> None:
+    """V = I read-out of repro.nn.attention: softmax(q kᵀ/√D) per row, and scale 1 when off."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(5, 1, 16, generator=g, dtype=torch.float64)
+    k = torch.randn(5, 40, 16, generator=g, dtype=torch.float64)  # K = 40 > D: several V slices
+    logits = (q @ k.transpose(1, 2))[:, 0]  # (R, K)
+    for backend in ("ref", "flash"):
+        p = TRANSFORMER.attention_probabilities(q, k, scaled=True, backend=backend)
+        torch.testing.assert_close(p, (logits / 4).softmax(-1), atol=1e-12, rtol=1e-12)
+    p_raw = TRANSFORMER.attention_probabilities(q, k, scaled=False)
+    torch.testing.assert_close(p_raw, logits.softmax(-1), atol=1e-12, rtol=1e-12)
+    # within-row variance of log p is that of the logits
+    assert TRANSFORMER.logit_variance(p_raw) == pytest.approx(float(logits.var(1).mean()))
