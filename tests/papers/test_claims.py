@@ -22,7 +22,10 @@ def _cases():
         for c in paper.note.claims:
             if c.kind == "cited":
                 continue
-            marks = [pytest.mark.slow] if c.id in benchmarks else []
+            # one xdist worker per paper: its experiment then runs once for all its claims
+            marks = [pytest.mark.xdist_group(slug)]
+            if c.id in benchmarks:
+                marks.append(pytest.mark.slow)
             yield pytest.param(slug, c.id, id=f"{slug}:{c.id}", marks=marks)
 
 
