@@ -76,7 +76,9 @@ class Config:
     efficiency_widths: tuple[int, ...] = setting((8, 32), "small and large width", min=1)
     efficiency_samples: int = setting(16384, "samples seen by each model", min=1)
     efficiency_batch: int = setting(64, "batch size of the learning-curve runs", min=1)
-    efficiency_lr: float = setting(1e-2, "peak lr of the learning-curve runs", min=0, min_exclusive=True)
+    efficiency_lr: float = setting(
+        1e-2, "peak lr of the learning-curve runs", min=0, min_exclusive=True
+    )
     eval_every: int = setting(8, "steps between population-loss evaluations", min=1)
     # fits
     n_boot: int = setting(2000, "bootstrap resamples of the exponent", min=10)
@@ -127,7 +129,9 @@ def n_12_layer_d2(ctx: Context) -> Measured:
     )
 
 
-FLOP_GPT = GPTConfig(n_layers=2, d_model=64, n_heads=4, vocab_size=96, max_seq_len=32, backend="ref")
+FLOP_GPT = GPTConfig(
+    n_layers=2, d_model=64, n_heads=4, vocab_size=96, max_seq_len=32, backend="ref"
+)
 
 
 def _gpt_flops() -> dict:
@@ -144,7 +148,14 @@ def _gpt_flops() -> dict:
         """Forward matmuls with the blocks' weight matrices, per token (leaf Linear modules)."""
         total = 0
         for name, ops in counts.items():
-            if ".blocks." in name and name.rsplit(".", 1)[-1] in ("wq", "wk", "wv", "wo", "w1", "w2"):
+            if ".blocks." in name and name.rsplit(".", 1)[-1] in (
+                "wq",
+                "wk",
+                "wv",
+                "wo",
+                "w1",
+                "w2",
+            ):
                 total += sum(ops.values())
         return total / n_tok
 
@@ -278,7 +289,7 @@ def _sweep(cfg: Config, ctx: Context, name: str, points: list[dict]) -> list[dic
         progress=ctx.progress,
         description=name,
     )
-    return [{**r, "seed": p["seed"]} for r, p in zip(runs, points)]
+    return [{**r, "seed": p["seed"]} for r, p in zip(runs, points, strict=True)]
 
 
 def _law(runs: list[dict], cfg: Config) -> dict:
@@ -296,7 +307,9 @@ def _law(runs: list[dict], cfg: Config) -> dict:
         rs = sorted((r for r in runs if r["seed"] == seed), key=lambda r: r["n_nonembed"])
         if len(rs) >= 4:
             per_seed_floor.append(
-                fit_power_law_with_floor([r["n_nonembed"] for r in rs], [r["loss"] for r in rs]).floor
+                fit_power_law_with_floor(
+                    [r["n_nonembed"] for r in rs], [r["loss"] for r in rs]
+                ).floor
             )
     return {
         "n_nonembed": n,
@@ -365,7 +378,7 @@ def experiment(cfg: Config, ctx: Context) -> dict:
         "L(N), heavy tail",
         [_point(cfg, ctx, w, s, zipf_s=cfg.tail_s, n_keys=cfg.tail_n_keys) for w, s in tail_grid],
     )
-    light = [r for r, (w, s) in zip(main, grid) if w in cfg.tail_widths]
+    light = [r for r, (w, s) in zip(main, grid, strict=True) if w in cfg.tail_widths]
     control = _sweep(
         cfg,
         ctx,
@@ -392,7 +405,7 @@ def _plots(m: dict, cfg: Config, ctx: Context) -> None:
     main = m["main"]
     sizes = sorted(set(main["n_nonembed"]))
     mean = [
-        sum(l for n, l in zip(main["n_nonembed"], main["loss"]) if n == s)
+        sum(l for n, l in zip(main["n_nonembed"], main["loss"], strict=True) if n == s)
         / main["n_nonembed"].count(s)
         for s in sizes
     ]
@@ -434,7 +447,7 @@ def _plots(m: dict, cfg: Config, ctx: Context) -> None:
         ctx.out_dir / "learning_curves.svg",
         {
             f"N = {n}": ([s for s, _ in c if s > 0], [loss for s, loss in c if s > 0])
-            for n, c in zip(eff["n_params"], eff["curves"])
+            for n, c in zip(eff["n_params"], eff["curves"], strict=True)
         },
         "samples seen",
         "population loss (nats)",

@@ -1,4 +1,4 @@
-"""Zipf-distributed facts: a source whose difficulty is spread over many scales, with an exact floor.
+"""Zipf-distributed facts: a source with difficulty spread over many scales and an exact floor.
 
 A power law in model size needs data with structure at every scale (Kaplan et al. 2020,
 https://arxiv.org/abs/2001.08361): here K keys ("facts") are asked with frequencies p_k ∝ k^(−s),
@@ -76,7 +76,7 @@ class ZipfFacts:
         return dist
 
     def population_loss(self, logits: Tensor) -> Tensor:
-        """Exact expected cross-entropy Σ_k p_k Σ_v P(v|k)·(−log softmax(logits_k)_v). logits (K, V).
+        """Exact expected loss Σ_k p_k Σ_v P(v|k)·(−log softmax(logits_k)_v). logits (K, V).
 
         Differentiable, in the dtype of `logits`; it equals `floor` at logits = log P(v|k).
         """
@@ -87,11 +87,16 @@ class ZipfFacts:
         per_key = -(dist.to(logp.device) * logp).sum(-1)  # (K,)
         return (probs.to(logp.device) * per_key).sum()
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """n fresh (code, label) pairs: keys ~ p, labels f(k) or uniform with probability ε."""
+    def sample_keys(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n fresh (key, label) pairs: keys ~ p, labels f(k) or uniform with probability ε."""
         u = torch.rand(n, generator=generator, dtype=torch.float64)
         keys = torch.searchsorted(self._cdf, u).clamp_max(self.cfg.n_keys - 1)  # (n,) k ~ p
         labels = self.answers[keys].clone()
         noisy = torch.rand(n, generator=generator) < self.cfg.noise
         labels[noisy] = torch.randint(self.cfg.vocab_size, (int(noisy.sum()),), generator=generator)
+        return keys, labels  # (n,), (n,)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n fresh (code, label) pairs, the model's view of `sample_keys`."""
+        keys, labels = self.sample_keys(n, generator)
         return self.codes[keys], labels  # (n, d), (n,)

@@ -243,6 +243,8 @@ def counted_flops(fn: Callable[[], Any]) -> dict[str, dict[str, int]]:
     with FlopCounterMode(display=False) as counter:
         fn()
     return {
-        module: {str(op).split(".")[1] if "." in str(op) else str(op): int(n) for op, n in ops.items()}
+        module: {
+            str(op).split(".")[1] if "." in str(op) else str(op): int(n) for op, n in ops.items()
+        }
         for module, ops in counter.get_flop_counts().items()
     }

@@ -6,10 +6,10 @@ with A = e^a, B = e^b, E = e^e, δ = 10⁻³, L-BFGS started from a grid:
 α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25}.
 
 Gradients are exact (torch float64 autograd). All starts run at once in a batched L-BFGS
-(repro/scaling/lbfgs.py): a full 4,500-start L-BFGS run one start at a time with numeric gradients
-took more than 13 CPU-minutes in the prototype. The objective is the *mean* Huber loss with tight tolerances: Besiroglu et al. 2024
-(https://arxiv.org/abs/2404.10102) trace the published fit to an optimiser that stopped early
-because of the loss scale.
+(repro/scaling/lbfgs.py): a 4,500-start L-BFGS run one start at a time with numeric gradients
+took more than 13 CPU-minutes in a prototype. The objective is the *mean* Huber loss with tight
+tolerances: Besiroglu et al. 2024 (https://arxiv.org/abs/2404.10102) trace the published fit to
+an optimiser that stopped early because of the loss scale.
 
 Glossary: N parameters, D tokens, L loss, θ = (a, b, e, α, β), δ the Huber threshold.
 """

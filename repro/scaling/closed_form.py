@@ -46,7 +46,7 @@ class LossSurface:
 
 
 def optimal_ref(surface: LossSurface, flops: float, points: int = 20001) -> tuple[float, float]:
-    """(N_opt, D_opt) by brute force: L on a fine log grid of N along D = C/(6N), then the argmin."""
+    """(N_opt, D_opt) by brute force: the argmin of L on a fine log grid of N, D = C/(6N)."""
     import math
 
     center = math.sqrt(flops / 6)

@@ -15,16 +15,21 @@ from dataclasses import dataclass
 
 import torch
 
-from repro.scaling.power_law import BootstrapCI, fit_power_law
+from repro.scaling.power_law import BootstrapCI
 
 
 @dataclass(frozen=True)
 class IsoFLOPMinimum:
     budget: float  # C
-    n_opt: float  # exp of the parabola's vertex
+    log_n_opt: float  # the parabola's vertex in x = ln N
     loss_opt: float  # the parabola at its vertex
     curvature: float  # c2 of L = c0 + c1·x + c2·x²; > 0 for a valley
-    interior: bool  # a valley whose vertex and lowest run both lie strictly inside the sizes
+    depth: float  # lower end's mean loss minus the lowest size's mean loss
+    interior: bool  # a valley ≥ min_depth deep, vertex and lowest size strictly inside
+
+    @property
+    def n_opt(self) -> float:
+        return math.exp(min(self.log_n_opt, 700.0))  # a flat resample can put the vertex far out
 
     @property
     def d_opt(self) -> float:
@@ -45,8 +50,14 @@ def fit_parabola(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, 
     return k0 - k1 * m + k2 * m * m, k1 - 2 * k2 * m, k2
 
 
-def isoflop_minimum(budget: float, n: Sequence[float], loss: Sequence[float]) -> IsoFLOPMinimum:
-    """The parabola minimum of one IsoFLOP profile; runs may repeat a size (several seeds)."""
+def isoflop_minimum(
+    budget: float, n: Sequence[float], loss: Sequence[float], min_depth: float = 0.0
+) -> IsoFLOPMinimum:
+    """The parabola minimum of one IsoFLOP profile; runs may repeat a size (several seeds).
+
+    The minimum counts as interior only if the lowest size is at least `min_depth` below both
+    ends: on a flat profile the lowest of five noisy losses falls inside by chance 3 times in 5.
+    """
     x = [math.log(v) for v in n]
     c0, c1, c2 = fit_parabola(x, loss)
     lo, hi = min(x), max(x)
@@ -56,14 +67,16 @@ def isoflop_minimum(budget: float, n: Sequence[float], loss: Sequence[float]) ->
         vertex = lo if c0 + c1 * lo + c2 * lo * lo <= c0 + c1 * hi + c2 * hi * hi else hi
     # the lowest measured size (mean over repeats) must be inside too, not only the fitted vertex
     sizes = sorted(set(x))
-    means = [sum(l for xi, l in zip(x, loss) if xi == s) / x.count(s) for s in sizes]
+    means = [sum(l for xi, l in zip(x, loss, strict=True) if xi == s) / x.count(s) for s in sizes]
     best = sizes[means.index(min(means))]
-    interior = c2 > 0 and lo < vertex < hi and lo < best < hi
+    depth = min(means[0], means[-1]) - min(means)
+    interior = c2 > 0 and lo < vertex < hi and lo < best < hi and depth >= min_depth
     return IsoFLOPMinimum(
         budget=budget,
-        n_opt=math.exp(vertex),
+        log_n_opt=vertex,
         loss_opt=c0 + c1 * vertex + c2 * vertex * vertex,
         curvature=c2,
+        depth=depth,
         interior=interior,
     )
 
@@ -78,7 +91,7 @@ class Approach2Fit:
 
 def _group(budgets: Sequence[float], n: Sequence[float], loss: Sequence[float]) -> dict:
     groups: dict[float, tuple[list[float], list[float]]] = {}
-    for c, ni, li in zip(budgets, n, loss):
+    for c, ni, li in zip(budgets, n, loss, strict=True):
         groups.setdefault(c, ([], []))
         groups[c][0].append(ni)
         groups[c][1].append(li)
@@ -86,7 +99,11 @@ def _group(budgets: Sequence[float], n: Sequence[float], loss: Sequence[float]) 
 
 
 def _exponent(minima: list[IsoFLOPMinimum]) -> float:
-    return -fit_power_law([m.budget for m in minima], [m.n_opt for m in minima]).alpha
+    """Least-squares slope of ln N_opt against ln C."""
+    x = torch.tensor([math.log(m.budget) for m in minima], dtype=torch.float64)
+    y = torch.tensor([m.log_n_opt for m in minima], dtype=torch.float64)
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
 
 
 def fit_approach2(
@@ -94,32 +111,40 @@ def fit_approach2(
     n: Sequence[float],
     loss: Sequence[float],
     n_boot: int = 0,
-    level: float = 0.95,
+    level: float = 0.8,
     seed: int = 0,
+    min_depth: float = 0.0,
 ) -> Approach2Fit:
     """Parabola minima per budget and a = d log N_opt / d log C, with a bootstrap CI of a.
 
-    One run per row: (budget C, size N, final loss). The bootstrap resamples the runs of each
-    budget with replacement (seeds and sizes alike) and refits every parabola and the exponent;
-    resamples with fewer than three distinct sizes, or without a valley, are dropped.
+    One run per row: (budget C, size N, final loss); repeated seeds are extra rows. The bootstrap
+    is a residual bootstrap: every run's loss is its parabola's value plus a residual drawn with
+    replacement from all budgets' residuals (scaled by √(n/(n−3)) for the three fitted
+    coefficients), and the parabolas and the exponent are refitted. Resampling whole runs instead
+    breaks down with five sizes per budget: a resample that loses an end of the profile moves
+    the vertex anywhere. Resamples in which a profile has no valley are dropped.
     """
     groups = _group(budgets, n, loss)
     if len(groups) < 2:
         raise ValueError("Approach 2 needs at least two budgets")
-    minima = [isoflop_minimum(c, ns, ls) for c, (ns, ls) in groups.items()]
+    minima = [isoflop_minimum(c, ns, ls, min_depth) for c, (ns, ls) in groups.items()]
     a = _exponent(minima)
     ci = None
     if n_boot:
+        fitted, residuals = {}, []
+        for c, (ns, ls) in groups.items():
+            c0, c1, c2 = fit_parabola([math.log(v) for v in ns], ls)
+            fitted[c] = [c0 + c1 * math.log(v) + c2 * math.log(v) ** 2 for v in ns]
+            residuals += [li - fi for li, fi in zip(ls, fitted[c], strict=True)]
+        scale = math.sqrt(len(residuals) / max(1, len(residuals) - 3 * len(groups)))
+        pool = torch.tensor(residuals, dtype=torch.float64) * scale
         g = torch.Generator().manual_seed(seed)
         samples = []
         for _ in range(n_boot):
             resampled = []
-            for c, (ns, ls) in groups.items():
-                idx = torch.randint(len(ns), (len(ns),), generator=g).tolist()
-                sub_n, sub_l = [ns[i] for i in idx], [ls[i] for i in idx]
-                if len(set(sub_n)) < 3:
-                    break
-                m = isoflop_minimum(c, sub_n, sub_l)
+            for c, (ns, _) in groups.items():
+                draw = pool[torch.randint(len(pool), (len(ns),), generator=g)].tolist()
+                m = isoflop_minimum(c, ns, [f + r for f, r in zip(fitted[c], draw, strict=True)])
                 if m.curvature <= 0:
                     break
                 resampled.append(m)

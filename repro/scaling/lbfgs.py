@@ -53,7 +53,7 @@ def batched_lbfgs(
         # two-loop recursion: d = −H·g with H the L-BFGS inverse-Hessian estimate
         q = g.clone()
         alphas = []
-        for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist)):
+        for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
             a = rho * (s * q).sum(-1)  # (S,)
             q -= a.unsqueeze(-1) * y
             alphas.append(a)
@@ -63,7 +63,7 @@ def batched_lbfgs(
         else:  # first step: a unit-length move along −g
             gamma = 1 / g.norm(dim=-1).clamp_min(1e-12)
         r = gamma.unsqueeze(-1) * q
-        for s, y, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas)):
+        for s, y, rho, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
             b = rho * (y * r).sum(-1)
             r += s * (a - b).unsqueeze(-1)
         d = -r
@@ -78,7 +78,9 @@ def batched_lbfgs(
         with torch.no_grad():
             for _ in range(max_halvings):
                 trial = f(x + t.unsqueeze(-1) * d)
-                trial = torch.where(torch.isfinite(trial), trial, torch.full_like(trial, float("inf")))
+                trial = torch.where(
+                    torch.isfinite(trial), trial, torch.full_like(trial, float("inf"))
+                )
                 ok = trial <= fx + 1e-4 * t * slope
                 pending = pending & ~ok
                 if not pending.any():

@@ -55,7 +55,7 @@ def run_sweep(
     todo = []
     for i, point in enumerate(points):
         if is_cached(kind, point, code):
-            results[i] = cached_json(kind, point, lambda: run_point(point), code=code)
+            results[i] = cached_json(kind, point, lambda p=point: run_point(p), code=code)
         else:
             todo.append(i)
     done = len(points) - len(todo)
@@ -71,9 +71,7 @@ def run_sweep(
 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_run_cached, kind, points[i], run_point, names): i for i in todo
-            }
+            futures = {pool.submit(_run_cached, kind, points[i], run_point, names): i for i in todo}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 done += 1
