@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from repro.models.gpt import GPTConfig
     from repro.models.llama import LlamaConfig
     from repro.models.mamba import MambaConfig
+    from repro.models.mlp import MLPConfig
     from repro.models.transformer import TransformerConfig
 
 M = TypeVar("M")
@@ -160,12 +161,20 @@ def mamba_param_count(cfg: MambaConfig, embeddings: bool = True) -> int:
     return body + (vocab if embeddings else 0)
 
 
+def mlp_param_count(cfg: MLPConfig, embeddings: bool = True) -> int:
+    """L hidden W×W layers with biases; the input projection and head count as embeddings."""
+    W = cfg.width
+    vocab = (cfg.code_dim * W + W) + (W * cfg.vocab_size + cfg.vocab_size)
+    return cfg.n_hidden * (W * W + W) + (vocab if embeddings else 0)
+
+
 _COUNTERS: dict[str, Callable[..., int]] = {
     "GPTConfig": gpt_param_count,
     "LlamaConfig": llama_param_count,
     "TransformerConfig": transformer_param_count,
     "BertConfig": bert_param_count,
     "MambaConfig": mamba_param_count,
+    "MLPConfig": mlp_param_count,
 }
 
 
@@ -256,3 +265,22 @@ def ssm_state_bytes_per_layer(
     """A Mamba layer's decoding state, B·(D·N + D·(K−1)) elements: the SSM state and the last
     K−1 conv inputs. It does not depend on how many tokens have been processed."""
     return batch * (d_inner * d_state + d_inner * (d_conv - 1)) * bytes_per_elem
+
+
+def counted_flops(fn: Callable[[], Any]) -> dict[str, dict[str, int]]:
+    """The FLOPs torch's FlopCounterMode sees while `fn()` runs (matmuls and attention kernels).
+
+    Returns {module path: {op name: FLOPs}}, with "Global" holding the whole run; a module's entry
+    includes its children's. Element-wise ops (norms, activations, softmax) are not counted,
+    matching Kaplan's Table 1, which counts only the multiply-adds of weights and attention.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return {
+        module: {
+            str(op).split(".")[1] if "." in str(op) else str(op): int(n) for op, n in ops.items()
+        }
+        for module, ops in counter.get_flop_counts().items()
+    }
