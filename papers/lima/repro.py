@@ -11,8 +11,10 @@ What is checked here, claim by claim (see note.yaml):
    example, Alpaca's 52×, Fig. 1's win + tie rates, §5's 16-fold quantity range;
 2. measured — the Superficial Alignment Hypothesis at tiny scale, on the instruction world of
    `repro.data.instructions`: one GPT pretrained on raw-format task text (`repro.align.pretrain`,
-   cached and shared with InstructGPT's quick preset) is fine-tuned (`repro.align.sft`) on
-   assistant-format demonstrations, and every variant starts from that same model:
+   cached; 1,600 steps, twice InstructGPT's quick base, because the hypothesis needs a base
+   model that knows the tasks) is fine-tuned (`repro.align.sft`) on assistant-format
+   demonstrations, and every variant starts from that same model. A fixed quarter of the
+   world's prompts never enters any SFT set; every variant is judged on those:
    - format from few examples (1,000 and 100 demonstrations);
    - knowledge from pretraining: accuracy after SFT against the pretrained model's raw-format
      accuracy, with a random-initialised model fine-tuned on the same 1,000 examples as control;
