@@ -63,9 +63,11 @@ def sft(
     cfg: SFTConfig,
     progress: ProgressFn | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    demos: tuple[Tensor, Tensor] | None = None,
 ) -> list[float]:
-    """Fine-tune `model` in place for `cfg.epochs` epochs; returns every step's loss."""
-    tokens, mask = demonstration_set(world, cfg)
+    """Fine-tune `model` in place for `cfg.epochs` epochs; returns every step's loss.
+    `demos` (tokens, mask) replaces `demonstration_set(world, cfg)`, e.g. to hold prompts out."""
+    tokens, mask = demonstration_set(world, cfg) if demos is None else demos
     g = torch.Generator().manual_seed(cfg.seed + 1)
     per_epoch = math.ceil(cfg.n_examples / cfg.batch)
     order = torch.cat([torch.randperm(cfg.n_examples, generator=g) for _ in range(cfg.epochs)])

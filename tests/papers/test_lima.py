@@ -1,0 +1,87 @@
+"""LIMA paper extras: the held-out split never leaks into SFT data, the trivial baseline and
+the sampled accuracy agree with naive references."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from repro.align.pretrain import PretrainConfig, fresh_model
+from repro.data.instructions import FAMILIES, InstructionWorld, answers_ref
+from repro.lab.library import Library
+
+LIMA = Library().get("lima").module()
+WORLD = InstructionWorld(PretrainConfig().world)
+
+
+def _keys(inst) -> set[tuple[int, ...]]:
+    return {(int(f), *map(int, d)) for f, d in zip(inst.family, inst.digits, strict=True)}
+
+
+def test_every_instance_enumerates_the_world_once():
+    every = LIMA.every_instance(WORLD)
+    n = WORLD.cfg.n_args
+    assert len(_keys(every)) == len(every) == len(FAMILIES) * 10**n
+    for i in range(0, len(every), 37):
+        f, digits = int(every.family[i]), every.digits[i].tolist()
+        length = int(every.answer_len[i])
+        assert every.answer[i, :length].tolist() == answers_ref(f, digits)
+
+
+def test_held_out_prompts_never_reach_sft_data():
+    pool, test = LIMA.split(WORLD, 0.25)
+    assert not _keys(pool) & _keys(test)
+    assert len(pool) + len(test) == len(FAMILIES) * 10**WORLD.cfg.n_args
+    for f in range(len(FAMILIES)):  # the same share of every family
+        assert int((test.family == f).sum()) == round(0.25 * 10**WORLD.cfg.n_args)
+    tokens, mask = LIMA.draw_demonstrations(WORLD, pool, 3000, seed=1, corrupt=0.3)
+    prompts = WORLD.prompts(test)
+    seen = {tuple(row) for row in tokens[:, : prompts.shape[1]].tolist()}
+    assert not seen & {tuple(row) for row in prompts.tolist()}
+    one = LIMA.draw_demonstrations(WORLD, pool, 500, seed=2, families=("sort",))[0]
+    assert (one[:, 1] == WORLD.vocab.task0 + FAMILIES.index("sort")).all()
+
+
+def test_trivial_accuracy_matches_a_naive_count():
+    _, test = LIMA.split(WORLD, 0.25)
+    hits = 0
+    for f in range(len(FAMILIES)):
+        answers = [
+            tuple(a[: int(n)].tolist())
+            for a, n, fam in zip(test.answer, test.answer_len, test.family, strict=True)
+            if int(fam) == f
+        ]
+        hits += max(answers.count(a) for a in set(answers))
+    assert LIMA.trivial_accuracy(test) == hits / len(test)
+    # over the whole world, e.g. `max` of 2 digits is 9 for 19 of 100 pairs
+    every = LIMA.every_instance(WORLD)
+    best = {
+        f: max(
+            sum(answers_ref(f, list(d)) == list(a) for d in itertools.product(range(10), repeat=2))
+            for a in itertools.product(range(10), repeat=1)
+        )
+        for f in (FAMILIES.index("max"), FAMILIES.index("min"))
+    }
+    assert best == {FAMILIES.index("max"): 19, FAMILIES.index("min"): 19}
+    assert 0 < LIMA.trivial_accuracy(every) < 0.5
+
+
+def test_sampled_accuracy_is_the_product_of_gold_token_probabilities():
+    model = fresh_model(PretrainConfig(), seed=3).eval()
+    _, test = LIMA.split(WORLD, 0.25)
+    inst = test[torch.arange(0, len(test), 17)]
+    prompts, gold = WORLD.prompts(inst), WORLD.gold_responses(inst)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(len(inst)):  # one prompt, one token at a time
+            seq, logp = prompts[i : i + 1], 0.0
+            for tok in gold[i].tolist():
+                p = torch.softmax(model(seq)[0, -1].double(), -1)
+                logp += math.log(p[tok].item())
+                if tok == WORLD.vocab.eot:
+                    break
+                seq = torch.cat([seq, torch.tensor([[tok]])], dim=1)
+            total += math.exp(logp)
+    assert math.isclose(LIMA.sampled_accuracy(model, WORLD, inst), total / len(inst), rel_tol=1e-4)
