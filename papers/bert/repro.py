@@ -27,7 +27,7 @@ from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters, param_count, preset_config
 from repro.lab.plots import save_line_plot
-from repro.lab.settings import setting
+from repro.lab.settings import check_head_split, setting
 from repro.models.bert import Bert, BertConfig
 from repro.train import lm_loss, train
 
@@ -72,9 +72,7 @@ class Config:
     eval_sequences: int = setting(2000, "held-out sequences", min=1)
 
     def __post_init__(self) -> None:
-        # settings that depend on each other (one field's range is checked by `setting`)
-        if self.n_heads >= 1 and self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        check_head_split(self.d_model, self.n_heads)
 
 
 PRESETS = {"quick": Config(), "full": Config(seq_len=16, steps=1500, lr=3e-3, eval_sequences=8000)}

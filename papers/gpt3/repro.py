@@ -33,7 +33,7 @@ from repro.lab.counting import (
     training_flops,
 )
 from repro.lab.plots import save_line_plot
-from repro.lab.settings import setting
+from repro.lab.settings import check_head_split, setting
 from repro.models.gpt import GPT, GPTConfig
 from repro.train import lm_loss, train
 
@@ -185,9 +185,7 @@ class Config:
     holdout_buckets: int = setting(5, "1 in `holdout_buckets` mappings is never trained on", min=2)
 
     def __post_init__(self) -> None:
-        # settings that depend on each other (one field's range is checked by `setting`)
-        if self.n_heads >= 1 and self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        check_head_split(self.d_model, self.n_heads)
 
 
 PRESETS = {

@@ -43,7 +43,7 @@ from torch import Tensor
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
-from repro.lab.settings import setting
+from repro.lab.settings import check_head_split, setting
 from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.attention import Attention, attention_mask
@@ -219,9 +219,7 @@ class Config:
     eval_batch: int = setting(256, "held-out sequences", min=1)
 
     def __post_init__(self) -> None:
-        # settings that depend on each other (one field's range is checked by `setting`)
-        if self.n_heads >= 1 and self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        check_head_split(self.d_model, self.n_heads)
 
 
 PRESETS = {"quick": Config(), "full": Config(steps=1000)}

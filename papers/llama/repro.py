@@ -33,7 +33,7 @@ from repro.lab.counting import (
     training_flops,
 )
 from repro.lab.plots import save_line_plot
-from repro.lab.settings import setting
+from repro.lab.settings import check_head_split, setting
 from repro.models.gpt import GPT, GPTConfig
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.kv_cache import caches_for
@@ -215,11 +215,7 @@ class Config:
     eval_sequences: int = setting(512, "held-out sequences", min=1)
 
     def __post_init__(self) -> None:
-        # settings that depend on each other (one field's range is checked by `setting`)
-        if self.n_heads >= 1 and self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
-        if self.n_heads >= 1 and (self.d_model // self.n_heads) % 2:
-            raise ValueError("RoPE rotates pairs: d_model / n_heads must be even")
+        check_head_split(self.d_model, self.n_heads, rotary=True)
 
 
 PRESETS = {"quick": Config(steps=200), "full": Config()}

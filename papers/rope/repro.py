@@ -31,7 +31,7 @@ from torch import Tensor
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
-from repro.lab.settings import setting
+from repro.lab.settings import check_head_split, setting
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.positional import (
     RotaryEmbedding,
@@ -63,11 +63,7 @@ class Config:
     eval_batch: int = setting(512, "held-out sequences", min=1)
 
     def __post_init__(self) -> None:
-        # settings that depend on each other (one field's range is checked by `setting`)
-        if self.n_heads >= 1 and self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
-        if self.n_heads >= 1 and (self.d_model // self.n_heads) % 2:
-            raise ValueError("RoPE rotates pairs: d_model / n_heads must be even")
+        check_head_split(self.d_model, self.n_heads, rotary=True)
 
 
 PRESETS = {"quick": Config(), "full": Config(train_len=32, steps=1500, seeds=3)}

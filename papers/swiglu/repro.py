@@ -30,7 +30,7 @@ from torch import nn
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.plots import save_line_plot
-from repro.lab.settings import setting
+from repro.lab.settings import check_head_split, setting
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.ffn import FeedForward, GLUFeedForward, glu_hidden_dim, llama_hidden_dim
 from repro.train import evaluate_lm, train_lm
@@ -58,9 +58,7 @@ class Config:
     eval_batch: int = setting(512, "held-out sequences", min=1)
 
     def __post_init__(self) -> None:
-        # settings that depend on each other (one field's range is checked by `setting`)
-        if self.n_heads >= 1 and self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        check_head_split(self.d_model, self.n_heads)
 
 
 PRESETS = {"quick": Config(), "full": Config(steps=1500, seeds=3)}

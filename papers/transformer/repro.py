@@ -30,7 +30,7 @@ from repro.data.tasks import BOS, SEP, reverse_task
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters, param_count, preset_config
 from repro.lab.plots import save_line_plot
-from repro.lab.settings import setting
+from repro.lab.settings import check_head_split, setting
 from repro.models.transformer import Transformer, TransformerConfig
 from repro.nn.attention import attention, attention_ref
 
@@ -66,9 +66,7 @@ class Config:
     eval_size: int = setting(1000, "held-out sequences", min=1)
 
     def __post_init__(self) -> None:
-        # settings that depend on each other (one field's range is checked by `setting`)
-        if self.n_heads >= 1 and self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        check_head_split(self.d_model, self.n_heads)
 
 
 PRESETS = {

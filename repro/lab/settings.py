@@ -119,3 +119,13 @@ def as_set_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def check_head_split(d_model: int, n_heads: int, *, rotary: bool = False) -> None:
+    """The one cross-field rule of the attention configs: heads split the width evenly, and with
+    RoPE each head's width is even (it rotates pairs of channels). `n_heads < 1` is left to the
+    field's own range check, which reports it with the other settings."""
+    if n_heads >= 1 and d_model % n_heads:
+        raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
+    if rotary and n_heads >= 1 and (d_model // n_heads) % 2:
+        raise ValueError("RoPE rotates pairs: d_model / n_heads must be even")

@@ -73,3 +73,16 @@ def test_describe_settings_rows() -> None:
         "help": "hidden width",
     }  # fmt: skip
     assert next(r for r in rows if r["name"] == "ranks")["type"] == "tuple[int, ...]"
+
+
+def test_head_split_rules() -> None:
+    import pytest
+
+    from repro.lab.settings import check_head_split
+
+    check_head_split(48, 4, rotary=True)  # 12 channels a head, an even number
+    with pytest.raises(ValueError, match="not a multiple"):
+        check_head_split(50, 4)
+    with pytest.raises(ValueError, match="pairs"):
+        check_head_split(36, 4, rotary=True)  # 9 channels a head
+    check_head_split(36, 4)  # without RoPE an odd head width is fine
