@@ -88,7 +88,10 @@ def test_html_page_is_complete(runs_dir: Path) -> None:
     assert "M parameters" in text  # a claim's unit
     assert "not yet run" in text and "<code>paperlab check lora</code>" in html
     assert 'href="https://arxiv.org/abs/1706.03762"' in html  # related: transformer, resolvable
-    assert "lima" in text  # related but not in the library: named, not linked
+    assert 'href="https://arxiv.org/abs/2305.11206"' in html  # related: lima, resolvable
+    alone = render_sheet(paper_sheet(paper, runs_dir, library=None), "html")
+    assert "lima" in visible_text(alone)  # a related paper outside the library: named ...
+    assert "2305.11206" not in alone  # ... but not linked
 
 
 def _fake_run(runs_dir: Path, slug: str, claim_id: str, stamp: str) -> Path:
