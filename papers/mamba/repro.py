@@ -86,7 +86,7 @@ class Config:
 
 PRESETS = {
     "quick": Config(),
-    "full": Config(noise_len=64, steps=600, lr=1e-2, eval_every=50, n_eval=1024),
+    "full": Config(noise_len=64, steps=1000, lr=1e-2, eval_every=50, n_eval=1024),
 }
 
 
