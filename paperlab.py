@@ -403,6 +403,7 @@ def check(
             claim_ids=tuple(claim_ids),
             skip_benchmarks=skip_benchmarks,
             runs_dir=None if no_save else state.runs_dir,
+            history=state.runs_dir,
             threads=threads,
         )
     if as_json:

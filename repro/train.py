@@ -44,7 +44,11 @@ def train(
 ) -> list[float]:
     """Minimise `loss_fn(step)` for `steps` AdamW steps; returns the loss of every step."""
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    # foreach: one kernel per step for all tensors; the same numbers as the default loop on the
+    # CPU (which torch only picks for CUDA), and faster for the many small tensors of tiny models
+    opt = torch.optim.AdamW(
+        params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), foreach=True
+    )
     warmup = max(1, steps // 20) if warmup is None else warmup
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup))
     model.train()

@@ -60,10 +60,14 @@ from repro.lab.threads import torch_threads
 @dataclass(frozen=True)
 class Config:
     # the small model is the shared pretrained model of `repro.align.pretrain` (PretrainConfig());
-    # the big one is pretrained on the same text for the same steps, only wider and deeper
+    # the big one is wider, and pretrained for the same steps on as many segments of the same
+    # text, in longer rows: its context holds `shots` solved exchanges and the query
     big_d_model: int = setting(96, "width of the big pretrained-only model", min=1)
     big_n_layers: int = setting(2, "layers of the big pretrained-only model", min=1)
-    shots: int = setting(1, "solved exchanges shown to the big model before the query", min=0)
+    big_slots: int = setting(
+        4, "context of the big model in exchanges (S tokens each); must exceed shots", min=2
+    )
+    shots: int = setting(3, "solved exchanges shown to the big model before the query", min=0)
     sft_examples: int = setting(1000, "demonstrations for SFT", min=1)
     sft_epochs: int = setting(2, "SFT epochs", min=1)
     sft_lr: float = setting(1e-3, "SFT learning rate", min=0, min_exclusive=True)
@@ -246,15 +250,27 @@ def rm_metrics(labelers: InstructionWorld, scores: torch.Tensor, cmp: dict) -> d
     }
 
 
+def big_config(cfg: Config, pcfg: PretrainConfig) -> PretrainConfig:
+    """The big model: wider, rows of `big_slots` segments, the same segments per step."""
+    if cfg.shots >= cfg.big_slots:
+        raise ValueError(f"{cfg.shots} shots and the query need big_slots > {cfg.shots}")
+    return replace(
+        pcfg,
+        d_model=cfg.big_d_model,
+        n_layers=cfg.big_n_layers,
+        slots=cfg.big_slots,
+        batch=max(1, pcfg.batch * pcfg.slots // cfg.big_slots),
+    )
+
+
 def run_lm(cfg: Config, seed: int, ctx: Context) -> dict:
     """Pretrain (cached) → SFT → RM → PPO / PPO-ptx / β = 0, and every evaluation."""
     pcfg = PretrainConfig()
     world = InstructionWorld(pcfg.world)
     g = torch.Generator().manual_seed(seed)
     cpu = {"pretraining": time.process_time()}
+    big = pretrained_model(big_config(cfg, pcfg))  # first: LIMA may be pretraining the base now
     base = pretrained_model(pcfg)
-    big_cfg = replace(pcfg, d_model=cfg.big_d_model, n_layers=cfg.big_n_layers)
-    big = pretrained_model(big_cfg)
     out: dict = {"param_ratio": count_parameters(big) / count_parameters(base)}
     # step 1: SFT on gold demonstrations
     policy_sft = copy.deepcopy(base)
@@ -569,7 +585,7 @@ def beta_zero_overoptimises(ctx: Context) -> Measured:
 @claim("small-aligned-beats-big")
 def small_aligned_beats_big(ctx: Context) -> Measured:
     """Gold-judged win rate of the small SFT + PPO-ptx model (greedy) against the ≥ 8× larger
-    pretrained-only model prompted with a solved exchange (greedy); 0 if the big one is < 8×."""
+    pretrained-only model prompted with `shots` solved exchanges (greedy); 0 if it is < 8×."""
     wins, rows = [], []
     for lm in _lm(ctx):
         e = lm["eval"]["big_few_shot"]
@@ -581,7 +597,7 @@ def small_aligned_beats_big(ctx: Context) -> Measured:
 @claim("pretrained-fails-format")
 def pretrained_fails_format(ctx: Context) -> Measured:
     """Format compliance (digits, then `<eot>`) of the pretrained-only models: the small one
-    zero-shot and the big one with a solved example in the prompt (max over both and seeds)."""
+    zero-shot and the big one few-shot (max over both and seeds)."""
     evals = [lm["eval"] for lm in _lm(ctx)]
     values = [max(e["pretrained"]["compliance"], e["big_few_shot"]["compliance"]) for e in evals]
     return Measured(max(values), {"sft_compliance": [e["sft"]["compliance"] for e in evals]})

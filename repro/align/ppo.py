@@ -124,8 +124,8 @@ def ppo(
     is given). `pretrain_text` (M', T + 1) feeds the ptx term when `cfg.ptx_coef > 0`."""
     g = torch.Generator().manual_seed(cfg.seed)
     value = copy.deepcopy(rm)  # §3.5: the value function is initialised from the RM
-    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
-    vopt = torch.optim.Adam(value.parameters(), lr=cfg.vf_lr)
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, foreach=True)  # as repro.train
+    vopt = torch.optim.Adam(value.parameters(), lr=cfg.vf_lr, foreach=True)
     reference.eval()
     rm.eval()
     eot = world.vocab.eot

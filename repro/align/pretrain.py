@@ -2,11 +2,17 @@
 
 The model learns the task families from raw formats and never sees `<user>`, `<assistant>` or
 `<eot>`: the "GPT-3" of the toy. Results are cached by `repro.lab.cache.cached_state`, keyed on
-the config and the source of the world, the model and this module, so every paper (InstructGPT,
-LIMA) and every test that asks for the same `PretrainConfig` shares one pretraining run.
+the config and the source of the world, the model and this module, so every paper and every test
+that asks for the same `PretrainConfig` shares one pretraining run.
+
+A base can be pretrained further (`continued_steps`): a second warm-up + cosine run on fresh text
+that starts from the cached `steps` model. InstructGPT uses the 800-step base; LIMA, whose
+hypothesis needs a base that already knows the tasks, continues that same base, so a check of
+both papers pretrains the small model once and only adds the continuation.
 
 API:
-    cfg = PretrainConfig()                      # THE shared config (InstructGPT, LIMA)
+    cfg = PretrainConfig()                      # InstructGPT's base
+    cfg = PretrainConfig(continued_steps=800)   # LIMA's: the same base, pretrained further
     model = pretrained_model(cfg)               # a GPT, eval mode, from the cache or trained now
     model = fresh_model(cfg)                    # the same architecture, random init (a control)
     raw_accuracy(model, world, inst)            # answers in raw format 0 (`TASK a b c =`)
@@ -45,6 +51,7 @@ class PretrainConfig:
     slots: int = 2  # T = slots·S tokens: one solved exchange and a query fit in the context
     batch: int = 64  # B
     steps: int = 800
+    continued_steps: int = 0  # further pretraining of the `steps` model (0: none)
     lr: float = 1e-2
     seed: int = 0
 
@@ -73,6 +80,14 @@ def _pretrain(cfg: PretrainConfig) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+def _continue(start: GPT, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
+    world = InstructionWorld(cfg.world)
+    g = torch.Generator().manual_seed(cfg.seed + 2)  # fresh text, not the first run's again
+    data = world.pretraining_batch(cfg.continued_steps * cfg.batch, cfg.slots, g)
+    train_lm(start, data, cfg.continued_steps, cfg.lr, description="pretraining further")
+    return start.state_dict()
+
+
 def pretrained_model(cfg: PretrainConfig = PretrainConfig()) -> GPT:
     """The model pretrained under `cfg` (cached on disk), in eval mode."""
     code = [
@@ -83,11 +98,15 @@ def pretrained_model(cfg: PretrainConfig = PretrainConfig()) -> GPT:
         ffn_module,
         train_module,
         _pretrain,
+        _continue,
         fresh_model,
     ]
-    state = cached_state(
-        "align-pretrain", dataclasses.asdict(cfg), lambda: _pretrain(cfg), code=code
-    )
+    if cfg.continued_steps:
+        base = dataclasses.replace(cfg, continued_steps=0)
+        compute = lambda: _continue(pretrained_model(base), cfg)  # noqa: E731
+    else:
+        compute = lambda: _pretrain(cfg)  # noqa: E731
+    state = cached_state("align-pretrain", dataclasses.asdict(cfg), compute, code=code)
     model = GPT(cfg.gpt_config())
     model.load_state_dict(state)
     return model.eval()

@@ -215,11 +215,31 @@ def preset_config(name: str, **overrides: Any) -> Any:
 
 
 def build_on_meta(factory: Callable[[], M]) -> M:
-    """Run `factory` with torch's default device set to `meta`: shapes only, no memory."""
-    import torch
+    """Run `factory` with torch's default device set to `meta`: shapes only, no memory.
 
-    with torch.device("meta"):
-        return factory()
+    The in-place initialisers of `torch.nn.init` are skipped meanwhile: a meta tensor has no
+    values to fill, and on meta they run through Python decompositions (seconds for GPT-3 175B).
+    """
+    import torch
+    from torch.nn import init
+
+    skipped = {
+        name: fn
+        for name, fn in vars(init).items()
+        if name.endswith("_") and not name.startswith("_") and callable(fn)
+    }
+    try:
+        for name in skipped:
+            setattr(init, name, _keep)
+        with torch.device("meta"):
+            return factory()
+    finally:
+        for name, fn in skipped.items():
+            setattr(init, name, fn)
+
+
+def _keep(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+    return tensor
 
 
 def build_preset(name: str, **overrides: Any) -> nn.Module:

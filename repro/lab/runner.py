@@ -275,11 +275,34 @@ def run_paper(
         )  # fmt: skip
 
 
+def longest_first(papers: list[Paper], history: Path | None, preset: str = "quick") -> list[int]:
+    """Indices of `papers` in the order to start them: longest latest stored `preset` run first,
+    papers without one ahead of all (their time is unknown). Started this way, the workers tend
+    to finish together, instead of one checking a slow paper while the other idles."""
+    from repro.lab.runs import list_runs
+
+    def last_seconds(paper: Paper) -> float:
+        runs = list_runs(history, [paper.slug]) if history is not None else []
+        timed = [
+            r.seconds for r in runs if r.preset == preset and isinstance(r.seconds, int | float)
+        ]
+        return timed[0] if timed else math.inf
+
+    seconds = [last_seconds(paper) for paper in papers]
+    return sorted(range(len(papers)), key=lambda i: -seconds[i])  # stable: ties keep the order
+
+
 def run_papers(
-    papers: list[Paper], *, jobs: int = 1, progress: ProgressFn | None = None, **kwargs: Any
+    papers: list[Paper],
+    *,
+    jobs: int = 1,
+    progress: ProgressFn | None = None,
+    history: Path | None = None,
+    **kwargs: Any,
 ) -> list[RunReport]:
     """`run_paper` over several papers, `jobs` worker processes at a time; reports keep the
-    papers' order. The papers are independent, so two cores check them in about half the time.
+    papers' order. The papers are independent, so two cores check them in about half the time;
+    they start longest first, going by the stored runs under `history` (see `longest_first`).
     Workers are spawned, not forked: a forked torch can deadlock in its thread pools."""
     if jobs <= 1 or len(papers) <= 1:
         return [run_paper(paper, progress=progress, **kwargs) for paper in papers]
@@ -290,10 +313,13 @@ def run_papers(
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=context) as pool:
         events = manager.Queue()  # the workers' progress reports, replayed here
-        futures = [
-            pool.submit(_run_in_worker, paper.slug, paper.folder, events, kwargs)
-            for paper in papers
-        ]
+        started = {
+            i: pool.submit(_run_in_worker, papers[i].slug, papers[i].folder, events, kwargs)
+            for i in longest_first(
+                papers, history, "quick" if kwargs.get("quick", True) else "full"
+            )
+        }
+        futures = [started[i] for i in range(len(papers))]
         pending = set(futures)
         while pending:
             _, pending = wait(pending, timeout=0.2)

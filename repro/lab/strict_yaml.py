@@ -173,6 +173,8 @@ def _scalar(loader: Any, event: yaml.ScalarEvent) -> Any:
     tag = event.tag
     if tag is not None and tag != "!":
         raise _problem(event.start_mark, f"tags ({tag}) are not supported in notes")
+    if event.style:  # quoted or block text is a string as written: most of a note
+        return event.value
     tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
     node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from repro.align.pretrain import PretrainConfig, fresh_model, heldout_loss, pretrained_model
 from repro.data.instructions import InstructionWorld
+from repro.train import train_lm
 
 TINY = PretrainConfig(d_model=8, n_heads=2, n_layers=1, steps=3, batch=4)
 
@@ -42,3 +44,19 @@ def test_heldout_loss_of_an_untrained_model_is_near_uniform() -> None:
     world = InstructionWorld(TINY.world)
     loss = heldout_loss(fresh_model(TINY), world, n=32)
     assert abs(loss - math.log(world.vocab_size)) < 0.1
+
+
+def test_continued_pretraining_starts_from_the_cached_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
+    more = pretrained_model(replace(TINY, continued_steps=2))
+    base = pretrained_model(TINY)  # cached on the way: the continuation computed it
+    assert len(list((tmp_path / "align-pretrain").glob("*/value.pt"))) == 2
+    # two more steps on fresh text by hand, from the base, give the same weights
+    world = InstructionWorld(TINY.world)
+    g = torch.Generator().manual_seed(TINY.seed + 2)
+    train_lm(base, world.pretraining_batch(2 * TINY.batch, TINY.slots, g), 2, TINY.lr)
+    for (name, x), y in zip(more.state_dict().items(), base.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    assert not torch.equal(more.wte.weight, pretrained_model(TINY).wte.weight)

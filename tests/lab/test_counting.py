@@ -164,3 +164,17 @@ def test_kv_cache_bytes_agree_with_the_cache_module():
 def test_preset_configs_round_trip_through_their_fields(name: str):
     cfg = preset_config(name)
     assert type(cfg)(**dataclasses.asdict(cfg)) == cfg
+
+
+def test_building_on_meta_skips_and_then_restores_the_initialisers():
+    from torch.nn import init
+
+    before = init.normal_
+    model = build_preset("gpt3-small")
+    assert init.normal_ is before
+    assert all(p.is_meta for p in model.parameters())
+    with pytest.raises(RuntimeError, match="boom"):
+        build_on_meta(lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert init.normal_ is before
+    # a real model built afterwards is initialised as before (not all zeros)
+    assert torch.nn.Linear(4, 4).weight.abs().sum() > 0

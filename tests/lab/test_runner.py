@@ -197,3 +197,22 @@ def test_papers_checked_in_parallel_give_the_same_reports(library_dir: Path) -> 
 
     assert verdicts(parallel) == verdicts(serial)
     assert all(rep.paper == "toy" for rep in parallel)
+
+
+def test_papers_start_longest_first_by_their_last_stored_run(tmp_path: Path) -> None:
+    from repro.lab.library import Paper
+    from repro.lab.runner import longest_first
+
+    def stored(slug: str, stamp: str, seconds: float, preset: str = "quick") -> None:
+        folder = tmp_path / slug / stamp
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"seconds": seconds, "preset": preset}))
+
+    stored("fast", "20260101T000000Z", 1.0)
+    stored("slow", "20260101T000000Z", 2.0)
+    stored("slow", "20260102T000000Z", 30)  # the newest run counts, an int as well as a float
+    stored("fast", "20260103T000000Z", 99.0, preset="full")  # another preset does not
+    papers = [Paper(slug, tmp_path) for slug in ("fast", "slow", "new", "other-new")]
+    assert longest_first(papers, tmp_path) == [2, 3, 1, 0]  # never run first, in given order
+    assert longest_first(papers, None) == [0, 1, 2, 3]
+    assert longest_first(papers, tmp_path, "full")[:3] == [1, 2, 3]
