@@ -97,10 +97,11 @@ def fit_reward_model(
     g = torch.Generator().manual_seed(seed)
     x, y, ranking = bandit.rankings(n_prompts, K, g)
     phi = bandit.phi if features == "linear" else torch.cat([bandit.phi, bandit.phi**2], dim=-1)
+    feats = phi[x[:, None], y]  # (n, K, F'): the ranked responses' features, gathered once
     w = torch.zeros(phi.shape[-1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([w], lr=0.05)
     for _ in range(steps):
-        scores = phi[x[:, None], y] @ w  # (n, K)
+        scores = feats @ w  # (n, K)
         loss = pairwise_loss(scores, ranking)
         opt.zero_grad()
         loss.backward()
