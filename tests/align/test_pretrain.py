@@ -50,7 +50,7 @@ def test_continued_pretraining_starts_from_the_cached_base(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
-    more = pretrained_model(replace(TINY, continued_steps=2))
+    more = pretrained_model(replace(TINY, steps=2, start=TINY))
     base = pretrained_model(TINY)  # cached on the way: the continuation computed it
     assert len(list((tmp_path / "align-pretrain").glob("*/value.pt"))) == 2
     # two more steps on fresh text by hand, from the base, give the same weights
@@ -60,3 +60,18 @@ def test_continued_pretraining_starts_from_the_cached_base(
     for (name, x), y in zip(more.state_dict().items(), base.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
     assert not torch.equal(more.wte.weight, pretrained_model(TINY).wte.weight)
+
+
+def test_continuing_needs_the_same_architecture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="architecture"):
+        pretrained_model(replace(TINY, d_model=16, start=TINY))
+
+
+def test_the_backend_changes_how_a_model_computes_not_what() -> None:
+    tokens = InstructionWorld(TINY.world).heldout_text(4, TINY.slots)[:, :-1]
+    tiled, fused = fresh_model(TINY, backend="flash"), fresh_model(TINY, backend="sdpa")
+    assert tiled.cfg.backend == "flash" and fused.cfg.backend == "sdpa"
+    torch.testing.assert_close(tiled(tokens), fused(tokens), rtol=1e-5, atol=1e-5)
