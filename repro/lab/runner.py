@@ -276,9 +276,11 @@ def run_paper(
 
 
 def longest_first(papers: list[Paper], history: Path | None, preset: str = "quick") -> list[int]:
-    """Indices of `papers` in the order to start them: longest latest stored `preset` run first,
-    papers without one ahead of all (their time is unknown). Started this way, the workers tend
-    to finish together, instead of one checking a slow paper while the other idles."""
+    """Indices of `papers` in the order to start them: longest latest stored `preset` run first.
+    Papers without one go ahead of all (their time is unknown), the longest `repro.py` first: a
+    crude guess at the biggest experiment, replaced by the real time after the paper's first run.
+    Started this way, the workers tend to finish together, instead of one checking a slow paper
+    while the other idles."""
     from repro.lab.runs import list_runs
 
     def last_seconds(paper: Paper) -> float:
@@ -288,8 +290,14 @@ def longest_first(papers: list[Paper], history: Path | None, preset: str = "quic
         ]
         return timed[0] if timed else math.inf
 
-    seconds = [last_seconds(paper) for paper in papers]
-    return sorted(range(len(papers)), key=lambda i: -seconds[i])  # stable: ties keep the order
+    def source_size(paper: Paper) -> int:
+        try:
+            return paper.repro_path.stat().st_size
+        except OSError:
+            return 0
+
+    keys = [(last_seconds(paper), source_size(paper)) for paper in papers]
+    return sorted(range(len(papers)), key=lambda i: keys[i], reverse=True)
 
 
 def run_papers(

@@ -216,3 +216,9 @@ def test_papers_start_longest_first_by_their_last_stored_run(tmp_path: Path) -> 
     assert longest_first(papers, tmp_path) == [2, 3, 1, 0]  # never run first, in given order
     assert longest_first(papers, None) == [0, 1, 2, 3]
     assert longest_first(papers, tmp_path, "full")[:3] == [1, 2, 3]
+    # without stored runs, the longest repro.py goes first (a guess at the biggest experiment)
+    for slug, lines in (("small", 1), ("big", 50)):
+        (tmp_path / "code" / slug).mkdir(parents=True)
+        (tmp_path / "code" / slug / "repro.py").write_text("x = 1\n" * lines)
+    papers = [Paper(slug, tmp_path / "code" / slug) for slug in ("small", "big", "none")]
+    assert longest_first(papers, None) == [1, 0, 2]
