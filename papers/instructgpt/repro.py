@@ -96,6 +96,10 @@ class Config:
     )
     bandit_turn: float = setting(3.0, "c in r* = u·φ − c·(φ₀ − 1)²", min=0)
 
+    def __post_init__(self) -> None:
+        if self.shots >= self.big_slots:  # the query needs a slot after the solved exchanges
+            raise ValueError(f"{self.shots} shots and the query need big_slots > {self.shots}")
+
 
 PRESETS = {
     "quick": Config(),
@@ -252,8 +256,6 @@ def rm_metrics(labelers: InstructionWorld, scores: torch.Tensor, cmp: dict) -> d
 
 def big_config(cfg: Config, pcfg: PretrainConfig) -> PretrainConfig:
     """The big model: wider, rows of `big_slots` segments, the same segments per step."""
-    if cfg.shots >= cfg.big_slots:
-        raise ValueError(f"{cfg.shots} shots and the query need big_slots > {cfg.shots}")
     return replace(
         pcfg,
         d_model=cfg.big_d_model,

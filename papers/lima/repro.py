@@ -173,6 +173,15 @@ class Config:
     )
     repeats: int = setting(1, "independent SFT seeds, averaged", min=1)
 
+    def __post_init__(self) -> None:
+        for needed, name in (
+            (FEW_SIZE, "sizes"),
+            (LIMA_SIZE, "sizes"),
+            (LIMA_SIZE, "random_init_sizes"),
+        ):
+            if needed not in getattr(self, name):
+                raise ValueError(f"{name} must include {needed}: the claims judge it")
+
 
 PRESETS = {
     "quick": Config(),
@@ -356,13 +365,6 @@ def _mean(runs: list) -> object:
 
 def experiment(cfg: Config, ctx: Context) -> dict:
     """`repeats` SFT seeds on one pretrained model: means, plus every seed's numbers."""
-    for needed, sizes in (
-        (FEW_SIZE, cfg.sizes),
-        (LIMA_SIZE, cfg.sizes),
-        (LIMA_SIZE, cfg.random_init_sizes),
-    ):
-        if needed not in sizes:
-            raise ValueError(f"the claims judge {needed} examples; sizes {sizes} leave it out")
     with torch_threads(1):  # (32, 11) sequences through a 2-layer model: one thread is fastest
         runs = [run_once(cfg, ctx, ctx.seed + 1000 * i) for i in range(cfg.repeats)]
         world = InstructionWorld(base_config(cfg).world)
@@ -484,6 +486,11 @@ def _per_seed(m: dict, key: str, size: int = LIMA_SIZE, variant: str = "pretrain
     return [run[variant][size][key] for run in m["runs"]]
 
 
+def _per_seed_gap(m: dict, key: str, variant: str) -> list[float]:
+    """Per seed: `key` of the 1,000-example pretrained model minus that of the `variant` one."""
+    return [run["pretrained"][LIMA_SIZE][key] - run[variant][key] for run in m["runs"]]
+
+
 @claim("knowledge-from-pretraining")
 def knowledge_from_pretraining(ctx: Context) -> Measured:
     """Accuracy after SFT on 1,000 examples over the pretrained model's raw-format accuracy."""
@@ -545,10 +552,7 @@ def diversity_beats_homogeneity(ctx: Context) -> Measured:
             "diverse": diverse,
             "homogeneous": homogeneous,
             "compliance_gap": diverse["compliance"] - homogeneous["compliance"],
-            "per_seed_gap": [
-                r["pretrained"][LIMA_SIZE]["accuracy"] - r["homogeneous"]["accuracy"]
-                for r in m["runs"]
-            ],
+            "per_seed_gap": _per_seed_gap(m, "accuracy", "homogeneous"),
         },
     )
 
@@ -565,10 +569,7 @@ def quality_matters(ctx: Context) -> Measured:
             "clean": clean,
             "corrupted": noisy,
             "greedy_accuracy_gap": clean["accuracy"] - noisy["accuracy"],
-            "per_seed_gap": [
-                r["pretrained"][LIMA_SIZE]["sampled_accuracy"] - r["corrupted"]["sampled_accuracy"]
-                for r in m["runs"]
-            ],
+            "per_seed_gap": _per_seed_gap(m, "sampled_accuracy", "corrupted"),
         },
     )
 

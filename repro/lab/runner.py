@@ -281,14 +281,11 @@ def longest_first(papers: list[Paper], history: Path | None, preset: str = "quic
     crude guess at the biggest experiment, replaced by the real time after the paper's first run.
     Started this way, the workers tend to finish together, instead of one checking a slow paper
     while the other idles."""
-    from repro.lab.runs import list_runs
+    from repro.lab.runs import last_seconds
 
-    def last_seconds(paper: Paper) -> float:
-        runs = list_runs(history, [paper.slug]) if history is not None else []
-        timed = [
-            r.seconds for r in runs if r.preset == preset and isinstance(r.seconds, int | float)
-        ]
-        return timed[0] if timed else math.inf
+    def seconds(paper: Paper) -> float:
+        found = last_seconds(history, paper.slug, preset) if history is not None else None
+        return math.inf if found is None else found
 
     def source_size(paper: Paper) -> int:
         try:
@@ -296,7 +293,7 @@ def longest_first(papers: list[Paper], history: Path | None, preset: str = "quic
         except OSError:
             return 0
 
-    keys = [(last_seconds(paper), source_size(paper)) for paper in papers]
+    keys = [(seconds(paper), source_size(paper)) for paper in papers]
     return sorted(range(len(papers)), key=lambda i: keys[i], reverse=True)
 
 

@@ -150,6 +150,22 @@ def read_run(slug: str, folder: Path) -> StoredRun:
     )
 
 
+def last_seconds(runs_dir: Path, slug: str, preset: str) -> float | None:
+    """Wall-clock seconds of the newest stored `preset` run of `slug` (only its run.json is
+    read), or None."""
+    folder = runs_dir / slug
+    if not folder.is_dir():
+        return None
+    runs = (p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+    for run in sorted(runs, reverse=True):  # stamps sort by time
+        summary = _read_json(run / "run.json", {})
+        if not isinstance(summary, dict) or summary.get("preset") != preset:
+            continue
+        if isinstance(summary.get("seconds"), int | float):
+            return float(summary["seconds"])
+    return None
+
+
 def list_runs(runs_dir: Path, slugs: list[str]) -> list[StoredRun]:
     """Every stored run of `slugs`, newest first."""
     found = []

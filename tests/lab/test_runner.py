@@ -212,6 +212,8 @@ def test_papers_start_longest_first_by_their_last_stored_run(tmp_path: Path) -> 
     stored("slow", "20260101T000000Z", 2.0)
     stored("slow", "20260102T000000Z", 30)  # the newest run counts, an int as well as a float
     stored("fast", "20260103T000000Z", 99.0, preset="full")  # another preset does not
+    (tmp_path / "fast" / "20260104T000000Z").mkdir()
+    (tmp_path / "fast" / "20260104T000000Z" / "run.json").write_text("[1, 2]")  # nor a bad file
     papers = [Paper(slug, tmp_path) for slug in ("fast", "slow", "new", "other-new")]
     assert longest_first(papers, tmp_path) == [2, 3, 1, 0]  # never run first, in given order
     assert longest_first(papers, None) == [0, 1, 2, 3]

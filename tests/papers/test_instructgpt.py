@@ -7,7 +7,9 @@ import pytest
 from repro.align.pretrain import PretrainConfig
 from repro.data.instructions import InstructionWorld
 from repro.lab.counting import count_parameters
+from repro.lab.errors import BadOption
 from repro.lab.library import Library
+from repro.lab.runner import make_config
 from repro.models.gpt import GPT
 
 INSTRUCTGPT = Library().get("instructgpt").module()
@@ -27,7 +29,9 @@ def test_the_big_baseline_fits_its_shots_and_is_at_least_8x_bigger():
     assert ratio >= 8
 
 
-def test_too_many_shots_for_the_context_is_refused():
-    cfg = INSTRUCTGPT.PRESETS["quick"]
-    with pytest.raises(ValueError, match="big_slots"):
-        INSTRUCTGPT.big_config(INSTRUCTGPT.Config(shots=cfg.big_slots), PretrainConfig())
+def test_too_many_shots_for_the_context_is_refused_before_any_work():
+    module = INSTRUCTGPT
+    cfg = module.PRESETS["quick"]
+    with pytest.raises(BadOption, match="big_slots"):
+        make_config(module, quick=True, overrides=(f"shots={cfg.big_slots}",))
+    make_config(module, quick=True, overrides=(f"shots={cfg.big_slots - 1}",))  # fits

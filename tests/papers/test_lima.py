@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 
 from repro.align.pretrain import PretrainConfig, fresh_model
@@ -85,3 +86,13 @@ def test_sampled_accuracy_is_the_product_of_gold_token_probabilities():
                 seq = torch.cat([seq, torch.tensor([[tok]])], dim=1)
             total += math.exp(logp)
     assert math.isclose(LIMA.sampled_accuracy(model, WORLD, inst), total / len(inst), rel_tol=1e-4)
+
+
+def test_sizes_without_the_judged_ones_are_refused_before_any_work():
+    from repro.lab.errors import BadOption
+    from repro.lab.runner import make_config
+
+    for setting_ in ("sizes=100,4000", "sizes=1000,4000", "random_init_sizes=100"):
+        with pytest.raises(BadOption, match="must include"):
+            make_config(LIMA, quick=True, overrides=(setting_,))
+    make_config(LIMA, quick=True, overrides=("sizes=100,1000",))
