@@ -30,7 +30,7 @@ import repro.models.mlp as mlp
 import repro.scaling.facts_runs as facts_runs
 import repro.train as train_module
 from repro.lab.claims import Context, Measured, claim
-from repro.lab.plots import save_line_plot
+from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.scaling.approach3 import fit_approach3
 from repro.scaling.closed_form import LossSurface

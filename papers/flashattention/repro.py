@@ -254,7 +254,7 @@ def io_sweeps(cfg: Config, ctx: Context) -> dict:
 
 
 def save_plots(cfg: Config, metrics: dict, ctx: Context) -> None:
-    from repro.lab.plots import save_line_plot
+    from repro.study.plots import save_line_plot
 
     ms = list(cfg.io_m_sweep)
     d, n = cfg.io_d, cfg.io_n_fixed

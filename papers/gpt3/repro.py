@@ -32,7 +32,7 @@ from repro.lab.counting import (
     preset_config,
     training_flops,
 )
-from repro.lab.plots import save_line_plot
+from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.models.gpt import GPT, GPTConfig
 from repro.train import lm_loss, train

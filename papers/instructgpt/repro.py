@@ -52,7 +52,7 @@ from repro.data.instructions import (
 )
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters
-from repro.lab.plots import save_line_plot
+from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 

@@ -40,7 +40,7 @@ from repro.align.pretrain import PretrainConfig, fresh_model, pretrained_model, 
 from repro.align.sft import SFTConfig, evaluate, masked_lm_loss, sft
 from repro.data.instructions import FAMILIES, Instances, InstructionWorld, answers
 from repro.lab.claims import Context, Measured, claim
-from repro.lab.plots import save_line_plot
+from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 

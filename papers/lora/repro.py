@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters
-from repro.lab.plots import save_line_plot
+from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.nn.lora import LoRALinear, apply_lora, lora_parameters, merge_lora

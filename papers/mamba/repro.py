@@ -43,7 +43,7 @@ from repro.lab.counting import (
     mamba_projection_params,
     rms_norm_params,
 )
-from repro.lab.plots import save_line_plot
+from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.models import mamba as mamba_module

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
-from repro.lab.plots import save_line_plot
+from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.lab.threads import torch_threads
 from repro.models.llama import Llama, LlamaConfig

@@ -41,7 +41,7 @@ from repro.lab.counting import (
     kaplan_forward_flops,
     kaplan_param_count,
 )
-from repro.lab.plots import save_line_plot
+from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.models.gpt import GPT, GPTConfig
 from repro.scaling.power_law import bootstrap_exponent, fit_power_law, fit_power_law_with_floor

@@ -18,8 +18,8 @@ import jinja2
 import yaml
 
 from repro.lab.errors import ScaffoldError, one_line
+from repro.lab.library import REPO_ROOT
 from repro.lab.note import SLUG_RE, Note
-from repro.lab.sheets import environment
 
 SLUG_MAX = 64
 ARXIV_RE = Note.model_fields["arxiv"].metadata[0].pattern
@@ -28,6 +28,17 @@ YEAR_RANGE = (
     Note.model_fields["year"].metadata[1].le,
 )
 TITLE_MAX = 500
+
+
+def _environment() -> jinja2.Environment:
+    """The scaffold's templates: plain text (YAML, Python), every value quoted by the caller."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(REPO_ROOT / "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 def yaml_scalar(value: str) -> str:
@@ -78,7 +89,7 @@ def scaffold_paper(root: Path, slug: str, title: str, arxiv: str, year: int) -> 
         "title_docstring": docstring_text(title),
         "title_comment": one_line(title),
     }
-    env = environment()
+    env = _environment()
     try:
         texts = {name: env.get_template(f"{name}.j2").render(**values) for name in NAMES}
     except (OSError, jinja2.TemplateNotFound) as exc:

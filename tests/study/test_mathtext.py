@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from repro.lab.mathtext import MathError, split_math, text_problems, to_mathml, to_unicode
+from repro.study.mathtext import MathError, split_math, text_problems, to_mathml, to_unicode
 
 
 def kinds(text: str) -> list[tuple[str, str]]:

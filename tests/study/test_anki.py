@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.lab.anki import card_guid, paper_cards, render_tsv, write_apkg
+from repro.study.anki import card_guid, paper_cards, render_tsv, write_apkg
 from repro.lab.library import Library
 
 REPO = Path(__file__).resolve().parents[2]

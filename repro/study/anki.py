@@ -16,8 +16,8 @@ from html import escape
 from pathlib import Path
 
 from repro.lab.library import Paper
-from repro.lab.sheetlang import Lang, labels, localize
-from repro.lab.sheets import markdown_html
+from repro.study.sheetlang import Lang, labels, localize
+from repro.study.sheets import markdown_html
 
 
 def _stable_id(name: str) -> int:

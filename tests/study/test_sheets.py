@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from repro.lab.library import Library
-from repro.lab.plots import save_line_plot
-from repro.lab.sheets import (
+from repro.study.plots import save_line_plot
+from repro.study.sheets import (
     MUST_KNOW,
     must_know_entries,
     paper_sheet,

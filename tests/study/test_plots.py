@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from repro.lab.plots import save_line_plot
+from repro.study.plots import save_line_plot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_same_plot_same_bytes(tmp_path: Path) -> None:
 
 
 def test_importing_the_module_does_not_import_matplotlib() -> None:
-    code = "import sys, repro.lab.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, repro.study.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )

@@ -27,9 +27,9 @@ from repro.lab.claims import ClaimResult
 from repro.lab.errors import NoteError, UnknownPaper
 from repro.lab.format import format_value, with_unit
 from repro.lab.library import REPO_ROOT, Library, Paper
-from repro.lab.mathtext import MathError, split_math, to_mathml, to_unicode
-from repro.lab.runview import RunInfo, latest_run
-from repro.lab.sheetlang import Lang, View, labels, localize
+from repro.study.mathtext import MathError, split_math, to_mathml, to_unicode
+from repro.study.runview import RunInfo, latest_run
+from repro.study.sheetlang import Lang, View, labels, localize
 
 TEMPLATES = REPO_ROOT / "templates"
 Mode = Literal["md", "html", "term"]

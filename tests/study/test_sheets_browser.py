@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from repro.lab.library import Library
-from repro.lab.plots import save_line_plot
-from repro.lab.publish import Request, publish
+from repro.study.plots import save_line_plot
+from repro.study.publish import Request, publish
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = next(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from repro.lab.mathtext import math_problem, text_problems
+from repro.study.mathtext import math_problem, text_problems
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

@@ -18,8 +18,8 @@ from typing import Literal
 
 from repro.lab.errors import BadOption
 from repro.lab.library import Library, Paper
-from repro.lab.sheetlang import Lang
-from repro.lab.sheets import (
+from repro.study.sheetlang import Lang
+from repro.study.sheets import (
     SUFFIX,
     must_know_entries,
     paper_sheet,
@@ -123,7 +123,7 @@ def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
         _make_folder(output)
 
     if fmt in ("anki", "tsv"):
-        from repro.lab.anki import render_tsv, write_apkg
+        from repro.study.anki import render_tsv, write_apkg
 
         if fmt == "tsv":
             text = render_tsv(papers, lang)

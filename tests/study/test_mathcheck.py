@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from repro.lab.library import Library
-from repro.lab.mathcheck import note_math_problems
+from repro.study.mathcheck import note_math_problems
 
 REPO = Path(__file__).resolve().parents[2]
 

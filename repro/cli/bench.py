@@ -1,0 +1,269 @@
+"""`paperlab bench`: the performance tables behind the README's benchmark sections."""
+
+from __future__ import annotations
+
+import click
+
+from repro.cli.common import (
+    console,
+    emit_json,
+    progress_bar,
+)
+
+
+@click.group()
+def bench() -> None:
+    """Performance tables (attention kernels, KV-cache decoding, selective scan)."""
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated integers, got '{text}'", param_hint=option
+        ) from None
+    if any(v <= 0 for v in values):
+        raise click.BadParameter("values must be positive", param_hint=option)
+    return values
+
+
+@bench.command("attention")
+@click.option(
+    "--n",
+    "ns_text",
+    default="1024,2048,4096,8192",
+    show_default=True,
+    help="Sequence lengths (comma-separated).",
+)
+@click.option("--no-backward", is_flag=True, help="Forward only.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True
+)
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--memory",
+    "memory_text",
+    default="",
+    help="Also measure peak extra memory of one forward at these N (fresh processes).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_text, as_json):
+    """FlashAttention (tiled PyTorch on CPU, Triton on CUDA) vs SDPA: time, GFLOP/s, % of peak."""
+    import torch
+
+    from repro.bench.attention import IMPLS, bench_attention, measure_peak_memory
+    from repro.lab.runner import resolve_device
+
+    ns = _int_list(ns_text, "--n")
+    memory_ns = _int_list(memory_text, "--memory") if memory_text else ()
+    device = resolve_device(device)
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    total = len(ns) * 2 * (1 if no_backward else 2)
+    with progress_bar(not as_json) as progress:
+        rows = bench_attention(
+            ns,
+            backward=not no_backward,
+            device=device,
+            dtype=torch_dtype,
+            repeats=repeats,
+            progress=lambda i, n, row: progress("attention benchmark", i, total),
+        )
+        memory = []
+        for i, n in enumerate(memory_ns):
+            for impl in IMPLS:
+                if impl == "naive" and 4 * n * n * 8 > 16 * 2**30:
+                    continue  # the (N, N) scores alone would not fit
+                memory.append(
+                    {
+                        "n": n,
+                        "impl": impl,
+                        "extra_bytes": measure_peak_memory(n, impl, device=device),
+                    }
+                )
+            progress("peak memory", i + 1, len(memory_ns))
+    if as_json:
+        emit_json({"rows": rows, "memory": memory})
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"attention, {device} {dtype}, B=1 H=8 D=64 — matmul peak "
+        f"{rows[0]['peak_gflops']:.0f} GFLOP/s",
+        title_justify="left",
+    )
+    for col in (
+        "N",
+        "causal",
+        "pass",
+        "flash ms",
+        "SDPA ms",
+        "flash/SDPA",
+        "flash GFLOP/s",
+        "flash % peak",
+        "SDPA % peak",
+    ):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["n"]),
+            "yes" if r["causal"] else "no",
+            r["pass"],
+            f"{r['flash_ms']:.1f}",
+            f"{r['sdpa_ms']:.1f}",
+            f"{r['ratio']:.2f}",
+            f"{r['flash_gflops']:.0f}",
+            _percent_of_peak(r["flash_frac_peak"]),
+            _percent_of_peak(r["sdpa_frac_peak"]),
+        )
+    console().print(table)
+    if any(max(r["flash_frac_peak"], r["sdpa_frac_peak"]) > 1 for r in rows):
+        click.echo(
+            "* above 100% of the matmul peak: the peak was measured while the machine was busy, "
+            "so every % of peak in this table is unreliable; rerun on an idle machine.",
+            err=True,
+        )
+    if memory:
+        mem = Table(title="peak extra memory of one forward", title_justify="left")
+        for col in ("N", "impl", "extra MB", "(N, N) scores MB"):
+            mem.add_column(col, justify="right")
+        for m in memory:
+            scores = 8 * m["n"] ** 2 * 4 / 2**20  # H = 8 fp32 score matrices
+            mem.add_row(str(m["n"]), m["impl"], f"{m['extra_bytes'] / 2**20:.0f}", f"{scores:.0f}")
+        console().print(mem)
+
+
+def _percent_of_peak(fraction: float) -> str:
+    """A share of the calibrated peak; above 100% the calibration itself was disturbed."""
+    return f"{100 * fraction:.0f}%" + ("*" if fraction > 1 else "")
+
+
+@bench.command("decode")
+@click.option(
+    "--new-tokens",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(129),
+    help="Tokens to decode; at least 129, because the table compares the first 64 decode "
+    "steps with the last 64 and they must not overlap.",
+)
+@click.option("--prompt-len", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+def bench_decode_cmd(new_tokens, prompt_len, device, repeats, as_json):
+    """KV-cached decoding vs recomputing the prefix (tiny GPT: 4 layers, d 256, 4 heads)."""
+    from repro.bench.decode import bench_decode
+    from repro.lab.runner import resolve_device
+
+    device = resolve_device(device)
+    with progress_bar(not as_json) as progress:
+        progress("decode benchmark", 0, 1)
+        out = bench_decode(new_tokens, prompt_len, device=device, repeats=repeats)
+        progress("decode benchmark", 1, 1)
+    if as_json:
+        emit_json(out)
+        return
+    from rich.table import Table
+
+    clock = "cpu" if device == "cpu" else "wall"
+    table = Table(
+        title=f"greedy decoding of {new_tokens} tokens after a {prompt_len}-token "
+        f"prompt, {device} ({clock} time)",
+        title_justify="left",
+    )
+    for col in ("", "total s", "ms/token first 64", "ms/token last 64", "last/first"):
+        table.add_column(col, justify="right")
+    for name in ("cached", "recompute"):
+        table.add_row(
+            name,
+            f"{out[f'{name}_s_{clock}']:.2f}",
+            f"{out[f'{name}_first_ms_{clock}']:.2f}",
+            f"{out[f'{name}_last_ms_{clock}']:.2f}",
+            f"{out[f'{name}_last_over_first_{clock}']:.2f}",
+        )
+    console().print(table)
+    click.echo(f"speed-up {out[f'speedup_{clock}']:.1f}x; identical tokens: {out['tokens_match']}")
+
+
+@bench.command("scan")
+@click.option(
+    "--l",
+    "ls_text",
+    default="512,1024,2048,4096,8192",
+    show_default=True,
+    help="Sequence lengths (comma-separated).",
+)
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--memory", is_flag=True, help="Also measure peak extra memory (fresh processes).")
+@click.option("--decode-tokens", default=512, show_default=True, type=click.IntRange(129))
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+def bench_scan_cmd(ls_text, repeats, memory, decode_tokens, as_json):
+    """Selective scan (loop, parallel) vs SDPA and naive attention over L; recurrent decoding."""
+    from repro.bench.scan import IMPLS, bench_decode_recurrent, bench_scan, peak_memory
+
+    lengths = _int_list(ls_text, "--l")
+    with progress_bar(not as_json) as progress:
+        out = bench_scan(
+            lengths, repeats=repeats, progress=lambda i, n: progress("scan benchmark", i, n)
+        )
+        if memory:
+            out["memory"] = [
+                {"L": L, "impl": impl, "extra_bytes": peak_memory(impl, L)}
+                for L in lengths
+                for impl in IMPLS
+            ]
+        progress("decode benchmark", 0, 1)
+        out["decode"] = bench_decode_recurrent(decode_tokens)
+        progress("decode benchmark", 1, 1)
+    if as_json:
+        emit_json(out)
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"one layer's sequence mixing, CPU time, 1 thread, fp32, B=1: scan D={out['D']} "
+        f"N={out['N']}, "
+        f"causal attention H=1 Dh={out['Dh']}",
+        title_justify="left",
+    )
+    table.add_column("L", justify="right")
+    for impl in IMPLS:
+        table.add_column(f"{impl} ms", justify="right")
+    for L in lengths:
+        ms = {r["impl"]: r["ms"] for r in out["rows"] if r["L"] == L}
+        table.add_row(str(L), *(f"{ms[impl]:.1f}" for impl in IMPLS))
+    if len(lengths) > 1:
+        table.add_row("exponent", *(f"{out['exponents'][impl]:.2f}" for impl in IMPLS))
+    console().print(table)
+    if memory:
+        mem = Table(title="peak extra memory of one forward (MB)", title_justify="left")
+        mem.add_column("L", justify="right")
+        for impl in IMPLS:
+            mem.add_column(impl, justify="right")
+        for L in lengths:
+            b = {m["impl"]: m["extra_bytes"] for m in out["memory"] if m["L"] == L}
+            mem.add_row(str(L), *(f"{b[impl] / 2**20:.0f}" for impl in IMPLS))
+        console().print(mem)
+    d = out["decode"]
+    dec = Table(
+        title=f"greedy decoding, {d['new_tokens']} tokens (cpu ms/token)", title_justify="left"
+    )
+    for col in ("", "params", "first 64", "last 64", "state/cache bytes at end"):
+        dec.add_column(col, justify="right")
+    dec.add_row(
+        "Mamba step",
+        f"{d['mamba_params']:,}",
+        f"{d['mamba_first_ms']:.2f}",
+        f"{d['mamba_last_ms']:.2f}",
+        f"{d['mamba_state_bytes']:,}",
+    )
+    dec.add_row(
+        "GPT KV cache",
+        f"{d['gpt_params']:,}",
+        f"{d['gpt_first_ms']:.2f}",
+        f"{d['gpt_last_ms']:.2f}",
+        f"{d['gpt_kv_bytes_at_end']:,}",
+    )
+    console().print(dec)

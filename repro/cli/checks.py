@@ -1,0 +1,223 @@
+"""Running reproductions: `run`, `check` and the settings they accept."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from repro.cli.common import (
+    VERDICT_STYLE,
+    State,
+    complete_claims,
+    complete_slugs,
+    console,
+    emit_json,
+    pass_state,
+    progress_bar,
+)
+from repro.lab.errors import one_line
+from repro.lab.format import format_value, plural, with_unit
+
+
+def _results_table(reports: list) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title_justify="left")
+    for col in ("paper", "claim", "kind", "expected", "measured", "tolerance", "verdict"):
+        if col in ("paper", "claim"):  # slugs and ids are copied into commands: never folded
+            table.add_column(col, no_wrap=True)
+        else:
+            table.add_column(col, overflow="fold", max_width=36)
+    for report in reports:
+        for r in report.results:
+            style = VERDICT_STYLE.get(r.verdict.value, "")
+            measured = format_value(r.measured)
+            if r.verdict.value in ("error", "skipped"):
+                measured = r.message if len(r.message) <= 80 else r.message[:77] + "…"
+            table.add_row(
+                r.paper,
+                r.id,
+                r.kind,
+                escape(with_unit(r.expected, r.unit)),
+                escape(one_line(measured)),
+                escape(r.tolerance or "—"),
+                f"[{style}]{r.verdict.value}[/]",
+            )
+    console().print(table)
+
+
+def _summary_line(reports: list, seconds: float) -> str:
+    counts: dict[str, int] = {}
+    for report in reports:
+        for r in report.results:
+            counts[r.verdict.value] = counts.get(r.verdict.value, 0) + 1
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    return f"{plural(len(reports), 'paper')}: {parts or 'no claims'} in {seconds:.1f}s"
+
+
+def _common_run_options(fn):
+    fn = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")(fn)
+    fn = click.option(
+        "--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+        help="Seed of every random generator (0 to 2^32 - 1).",
+    )(fn)  # fmt: skip
+    fn = click.option("--no-save", is_flag=True, help="Don't store results under runs/.")(fn)
+    fn = click.option(
+        "--threads", default=1, show_default=True, type=click.IntRange(1),
+        help="torch CPU threads (the tiny experiments are fastest on one).",
+    )(fn)  # fmt: skip
+    fn = click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")(fn)
+    return fn
+
+
+def _save_failed(reports: list) -> bool:
+    """After the results are printed: one `Error:` line per run that could not be saved."""
+    failed = [r for r in reports if r.save_error]
+    for r in failed:
+        click.echo(f"Error: {one_line(r.save_error)}", err=True)
+    return bool(failed)
+
+
+@click.command()
+@click.argument("slug", shell_complete=complete_slugs)
+@click.option("--quick", is_flag=True, help="The quick preset (seconds) instead of the full one.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override an experiment setting (repeatable; `paperlab settings SLUG` lists them).",
+)
+@click.option("--yes", is_flag=True, help="Run even when --set asks for ≥ 100× the full preset.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print the experiment's metrics.")
+@_common_run_options
+@pass_state
+def run(
+    state, slug, quick, overrides, yes, verbose, device, seed, no_save, threads, as_json
+) -> None:
+    """Run a paper's experiment and check its claims; results go to runs/<slug>/<stamp>/."""
+    from repro.lab.runner import run_paper
+
+    paper = state.library.get(slug)
+    start = time.perf_counter()
+    with progress_bar(not as_json) as progress:
+        report = run_paper(
+            paper,
+            quick=quick,
+            experiment=True,
+            device=device,
+            seed=seed,
+            overrides=tuple(overrides),
+            progress=progress,
+            runs_dir=None if no_save else state.runs_dir,
+            threads=threads,
+            confirmed=yes,
+        )
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        if report.metrics and verbose:  # the metrics are always in the saved run
+            from rich.pretty import Pretty
+
+            console().print(Pretty(report.metrics, max_length=12))
+        _results_table([report])
+        err = report.environment.get("experiment_error")
+        if err:
+            click.echo(f"Error: {one_line(err)}", err=True)
+        where = f"; saved to {report.run_dir}" if report.run_dir else ""
+        click.echo(_summary_line([report], time.perf_counter() - start) + where, err=True)
+    if _save_failed([report]):
+        sys.exit(2)
+    sys.exit(0 if report.ok else 1)
+
+
+@click.command()
+@click.argument("slugs", nargs=-1, shell_complete=complete_slugs)
+@click.option("--full", is_flag=True, help="The full preset (minutes) instead of the quick one.")
+@click.option(
+    "--claim",
+    "claim_ids",
+    multiple=True,
+    shell_complete=complete_claims,
+    help="Only this claim id (repeatable).",
+)
+@click.option("--skip-benchmarks", is_flag=True, help="Leave out wall-clock timing claims.")
+@click.option(
+    "--jobs", type=click.IntRange(1), default=None,
+    help="Papers checked at once, each in its own process [default: one per CPU core; 1 on cuda].",
+)  # fmt: skip
+@_common_run_options
+@pass_state
+def check(
+    state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save, threads, jobs, as_json
+) -> None:
+    """Verify claims (all papers when none is named); exit 1 if any fails."""
+    from repro.lab.library import check_claim_ids, notes_or_error
+    from repro.lab.runner import run_papers
+
+    papers = state.library.select(slugs)
+    notes_or_error(papers)  # every note must load before anything runs; all problems at once
+    check_claim_ids(papers, tuple(claim_ids))
+    start = time.perf_counter()
+    if jobs is None:  # one paper per core; a GPU is shared by one process at a time
+        jobs = 1 if device != "cpu" else min(len(papers), os.cpu_count() or 1)
+    with progress_bar(not as_json) as progress:
+        reports = run_papers(
+            papers,
+            jobs=jobs,
+            progress=progress,
+            quick=not full,
+            device=device,
+            seed=seed,
+            claim_ids=tuple(claim_ids),
+            skip_benchmarks=skip_benchmarks,
+            runs_dir=None if no_save else state.runs_dir,
+            history=state.runs_dir,
+            threads=threads,
+        )
+    if as_json:
+        emit_json([r.to_json() for r in reports])
+    else:
+        _results_table(reports)
+        click.echo(_summary_line(reports, time.perf_counter() - start), err=True)
+    if _save_failed(reports):
+        sys.exit(2)
+    sys.exit(0 if all(r.ok for r in reports) else 1)
+
+
+@click.command()
+@click.argument("slug", shell_complete=complete_slugs)
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+@pass_state
+def settings(state: State, slug: str, as_json: bool) -> None:
+    """The experiment settings `run --set KEY=VALUE` accepts: type, range, quick and full value."""
+    from rich.markup import escape
+
+    from repro.lab.settings import as_set_value, describe_settings
+
+    paper = state.library.get(slug)
+    presets = getattr(paper.module(), "PRESETS", None)
+    rows = describe_settings(presets) if presets else []
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"{paper.slug} has no experiment settings", err=True)
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"{paper.slug}: {plural(len(rows), 'setting')} (values as --set takes them)",
+        title_justify="left",
+    )
+    for col in ("setting", "type", "quick", "full", "range", "meaning"):
+        table.add_column(col, no_wrap=col == "setting", overflow="fold")
+    for r in rows:
+        cells = (r["name"], r["type"], as_set_value(r["quick"]), as_set_value(r["full"]),
+                 r["bounds"] or "—", r["help"] or "")  # fmt: skip
+        table.add_row(*(escape(c) for c in cells))
+    console().print(table)

@@ -1,0 +1,148 @@
+"""Reading notes: `list`, `show`, `new`, `validate`, `schema` (none of them imports torch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import click
+
+from repro.cli.common import (
+    VERDICT_STYLE,
+    State,
+    complete_slugs,
+    console,
+    emit_json,
+    pass_state,
+    status_summary,
+    write_output,
+)
+from repro.lab.errors import NoteError, one_line
+from repro.lab.format import plural
+
+
+@click.command("list")
+@click.option("--tag", help="Only papers with this tag.")
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+@pass_state
+def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
+    """Papers in the library with the status of their claims."""
+    rows = []
+    for slug, paper in state.library.papers.items():
+        try:
+            note = paper.note
+        except NoteError as exc:  # keep listing; show the first problem
+            more = len(exc.problems) - 1
+            first = exc.problems[0] + (f" (+{plural(more, 'more problem')})" if more else "")
+            rows.append({"slug": slug, "error": first})
+            continue
+        if tag and tag not in note.tags:
+            continue
+        rows.append(
+            {
+                "slug": slug,
+                "title": note.title,
+                "year": note.year,
+                "priority": note.priority,
+                "tags": note.tags,
+                "claims": status_summary(paper, state.runs_dir),
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"paperlab — {plural(len(rows), 'paper')}", title_justify="left")
+    for col in ("paper", "title", "year", "priority", "claims"):
+        table.add_column(col, overflow="fold", no_wrap=col == "paper")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["slug"], Text(one_line(r["error"]), style="red"), "", "", "")
+            continue
+        claims = ", ".join(
+            f"[{VERDICT_STYLE.get(k, '')}]{n} {k}[/]" for k, n in sorted(r["claims"].items())
+        )
+        table.add_row(r["slug"], Text(r["title"]), str(r["year"]), r["priority"], claims or "—")
+    console().print(table)
+
+
+@click.command()
+@click.argument("slug", shell_complete=complete_slugs)
+@click.option("--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True)
+@pass_state
+def show(state: State, slug: str, lang: str) -> None:
+    """A paper's note, rendered in the terminal (formulas as Unicode text)."""
+    from rich.markdown import Markdown
+
+    from repro.study.sheets import paper_sheet, render_sheet
+
+    paper = state.library.get(slug)
+    sheet = paper_sheet(paper, state.runs_dir, lang, state.library)
+    # The "term" flavour writes every formula as escaped Unicode: rich's Markdown shows it as is.
+    console().print(Markdown(render_sheet(sheet, "term", lang)))
+
+
+@click.command()
+@click.argument("slug")
+@click.option("--title", required=True, help="The paper's title.")
+@click.option("--arxiv", default="0000.00000", show_default=True, help="arXiv id, e.g. 2106.09685.")
+@click.option("--year", default=date.today().year, show_default=True, type=int)
+@pass_state
+def new(state: State, slug: str, title: str, arxiv: str, year: int) -> None:
+    """Scaffold papers/SLUG/ (note.yaml + repro.py) from the templates; never overwrites."""
+    from repro.lab.scaffold import scaffold_paper
+
+    folder = scaffold_paper(state.library.root, slug, title, arxiv, year)
+    click.echo(f"created {folder}/note.yaml and {folder}/repro.py")
+    click.echo(f"next: fill in the TODOs, then `paperlab validate {slug}`")
+
+
+@click.command()
+@click.argument("slugs", nargs=-1, shell_complete=complete_slugs)
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+@pass_state
+def validate(state: State, slugs: tuple[str, ...], as_json: bool) -> None:
+    """Lint notes, their formulas and their claim wiring (no torch); exit 2 on any problem."""
+    from repro.study.mathcheck import note_math_problems
+
+    report: dict[str, list[str]] = {}
+    for paper in state.library.select(slugs):
+        try:
+            paper.note  # noqa: B018
+        except NoteError as exc:
+            report[paper.slug] = exc.problems
+            continue
+        shown = paper.display(paper.note_path)
+        report[paper.slug] = paper.wiring_problems() + note_math_problems(paper.note_path, shown)
+    bad = {slug: problems for slug, problems in report.items() if problems}
+    if as_json:
+        emit_json({slug: {"ok": not p, "problems": p} for slug, p in report.items()})
+    else:
+        for problems in bad.values():
+            for line in problems:
+                click.echo(f"Error: {line}", err=True)
+        click.echo(f"{len(report) - len(bad)}/{plural(len(report), 'note')} valid", err=True)
+    sys.exit(2 if bad else 0)
+
+
+@click.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of stdout.",
+)
+def schema(output: Path | None) -> None:
+    """The JSON Schema of note.yaml (editors use it to complete and validate notes)."""
+    from repro.lab.note import note_json_schema
+
+    text = json.dumps(note_json_schema(), indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_output(output, text)
+        click.echo(f"wrote {output}", err=True)
