@@ -27,6 +27,16 @@ from repro.lab.textfile import TextFileError, read_text_file
 
 SLUG_RE = r"^[a-z0-9][a-z0-9-]*$"
 Text = Annotated[str, Field(min_length=1)]
+# A stable key for a question, contribution or formula: Anki's GUIDs and the pages' anchors
+# come from it, so it never changes when the text is edited or the item moves.
+ItemId = Annotated[str, Field(pattern=SLUG_RE, max_length=48)]
+# Code a formula or step names: `repro/nn/flash.py::flash_attention_forward`, optionally
+# `#L10-L20` (lines of the file) or `#marker` (from `# [marker]` to `# [/marker]`).
+CODE_RE = (
+    r"^[A-Za-z0-9_./-]+\.py(::[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)?"
+    r"(#(L\d+(-L\d+)?|[a-z0-9][a-z0-9-]*))?$"
+)
+CodeRef = Annotated[str, Field(pattern=CODE_RE)]
 # A tolerance of .inf or .nan would verify any value: bounds must be finite numbers.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 TextList = Annotated[list[Text], Field(min_length=1)]
@@ -69,16 +79,51 @@ class Problem(Strict):
     prior_limits: Text = Field(description="What earlier work could not do")
 
 
+class Step(Strict):
+    """An algorithm step that names the code computing it."""
+
+    text: Text
+    code: CodeRef | None = Field(None, description="path.py::function[#L10-L20|#marker]")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _text_item(value: Any) -> Any:
+    """A plain string in a list of items is the item's text (no id, no code)."""
+    return {"text": value} if isinstance(value, str) else value
+
+
 class Method(Strict):
     key_idea: Text
     details: TextList
-    steps: TextList = Field(description="The algorithm, step by step")
+    steps: Annotated[list[Step], Field(min_length=1)] = Field(
+        description="The algorithm, step by step: text, or {text, code}"
+    )
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _plain_steps(cls, value: Any) -> Any:
+        return [_text_item(v) for v in value] if isinstance(value, list) else value
+
+
+class Contribution(Strict):
+    id: ItemId | None = Field(None, description="Stable key (Anki GUID, page anchor)")
+    text: Text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class Formula(Strict):
+    id: ItemId | None = Field(None, description="Stable key (Anki GUID, page anchor)")
     name: Text
     latex: Text
     meaning: Text
+    code: CodeRef | None = Field(None, description="path.py::function[#L10-L20|#marker]")
+    claims: list[Annotated[str, Field(pattern=SLUG_RE)]] = Field(
+        [], description="Ids of the claims whose checks run this formula's code"
+    )
 
 
 class Experiments(Strict):
@@ -89,6 +134,7 @@ class Experiments(Strict):
 
 
 class QA(Strict):
+    id: ItemId | None = Field(None, description="Stable key (Anki GUID, page anchor)")
     question: Text
     answer: Text
 
@@ -129,8 +175,12 @@ class ZhInterview(Strict):
 
 
 class ZhOverlay(Strict):
-    """Chinese text for the study sheets (`--lang zh`); anything missing falls back to English."""
+    """Chinese text for the study sheets (`--lang zh`); anything missing falls back to English.
 
+    `contributions` are matched to the English ones by position (there are always three);
+    a question is one card per id, in either language."""
+
+    short_title: Text | None = Field(None, description="中文显示名（索引页、卡组）")
     contributions: Annotated[list[Text], Field(min_length=3, max_length=3)] | None = Field(
         None, description="3个核心贡献"
     )
@@ -188,6 +238,9 @@ class Claim(Strict):
     unit: str = ""
     tolerance: Tolerance | None = None
     why: str | None = Field(None, description="Required for cited claims: why not reproduced")
+    code: list[CodeRef] = Field(
+        [], description="Code this claim's check runs (shown beside the formula that names it)"
+    )
 
     @field_validator("tolerance", mode="wrap")
     @classmethod
@@ -240,6 +293,16 @@ class Claim(Strict):
         return "" if self.tolerance is None else str(self.tolerance)
 
 
+class CompareRow(Strict):
+    """One row of a comparison table on the index (`attention-heads`, `positions`, `norms`,
+    `scaling`): the row's name, its cells by column key, and optionally the claim behind it."""
+
+    table: Annotated[str, Field(pattern=SLUG_RE)]
+    row: Text
+    cells: dict[Annotated[str, Field(pattern=SLUG_RE)], Text]
+    claim: Annotated[str, Field(pattern=SLUG_RE)] | None = None
+
+
 class Note(Strict):
     """One paper, read with the three-pass method and written up with the note template.
 
@@ -252,6 +315,10 @@ class Note(Strict):
     )
 
     title: Text
+    short_title: Text | None = Field(None, description="Display name: Transformer, GPT-3 …")
+    topic: Literal["architecture", "training", "alignment", "efficiency"] | None = Field(
+        None, description="Index group: architecture, training (& scaling), alignment, efficiency"
+    )
     authors: TextList = Field(description="Full author list, first author first")
     venue: Text
     year: Annotated[int, Field(ge=1950, le=2100)]
@@ -262,7 +329,9 @@ class Note(Strict):
     priority: Literal["must-know", "core", "further"] = "core"
     passes: Passes
     problem: Problem
-    contributions: Annotated[list[Text], Field(min_length=3, max_length=3)]
+    contributions: Annotated[list[Contribution], Field(min_length=3, max_length=3)] = Field(
+        description="Exactly three: {id, text} (a plain string is the text, with no id)"
+    )
     method: Method
     formulas: Annotated[list[Formula], Field(min_length=1)]
     experiments: Experiments
@@ -272,7 +341,15 @@ class Note(Strict):
     related: list[Annotated[str, Field(pattern=SLUG_RE)]] = []
     interview: Interview
     zh: ZhOverlay | None = Field(None, description="Chinese overlay for the study sheets")
+    compare: list[CompareRow] = Field(
+        [], description="Rows this paper gives the index's comparison tables"
+    )
     claims: list[Claim] = []
+
+    @field_validator("contributions", mode="before")
+    @classmethod
+    def _plain_contributions(cls, value: Any) -> Any:
+        return [_text_item(v) for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _unique_claims(self) -> Note:
@@ -281,7 +358,43 @@ class Note(Strict):
             if c.id in seen:
                 raise ValueError(f"duplicate claim id {c.id!r}")
             seen.add(c.id)
+        for row in self.compare:
+            if row.claim is not None and row.claim not in seen:
+                raise ValueError(f"compare row {row.row!r} cites unknown claim {row.claim!r}")
+        for f in self.formulas:
+            for cid in f.claims:
+                if cid not in seen:
+                    raise ValueError(f"formula {f.name!r} lists unknown claim {cid!r}")
+        groups = [
+            ("contributions", self.contributions),
+            ("interview.questions", self.interview.questions),
+            ("formulas", self.formulas),
+        ]
+        zh = self.zh.interview if self.zh and self.zh.interview else None
+        if zh and zh.questions:
+            groups.append(("zh.interview.questions", zh.questions))
+        for where, items in groups:
+            ids = [item.id for item in items if item.id is not None]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"{where}: duplicate id {', '.join(map(repr, dupes))}")
         return self
+
+    def missing_ids(self) -> list[str]:
+        """Field paths of the questions, contributions and formulas that have no `id` yet
+        (`python scripts/add_note_ids.py` adds them)."""
+        out = [f"contributions[{i}]" for i, c in enumerate(self.contributions) if c.id is None]
+        out += [
+            f"interview.questions[{i}]"
+            for i, q in enumerate(self.interview.questions)
+            if q.id is None
+        ]
+        out += [f"formulas[{i}]" for i, f in enumerate(self.formulas) if f.id is None]
+        zh = self.zh.interview if self.zh and self.zh.interview else None
+        for i, q in enumerate(zh.questions if zh and zh.questions else []):
+            if q.id is None:
+                out.append(f"zh.interview.questions[{i}]")
+        return out
 
 
 def note_json_schema() -> dict[str, Any]:

@@ -10,6 +10,7 @@ The rules, so that nothing surprising appears on disk:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from repro.lab.library import Library, Paper
 from repro.study.sheetlang import Lang
 from repro.study.sheets import (
     SUFFIX,
+    PackEntry,
     must_know_entries,
     paper_sheet,
     render_combined,
@@ -29,7 +31,7 @@ from repro.study.sheets import (
     render_sheet,
 )
 
-OutFormat = Literal["md", "html", "anki", "tsv"]
+OutFormat = Literal["md", "html", "anki", "tsv", "cheatsheet"]
 FORMAT_OF_SUFFIX = {".md": "md", ".html": "html", ".htm": "html", ".apkg": "anki", ".tsv": "tsv"}
 
 
@@ -41,6 +43,7 @@ class Request:
     fmt: OutFormat | None = None  # None: from the output's suffix, else md
     lang: Lang = "en"
     output: Path | None = None
+    only_translated: bool = False  # anki/tsv in zh: leave out cards with no Chinese text
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Outcome:
     stdout: str = ""
     written: list[Path] | None = None
     missing: list[str] | None = None  # must-know papers without a note
+    removed: list[str] | None = None  # anki: cards of the previous export that are gone
 
 
 def is_folder(path: Path) -> bool:
@@ -64,6 +68,8 @@ def resolve_format(request: Request) -> OutFormat:
     if request.fmt is None:
         return guessed or "md"
     folder = request.output is not None and is_folder(request.output)
+    if request.fmt == "cheatsheet" and guessed in (None, "html"):
+        return request.fmt
     if guessed and guessed != request.fmt and not folder:
         raise BadOption(f"-o {request.output} looks like {guessed}, but --format is {request.fmt}")
     return request.fmt
@@ -126,15 +132,37 @@ def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
         from repro.study.anki import render_tsv, write_apkg
 
         if fmt == "tsv":
-            text = render_tsv(papers, lang)
+            text = render_tsv(papers, lang, request.only_translated)
             if output is None:
                 return Outcome(stdout=text, missing=missing)
             _write(output / "paperlab.tsv" if folder else output, text, written)
             return Outcome(written=written, missing=missing)
         if output is None:
             raise BadOption("--format anki writes a binary .apkg: give -o FILE.apkg")
+        from repro.study.anki import _manifest_path
+
         target = output / "paperlab.apkg" if folder else output
-        _write(target, lambda tmp: write_apkg(papers, tmp, lang), written)
+        report = []
+        _write(
+            target,
+            lambda tmp: report.append(write_apkg(papers, tmp, lang, request.only_translated)),
+            written,
+        )
+        # the cards the previous export to this file had: compared once the deck is in place
+        removed = _compare_manifest(report[0].guids, _manifest_path(target))
+        return Outcome(written=written, missing=missing, removed=removed)
+
+    if fmt == "cheatsheet":
+        from repro.study.sheets import render_cheatsheet
+
+        if not request.must_know:
+            entries = [
+                PackEntry(p.slug, paper_sheet(p, runs_dir, lang, library)) for p in papers
+            ]
+        text = render_cheatsheet(entries, lang)
+        if output is None:
+            return Outcome(stdout=text, missing=missing)
+        _write(output / "cheatsheet.html" if folder else output, text, written)
         return Outcome(written=written, missing=missing)
 
     ext = SUFFIX[fmt]
@@ -179,6 +207,23 @@ def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
     sheets = [paper_sheet(p, runs_dir, lang, library, anchor) for p in papers]
     _write(output, render_combined(sheets, fmt, lang), written)
     return Outcome(written=written)
+
+
+def _compare_manifest(guids: dict[str, str], manifest: Path) -> list[str]:
+    """The fronts of the cards in `manifest` (the previous export) that `guids` lacks; then
+    `manifest` is rewritten for the next export (losing it only loses that report)."""
+    import json
+
+    try:
+        before = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = {}
+    if not isinstance(before, dict):
+        before = {}
+    removed = [str(v) for k, v in before.items() if k not in guids]
+    with contextlib.suppress(OSError):
+        manifest.write_text(json.dumps(guids, ensure_ascii=False, indent=0) + "\n", "utf-8")
+    return removed
 
 
 def _external_link(paper: Paper) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from repro.lab.note import QA, AnswerOutline, DeepDive, Note
+from repro.lab.note import QA, AnswerOutline, Contribution, DeepDive, Note
 
 Lang = Literal["en", "zh"]
 LANGS: tuple[Lang, ...] = ("en", "zh")
@@ -108,6 +108,7 @@ LABELS: dict[str, dict[Lang, str]] = {
     "preset": {"en": "preset", "zh": "预设"},
     "plots": {"en": "Plots from the latest run", "zh": "最近一次运行的图表"},
     "fallback": {"en": "", "zh": "（暂无中文，以下为英文原文）"},
+    "untranslated": {"en": "", "zh": "【英文原文】"},
     "contents": {"en": "Contents", "zh": "目录"},
     "colon": {"en": ": ", "zh": "："},
     "missing": {
@@ -149,7 +150,7 @@ ENGLISH_ONLY = frozenset(
 class View:
     """The parts of a note the overlay can translate, in the sheet's language."""
 
-    contributions: list[str]
+    contributions: list[Contribution]  # the English ids, the text in the sheet's language
     summary: str
     questions: list[QA]
     deep_dive: DeepDive
@@ -169,7 +170,12 @@ def localize(note: Note, lang: Lang) -> View:
             frozenset(),
         )  # fmt: skip
     zh = note.zh.interview if note.zh and note.zh.interview else None
-    contributions = note.zh.contributions if note.zh else None
+    contributions = None
+    if note.zh and note.zh.contributions:  # matched to the English ones by position
+        contributions = [
+            Contribution(id=en_c.id, text=text)
+            for en_c, text in zip(note.contributions, note.zh.contributions, strict=True)
+        ]
     picked = {
         "contributions": contributions,
         "summary": zh.summary if zh else None,

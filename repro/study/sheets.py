@@ -101,8 +101,9 @@ def markdown_html(
 
 
 def text_html(text: str, block: bool = False) -> Markup:
-    """Note Markdown as HTML with every `$…$` as MathML; `block` keeps paragraphs."""
-    return markdown_html(text, block)
+    """Note Markdown as HTML with every `$…$` as MathML; `block` keeps paragraphs.
+    (An item with an id, a contribution or a step, is its text.)"""
+    return markdown_html(str(text), block)
 
 
 def cell_md(text: str) -> str:
