@@ -63,7 +63,8 @@ def test_run_rejects_unknown_setting(invoke) -> None:
     result = invoke("run", "toy", "--set", "stepz=3")
     assert result.exit_code == 2
     assert result.stderr == (
-        "Error: --set: unknown setting 'stepz' (settings: steps, lr, widths, verbose)\n"
+        "Error: --set: unknown setting 'stepz'; did you mean 'steps'? "
+        "(settings: steps, lr, widths, verbose)\n"
     )
 
 

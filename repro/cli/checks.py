@@ -9,9 +9,11 @@ import time
 import click
 
 from repro.cli.common import (
+    DEVICE,
     VERDICT_STYLE,
     State,
     complete_claims,
+    complete_set_keys,
     complete_slugs,
     console,
     emit_json,
@@ -19,7 +21,9 @@ from repro.cli.common import (
     progress_bar,
 )
 from repro.lab.errors import one_line
-from repro.lab.format import format_value, plural, with_unit
+from repro.lab.format import format_seconds, format_value, plural, shorten, with_unit
+
+SHOW_CHOICES = ("cited", "skipped", "verified", "all")  # what `check --show` lists per paper
 
 
 def _results_table(reports: list) -> None:
@@ -27,7 +31,7 @@ def _results_table(reports: list) -> None:
     from rich.table import Table
 
     table = Table(title_justify="left")
-    for col in ("paper", "claim", "kind", "expected", "measured", "tolerance", "verdict"):
+    for col in ("paper", "claim", "statement", "expected", "measured", "tolerance", "verdict"):
         if col in ("paper", "claim"):  # slugs and ids are copied into commands: never folded
             table.add_column(col, no_wrap=True)
         else:
@@ -41,7 +45,7 @@ def _results_table(reports: list) -> None:
             table.add_row(
                 r.paper,
                 r.id,
-                r.kind,
+                escape(one_line(shorten(r.statement, 36))),
                 escape(with_unit(r.expected, r.unit)),
                 escape(one_line(measured)),
                 escape(r.tolerance or "—"),
@@ -56,11 +60,13 @@ def _summary_line(reports: list, seconds: float) -> str:
         for r in report.results:
             counts[r.verdict.value] = counts.get(r.verdict.value, 0) + 1
     parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    return f"{plural(len(reports), 'paper')}: {parts or 'no claims'} in {seconds:.1f}s"
+    return f"{plural(len(reports), 'paper')}: {parts or 'no claims'} in {format_seconds(seconds)}"
 
 
 def _common_run_options(fn):
-    fn = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")(fn)
+    fn = click.option(
+        "--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda, cuda:N or mps."
+    )(fn)
     fn = click.option(
         "--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
         help="Seed of every random generator (0 to 2^32 - 1).",
@@ -90,6 +96,7 @@ def _save_failed(reports: list) -> bool:
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
+    shell_complete=complete_set_keys,
     help="Override an experiment setting (repeatable; `paperlab settings SLUG` lists them).",
 )
 @click.option("--yes", is_flag=True, help="Run even when --set asks for ≥ 100× the full preset.")
@@ -100,9 +107,10 @@ def run(
     state, slug, quick, overrides, yes, verbose, device, seed, no_save, threads, as_json
 ) -> None:
     """Run a paper's experiment and check its claims; results go to runs/<slug>/<stamp>/."""
-    from repro.lab.runner import run_paper
+    from repro.lab.runner import check_setting_keys, run_paper
 
     paper = state.library.get(slug)
+    check_setting_keys(paper, tuple(overrides))  # a typo gets its suggestion before torch loads
     start = time.perf_counter()
     with progress_bar(not as_json) as progress:
         report = run_paper(
@@ -143,47 +151,91 @@ def run(
     "claim_ids",
     multiple=True,
     shell_complete=complete_claims,
-    help="Only this claim id (repeatable).",
+    help="Only this claim id (repeatable); without SLUGS, only the papers that have it.",
 )
+@click.option("-k", "keyword", metavar="EXPR",
+              help="Only claims whose id contains these words: 'rank and not memory'.")  # fmt: skip
+@click.option("--lf", "--last-failed", "last_failed", is_flag=True,
+              help="Only the claims that failed or errored in their last stored run.")  # fmt: skip
+@click.option("-x", "--exitfirst", is_flag=True, help="Stop at the first paper with a failure.")
 @click.option("--skip-benchmarks", is_flag=True, help="Leave out wall-clock timing claims.")
 @click.option(
     "--jobs", type=click.IntRange(1), default=None,
     help="Papers checked at once, each in its own process [default: one per CPU core; 1 on cuda].",
 )  # fmt: skip
+@click.option("--show", "show", multiple=True, type=click.Choice(SHOW_CHOICES),
+              help="Also list these claims under their paper (repeatable).")  # fmt: skip
+@click.option("-v", "--verbose", is_flag=True, help="List every claim (same as --show all).")
+@click.option("-q", "--quiet", is_flag=True, help="Only failures and the summary line.")
+@click.option("--durations", type=click.IntRange(0), default=None, metavar="N",
+              help="Then list the N slowest papers (0: all).")  # fmt: skip
 @_common_run_options
 @pass_state
 def check(
-    state, slugs, full, claim_ids, skip_benchmarks, device, seed, no_save, threads, jobs, as_json
-) -> None:
-    """Verify claims (all papers when none is named); exit 1 if any fails."""
-    from repro.lab.library import check_claim_ids, notes_or_error
-    from repro.lab.runner import run_papers
+    state, slugs, full, claim_ids, keyword, last_failed, exitfirst, skip_benchmarks, jobs, show,
+    verbose, quiet, durations, device, seed, no_save, threads, as_json,
+) -> None:  # fmt: skip
+    """Verify claims (all papers when none is named), reporting each paper as it finishes;
+    exit 1 if any claim fails or errors."""
+    from repro.lab.library import notes_or_error
+    from repro.lab.selection import select_claims
 
     papers = state.library.select(slugs)
     notes_or_error(papers)  # every note must load before anything runs; all problems at once
-    check_claim_ids(papers, tuple(claim_ids))
+    chosen = select_claims(
+        papers,
+        named=bool(slugs),
+        claim_ids=tuple(claim_ids),
+        keyword=keyword,
+        failed_first=state.runs_dir if last_failed else None,
+    )
+    if not as_json:
+        for line in chosen.notes:
+            click.echo(one_line(line), err=True)
     start = time.perf_counter()
     if jobs is None:  # one paper per core; a GPU is shared by one process at a time
-        jobs = 1 if device != "cpu" else min(len(papers), os.cpu_count() or 1)
-    with progress_bar(not as_json) as progress:
+        jobs = 1 if device != "cpu" else min(len(chosen.papers), os.cpu_count() or 1)
+    from repro.cli.report import CheckReporter, print_durations, print_failures, summary_text
+    from repro.lab.runner import Reporter, run_papers
+
+    slugs_run = [p.slug for p in chosen.papers]
+    if as_json:
+        reporter = Reporter()
+    else:
+        if not sys.stdout.isatty() and not quiet:
+            preset = "full" if full else "quick"
+            at_once = max(1, min(jobs, len(slugs_run)))
+            click.echo(f"checking {plural(len(slugs_run), 'paper')} ({preset} preset, "
+                       f"{at_once} at a time)")  # fmt: skip
+        reporter = CheckReporter(slugs_run, quiet=quiet, show=frozenset(show) | (
+            {"all"} if verbose else set()))  # fmt: skip
+    try:
         reports = run_papers(
-            papers,
+            chosen.papers,
             jobs=jobs,
-            progress=progress,
+            reporter=reporter,
+            exitfirst=exitfirst,
+            claims=chosen.claims,
             quick=not full,
             device=device,
             seed=seed,
-            claim_ids=tuple(claim_ids),
             skip_benchmarks=skip_benchmarks,
             runs_dir=None if no_save else state.runs_dir,
             history=state.runs_dir,
             threads=threads,
         )
+    finally:
+        if isinstance(reporter, CheckReporter):
+            reporter.close()
     if as_json:
         emit_json([r.to_json() for r in reports])
     else:
-        _results_table(reports)
-        click.echo(_summary_line(reports, time.perf_counter() - start), err=True)
+        out = console()
+        print_failures(out, reports)
+        if durations is not None:
+            print_durations(out, reports, durations)
+        stopped = exitfirst and len(reports) < len(chosen.papers)
+        out.print(summary_text(reports, time.perf_counter() - start, stopped))
     if _save_failed(reports):
         sys.exit(2)
     sys.exit(0 if all(r.ok for r in reports) else 1)

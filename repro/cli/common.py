@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from repro.lab.errors import BadOption, NoteError, PaperlabError
+from repro.lab.errors import BadOption, NoteError, PaperlabError, one_line
 from repro.lab.library import Library, Paper
 
 VERDICT_STYLE = {
@@ -62,11 +63,20 @@ def complete_slugs(ctx: click.Context, param: click.Parameter, incomplete: str) 
     return [s for s in slugs if s.startswith(incomplete.lower())]
 
 
+def _named_slugs(ctx: click.Context) -> list[str]:
+    """The papers named so far on the line. While the shell completes, click parses resiliently
+    and leaves a command's variadic arguments in `ctx.args`, not yet in `ctx.params`."""
+    named = list(ctx.params.get("slugs") or ())
+    if ctx.params.get("slug"):
+        named.append(ctx.params["slug"])
+    return named + [a for a in ctx.args if not a.startswith("-")]
+
+
 def complete_claims(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
     """Claim ids of the papers named so far on the line (all papers when none is)."""
     try:
         library = completion_library(ctx)
-        named = ctx.params.get("slugs") or ([ctx.params["slug"]] if ctx.params.get("slug") else [])
+        named = [s for s in _named_slugs(ctx) if s.lower() in library.papers]
         ids = set()
         for paper in library.select(tuple(named)):
             try:
@@ -76,6 +86,43 @@ def complete_claims(ctx: click.Context, param: click.Parameter, incomplete: str)
     except PaperlabError:
         return []
     return sorted(i for i in ids if i.startswith(incomplete))
+
+
+def complete_set_keys(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """`key=` for each setting of the paper named on the line (read without importing it)."""
+    from click.shell_completion import CompletionItem
+
+    from repro.lab.runner import setting_names
+
+    try:
+        library = completion_library(ctx)
+        names: set[str] = set()
+        for slug in _named_slugs(ctx):
+            if slug.lower() in library.papers:
+                names.update(setting_names(library.papers[slug.lower()].repro_path) or ())
+    except PaperlabError:
+        return []
+    return [CompletionItem(f"{n}=") for n in sorted(names) if n.startswith(incomplete)]
+
+
+class DeviceType(click.ParamType):
+    """`--device`: cpu, cuda, cuda:N or mps (whether it exists here is checked when it is used)."""
+
+    name = "device"
+    PATTERN = re.compile(r"cpu|cuda|cuda:\d+|mps")
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and self.PATTERN.fullmatch(value):
+            return value
+        self.fail(f"expected cpu, cuda, cuda:N or mps, got '{one_line(str(value))}'", param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(d) for d in ("cpu", "cuda", "mps") if d.startswith(incomplete)]
+
+
+DEVICE = DeviceType()
 
 
 def write_output(path: Path, text: str) -> None:

@@ -12,7 +12,9 @@ no half-written result behind.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -120,7 +122,7 @@ def make_config(
         if not sep:
             raise BadOption(f"--set expects key=value, got '{item}'")
         if key not in names:
-            raise BadOption(f"--set: unknown setting '{key}' (settings: {', '.join(names)})")
+            raise BadOption(unknown_setting(key, names))
         changes[key] = _coerce(value.strip(), hints[key], key)
     try:
         cfg = dataclasses.replace(cfg, **changes)
@@ -138,6 +140,46 @@ def make_config(
     return cfg
 
 
+def unknown_setting(key: str, names: list[str]) -> str:
+    """The message for an unknown `--set` key, with the closest setting when one is close."""
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"--set: unknown setting '{key}'{hint} (settings: {', '.join(names)})"
+
+
+def setting_names(path: Path) -> list[str] | None:
+    """The fields of a repro.py's `class Config`, read from its syntax tree: no import, so no
+    torch. None when they cannot be told that way (no such class, a base class, unparsable)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Config":
+            if node.bases or node.keywords:
+                return None  # inherited fields are not in this file
+            return [
+                n.target.id
+                for n in node.body
+                if isinstance(n, ast.AnnAssign)
+                and isinstance(n.target, ast.Name)
+                and "ClassVar" not in ast.unparse(n.annotation)
+            ]
+    return None
+
+
+def check_setting_keys(paper: Paper, overrides: tuple[str, ...]) -> None:
+    """Unknown `--set` keys, refused with a suggestion before the paper (and torch) is imported;
+    values and everything else are checked by `make_config` after the import."""
+    names = setting_names(paper.repro_path)
+    if names is None:
+        return
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if sep and key.strip() not in names:
+            raise BadOption(unknown_setting(key.strip(), names))
+
+
 def config_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
 
@@ -153,8 +195,19 @@ def resolve_device(device: str) -> str:
 
         if not torch.cuda.is_available():
             raise BadOption(f"--device {device}: CUDA is not available on this machine")
+        index = device.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            raise BadOption(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
         return device
-    raise BadOption(f"--device: expected cpu or cuda, got '{device}'")
+    if device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise BadOption("--device mps: Apple's Metal (MPS) is not available on this machine")
+        return device
+    raise BadOption(f"--device: expected cpu, cuda, cuda:N or mps, got '{device}'")
 
 
 def _now() -> str:
@@ -297,49 +350,125 @@ def longest_first(papers: list[Paper], history: Path | None, preset: str = "quic
     return sorted(range(len(papers)), key=lambda i: keys[i], reverse=True)
 
 
+class Reporter:
+    """What `run_papers` tells its caller while it works (the CLI prints it; the base class
+    ignores everything). Calls come from the calling process and thread, in the order the
+    events happened: `started` when a paper begins, `progress` for its claims and its
+    experiment's own steps, `finished` with its report as soon as it is done."""
+
+    def started(self, slug: str) -> None:
+        pass
+
+    def progress(self, slug: str, description: str, completed: int, total: int) -> None:
+        pass
+
+    def finished(self, report: RunReport) -> None:
+        pass
+
+
 def run_papers(
     papers: list[Paper],
     *,
     jobs: int = 1,
     progress: ProgressFn | None = None,
     history: Path | None = None,
+    reporter: Reporter | None = None,
+    exitfirst: bool = False,
+    claims: dict[str, tuple[str, ...]] | None = None,
     **kwargs: Any,
 ) -> list[RunReport]:
     """`run_paper` over several papers, `jobs` worker processes at a time; reports keep the
     papers' order. The papers are independent, so two cores check them in about half the time;
     they start longest first, going by the stored runs under `history` (see `longest_first`).
-    Workers are spawned, not forked: a forked torch can deadlock in its thread pools."""
+    Workers are spawned, not forked: a forked torch can deadlock in its thread pools.
+
+    `reporter` hears of each paper as it starts, progresses and finishes. `claims` maps a slug
+    to the claim ids to check in it (instead of `claim_ids` for all). With `exitfirst`, the first
+    paper with a failed or crashed claim stops the rest: no new paper starts, papers still
+    running are stopped, and only the finished papers' reports are returned."""
+    reporter = reporter or Reporter()
+
+    def options(paper: Paper) -> dict[str, Any]:
+        if claims is not None and paper.slug in claims:
+            return {**kwargs, "claim_ids": claims[paper.slug]}
+        return kwargs
+
     if jobs <= 1 or len(papers) <= 1:
-        return [run_paper(paper, progress=progress, **kwargs) for paper in papers]
+        reports = []
+        for paper in papers:
+
+            def forward(description: str, completed: int, total: int, slug=paper.slug) -> None:
+                if progress is not None:
+                    progress(description, completed, total)
+                reporter.progress(slug, description, completed, total)
+
+            reporter.started(paper.slug)
+            report = run_paper(paper, progress=forward, **options(paper))
+            reporter.finished(report)
+            reports.append(report)
+            if exitfirst and not report.ok:
+                break
+        return reports
     import multiprocessing
     import queue as queue_module
     from concurrent.futures import ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        events = manager.Queue()  # the workers' progress reports, replayed here
+        events = manager.Queue()  # the workers' reports of starts and progress, replayed here
         started = {
-            i: pool.submit(_run_in_worker, papers[i].slug, papers[i].folder, events, kwargs)
+            i: pool.submit(
+                _run_in_worker, papers[i].slug, papers[i].folder, events, options(papers[i])
+            )
             for i in longest_first(
                 papers, history, "quick" if kwargs.get("quick", True) else "full"
             )
         }
         futures = [started[i] for i in range(len(papers))]
-        pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.2)
-            while True:
-                try:
-                    event = events.get_nowait()
-                except queue_module.Empty:
-                    break
-                if progress is not None:
-                    progress(*event)
-        return [f.result() for f in futures]
+        pending, finished = set(futures), set()
+        stop = False
+        while pending and not stop:
+            done, pending = wait(pending, timeout=0.2)
+            _replay(events, queue_module.Empty, progress, reporter)
+            for future in [f for f in futures if f in done]:  # the papers' order
+                report = future.result()
+                finished.add(future)
+                reporter.finished(report)
+                if exitfirst and not report.ok:
+                    stop = True
+        if stop:
+            _stop_pool(pool)
+        return [f.result() for f in futures if f in finished]
+
+
+def _replay(events: Any, empty: type, progress: ProgressFn | None, reporter: Reporter) -> None:
+    while True:
+        try:
+            event = events.get_nowait()
+        except empty:
+            return
+        if event[0] == "start":
+            reporter.started(event[1])
+        else:
+            _, slug, description, completed, total = event
+            if progress is not None:
+                progress(description, completed, total)
+            reporter.progress(slug, description, completed, total)
+
+
+def _stop_pool(pool: Any) -> None:
+    """Start no new paper and stop the running ones (`check -x` after a failure). Their
+    half-assembled run folders are removed by the next run of those papers."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def _run_in_worker(slug: str, folder: Path, events: Any, kwargs: dict) -> RunReport:
-    return run_paper(Paper(slug, folder), progress=lambda *e: events.put(e), **kwargs)
+    events.put(("start", slug))
+    return run_paper(
+        Paper(slug, folder), progress=lambda *e: events.put(("progress", slug, *e)), **kwargs
+    )
 
 
 def _start_partial(runs_dir: Path, slug: str) -> tuple[Path | None, str]:

@@ -211,11 +211,18 @@ class Change:
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested metrics as dotted keys: {"loss": {"lora": 1}} → {"loss.lora": 1}."""
-    if isinstance(data, dict):
+    """Nested metrics as dotted keys: {"loss": {"lora": 1}} → {"loss.lora": 1}; a list that
+    holds dicts or lists is numbered ({"seeds": [{"gap": 1}]} → {"seeds.0.gap": 1}); a list of
+    plain values stays one value (a curve)."""
+    if isinstance(data, dict) and data:
         out: dict[str, Any] = {}
         for k, v in data.items():
             out |= _flat(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(data, list | tuple) and any(isinstance(v, dict | list | tuple) for v in data):
+        out = {}
+        for i, v in enumerate(data):
+            out |= _flat(v, f"{prefix}.{i}" if prefix else str(i))
         return out
     return {prefix: data}
 
@@ -241,3 +248,69 @@ def _claim_view(claims: list[dict[str, Any]]) -> dict[str, Any]:
         view[f"{cid}.verdict"] = c.get("verdict")
         view[f"{cid}.measured"] = c.get("measured")
     return view
+
+
+# --- pruning -------------------------------------------------------------------------------
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files under `path` (links not followed; unreadable entries count 0)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+@dataclass
+class PrunedRun:
+    """A run folder that `prune_runs` deleted (or, in a dry run, would delete)."""
+
+    slug: str
+    stamp: str
+    folder: Path
+    size: int
+    deleted: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "paper": self.slug,
+            "stamp": self.stamp,
+            "path": str(self.folder),
+            "bytes": self.size,
+            "deleted": self.deleted,
+        }
+
+
+def prune_runs(
+    runs_dir: Path, slugs: list[str], keep: int, *, dry_run: bool = False
+) -> list[PrunedRun]:
+    """Delete all but the newest `keep` runs of each paper in `slugs` (never its newest run, so
+    `keep` < 1 is refused), oldest reported first; `dry_run` only says what would go. The
+    partial folders of runs whose process is gone are removed as well (see
+    `remove_stale_partials`); those of running processes are left alone."""
+    if keep < 1:
+        raise BadOption(
+            f"--keep must be ≥ 1 (the newest run of a paper is always kept), got {keep}"
+        )
+    pruned: list[PrunedRun] = []
+    for slug in slugs:
+        folder = runs_dir / slug
+        if not folder.is_dir():
+            continue
+        if not dry_run:
+            remove_stale_partials(runs_dir, slug)
+        stamps = sorted(
+            (p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir()),
+            key=lambda p: p.name,
+            reverse=True,
+        )
+        for run in reversed(stamps[keep:]):
+            size = folder_size(run)
+            if not dry_run:
+                shutil.rmtree(run)
+            pruned.append(PrunedRun(slug, run.name, run, size, not dry_run))
+    return pruned
