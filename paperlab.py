@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from repro.cli import bench, checks, notes, runs, sheet
+from repro.cli import bench, checks, drill, notes, runs, sheet
 from repro.cli.common import State
 from repro.lab.errors import NoteError, PaperlabError, one_line
 from repro.lab.library import PAPERS_ENV, check_checkout
@@ -55,7 +55,7 @@ def cli(ctx: click.Context, papers_dir: Path | None, debug: bool) -> None:
 for _command in (
     notes.list_cmd, notes.show, notes.new, notes.validate, notes.schema,
     checks.run, checks.check, checks.settings,
-    sheet.sheet, runs.runs, bench.bench,
+    sheet.sheet, drill.drill_cmd, runs.runs, bench.bench,
 ):  # fmt: skip
     cli.add_command(_command)
 

@@ -1,0 +1,266 @@
+"""`paperlab drill`: scripted rounds, the FSRS schedule, stable items, numbers, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from fsrs import Card, Rating
+
+from paperlab import cli
+from repro.lab.note import Claim
+from repro.study import drill
+from repro.study.drill_store import SCHEMA_VERSION, StudyDb
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "library" / "toy"
+START = datetime(2026, 12, 6, 9, 0, tzinfo=timezone.utc)
+QUESTION = ["enter 20", "enter 70", "enter 100", "enter 25"]  # one question's four beats
+
+
+def _note(priority: str, questions: list[tuple[str, str]], zh: bool = False) -> dict:
+    note = yaml.safe_load((FIXTURE / "note.yaml").read_text(encoding="utf-8"))
+    note["priority"] = priority
+    note["interview"]["questions"] = [
+        {"id": qid, "question": f"Q {qid}?", "answer": answer} for qid, answer in questions
+    ]
+    if zh:
+        note["zh"] = {
+            "interview": {
+                "questions": [
+                    {"id": qid, "question": f"问题 {qid}？", "answer": f"回答 {qid}"}
+                    for qid, _ in questions
+                ]
+            }
+        }
+    return note
+
+
+def _write(root: Path, slug: str, note: dict) -> None:
+    folder = root / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURE / "repro.py", folder / "repro.py")
+    (folder / "note.yaml").write_text(yaml.safe_dump(note, allow_unicode=True), encoding="utf-8")
+
+
+@pytest.fixture
+def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Three papers (one must-know) in a temporary library, and a temporary study database."""
+    root = tmp_path / "papers"
+    _write(root, "alpha", _note("core", [("a1", "x"), ("a2", "y"), ("a3", "z")]))
+    _write(root, "beta", _note("must-know", [("b1", "x"), ("b2", "y"), ("b3", "z")], zh=True))
+    _write(root, "gamma", _note("core", [("c1", "x"), ("c2", "y"), ("c3", "z"), ("c4", "w")]))
+    monkeypatch.setenv("PAPERLAB_PAPERS", str(root))
+    monkeypatch.setenv("PAPERLAB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PAPERLAB_STUDY_DB", str(tmp_path / "study.sqlite3"))
+    return tmp_path
+
+
+def _drill(study: Path, script: list[str], *args: str):
+    path = study / "round.txt"
+    path.write_text("\n".join(script) + "\n", encoding="utf-8")
+    return CliRunner().invoke(cli, ["drill", "--script", str(path), "--json", *args])
+
+
+def _reviews(study: Path) -> list[dict]:
+    with StudyDb(study / "study.sqlite3") as db:
+        return db.reviews()
+
+
+def _fsrs_due(*grades_and_times: tuple[int, datetime]) -> datetime:
+    """The due date the fsrs package itself gives for these reviews."""
+    card = Card()
+    for grade, when in grades_and_times:
+        card, _ = drill.scheduler().review_card(card, Rating(grade), when)
+    return card.due
+
+
+def test_a_scripted_round_of_ten_items_over_three_papers(study: Path) -> None:
+    grades = [1, 3, 3, 2, 4, 3, 1, 3, 3, 3]
+    script = [f"clock {START.isoformat()}"]
+    for g in grades:
+        script += QUESTION + [f"grade {g}"]
+    result = _drill(study, script, "-n", "10")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    keys = [r["key"] for r in out["reviewed"]]
+    assert len(keys) == 10 and len({k.split(":")[0] for k in keys}) == 3
+    # must-know first, then the papers in order, each paper's questions in note order
+    assert keys[:3] == ["beta:question:b1", "beta:question:b2", "beta:question:b3"]
+    assert keys[3:6] == ["alpha:question:a1", "alpha:question:a2", "alpha:question:a3"]
+    stored = _reviews(study)
+    assert [r["grade"] for r in stored] == grades
+    assert stored[0]["beats"] == [
+        ["background", 30, 20.0], ["innovation", 60, 70.0], ["details", 120, 100.0],
+        ["impact", 30, 25.0],
+    ]  # fmt: skip
+    # The schedule is FSRS's: compare with the package directly, at each review's own time.
+    for r, g in zip(out["reviewed"], grades, strict=True):
+        at = datetime.fromisoformat(next(s["at"] for s in stored if s["key"] == r["key"]))
+        assert datetime.fromisoformat(r["due"]) == _fsrs_due((g, at))
+    again = datetime.fromisoformat(out["reviewed"][0]["due"])
+    good = datetime.fromisoformat(out["reviewed"][1]["due"])
+    first_at = datetime.fromisoformat(stored[0]["at"])
+    assert again.date() == first_at.date()  # "again": the same day
+    assert good - first_at >= timedelta(days=1)  # "good": days later
+
+
+def test_due_items_come_before_new_ones(study: Path) -> None:
+    _drill(study, [f"clock {START.isoformat()}", *QUESTION, "grade 1"], "-n", "1")
+    later = START + timedelta(days=1)
+    result = _drill(study, [f"clock {later.isoformat()}", *QUESTION, "grade 3"], "-n", "1")
+    assert json.loads(result.stdout)["reviewed"][0]["key"] == "beta:question:b1"
+    only_due = _drill(study, [f"clock {later.isoformat()}"], "--due")
+    assert "no item is due" in only_due.stderr
+
+
+def test_editing_inserting_and_deleting_questions(study: Path) -> None:
+    script = [f"clock {START.isoformat()}"] + (QUESTION + ["grade 3"]) * 3
+    assert _drill(study, script, "beta").exit_code == 0
+    # edit b2's answer, insert b0 at the top, delete b3
+    note = _note("must-know", [("b0", "new"), ("b1", "x"), ("b2", "edited")])
+    _write(study / "papers", "beta", note)
+    later = START + timedelta(days=30)
+    result = _drill(study, [f"clock {later.isoformat()}", *QUESTION, "grade 3"], "beta", "-n", "3")
+    assert result.exit_code == 0, result.output
+    with StudyDb(study / "study.sqlite3") as db:
+        active = {i.key for i in db.items()}
+        everything = {i.key: i for i in db.items(retired=True)}
+        assert len(db.reviews("beta:question:b2")) == 1  # the edited one keeps its history
+    assert "beta:question:b0" in active  # the inserted one is a new item
+    assert "beta:question:b3" not in active and everything["beta:question:b3"].retired
+    assert {"beta:question:b1", "beta:question:b2"} <= active
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "expected", "right", "wrong"),
+    [
+        ("exact", 4, "4", "5"),
+        ({"abs": 0.5}, 4, "4.4", "4.6"),
+        ({"rel": 0.1}, 200, "215", "225"),
+        ({"range": [0.5, None]}, 1.0, "0.7", "0.4"),
+        ({"range": [None, 1.0]}, 0.5, "0.9", "1.1"),
+        (None, 28.4, "28.4", "31"),  # cited: ±5%
+    ],
+)
+def test_numbers_are_graded_by_the_claims_own_tolerance(tolerance, expected, right, wrong) -> None:
+    kind = "cited" if tolerance is None else "derived"
+    extra = {"why": "not reproducible"} if kind == "cited" else {"tolerance": tolerance}
+    claim = Claim(id="c", statement="s", source="T1", kind=kind, expected=expected, **extra)
+    assert drill.grade_number(claim, right)[0]
+    assert not drill.grade_number(claim, wrong)[0]
+    assert drill.grade_number(claim, "not a number") == (False, None)
+
+
+def test_a_numbers_round_grades_and_stores_the_answer(study: Path) -> None:
+    script = [f"clock {START.isoformat()}", "answer 4", "answer 3"]
+    result = _drill(study, script, "alpha", "--numbers", "-n", "2")
+    assert result.exit_code == 0, result.output
+    reviewed = json.loads(result.stdout)["reviewed"]
+    assert [r["correct"] for r in reviewed] == [True, False]
+    assert [r["grade"] for r in reviewed] == [3, 1]
+    assert [r["answer"] for r in _reviews(study)] == ["4", "3"]
+
+
+def test_the_numbers_prompt_hides_the_expected_value() -> None:
+    claim = Claim(
+        id="r", statement="LoRA trains 256× fewer parameters than 4,096-wide fine-tuning",
+        source="§4", kind="derived", expected=256, tolerance="exact",
+    )  # fmt: skip
+    prompt = drill.number_prompt(claim)
+    assert "256" not in prompt and drill.MASK in prompt and "4,096" in prompt
+
+
+def test_ctrl_c_keeps_the_graded_items_and_not_the_current_one(study: Path) -> None:
+    script = [f"clock {START.isoformat()}", *QUESTION, "grade 3", *QUESTION, "grade 4",
+              "enter 10", "interrupt"]  # fmt: skip
+    result = _drill(study, script)
+    assert result.exit_code == 130
+    assert [r["grade"] for r in _reviews(study)] == [3, 4]
+
+
+def test_quit_and_skip(study: Path) -> None:
+    script = [f"clock {START.isoformat()}", "enter 5", "skip", *QUESTION, "grade 2", "quit"]
+    result = _drill(study, script)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["stopped"] == "quit"
+    assert [(r["key"], r["grade"]) for r in _reviews(study)] == [("beta:question:b2", 2)]
+
+
+def test_a_zh_round_uses_the_overlay_and_the_chinese_beats(study: Path) -> None:
+    path = study / "zh.txt"
+    path.write_text(f"clock {START.isoformat()}\n" + "\n".join(QUESTION) + "\ngrade 3\n")
+    result = CliRunner().invoke(cli, ["drill", "beta", "--lang", "zh", "--script", str(path)])
+    assert result.exit_code == 0, result.output
+    for text in ("问题 b1？", "回答 b1", "背景", "核心创新", "技术细节", "影响", "准备追问"):
+        assert text in result.output
+    assert _reviews(study)[0]["lang"] == "zh"
+
+
+def test_a_damaged_or_newer_database_is_one_error_and_left_alone(study: Path) -> None:
+    db = study / "study.sqlite3"
+    db.write_bytes(b"this is not sqlite" * 100)
+    result = _drill(study, [f"clock {START.isoformat()}"])
+    assert result.exit_code == 2
+    assert result.stderr.count("Error:") == 1 and "Traceback" not in result.output
+    assert db.read_bytes() == b"this is not sqlite" * 100
+    db.unlink()
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    result = _drill(study, [f"clock {START.isoformat()}"])
+    assert result.exit_code == 2 and "newer" in result.stderr
+
+
+def test_a_bad_script_line_is_located(study: Path) -> None:
+    result = _drill(study, [f"clock {START.isoformat()}", "enter", "jump 3"])
+    assert result.exit_code == 2
+    assert "round.txt:3: cannot read 'jump 3'" in result.stderr
+
+
+def test_stats_export_and_import(study: Path, tmp_path: Path, monkeypatch) -> None:
+    script = [f"clock {START.isoformat()}", *QUESTION, "grade 1", *QUESTION, "grade 4"]
+    _drill(study, script)
+    stats = CliRunner().invoke(cli, ["drill", "--stats", "--json"])
+    data = json.loads(stats.stdout)
+    assert data["papers"]["beta"]["seen"] == 2 and data["papers"]["alpha"]["seen"] == 0
+    assert data["papers"]["beta"]["over_budget_s"]["innovation"] == 10.0
+    assert data["weakest"][0]["key"] == "beta:question:b1"  # graded "again"
+    export = tmp_path / "history.json"
+    assert CliRunner().invoke(cli, ["drill", "--export", str(export)]).exit_code == 0
+    monkeypatch.setenv("PAPERLAB_STUDY_DB", str(tmp_path / "other.sqlite3"))
+    assert CliRunner().invoke(cli, ["drill", "--import", str(export)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["drill", "--import", str(export)]).exit_code == 0  # idempotent
+    with StudyDb(tmp_path / "other.sqlite3") as db:
+        assert [r["grade"] for r in db.reviews()] == [1, 4]
+
+
+def test_kill_9_during_a_round_loses_at_most_the_current_item(study: Path) -> None:
+    env = {**os.environ, "PAPERLAB_DEBUG": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from paperlab import main; main()", "drill", "--script", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        text=True,
+    )  # fmt: skip
+    lines = [f"clock {START.isoformat()}", *QUESTION, "grade 3", *QUESTION, "grade 2", "enter 3"]
+    proc.stdin.write("\n".join(lines) + "\n")
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while len(_reviews(study)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    con = sqlite3.connect(study / "study.sqlite3")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    assert [r["grade"] for r in _reviews(study)] == [3, 2]
