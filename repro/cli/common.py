@@ -23,6 +23,12 @@ VERDICT_STYLE = {
     "skipped": "yellow",
     "not yet run": "dim",
 }
+VERDICT_ORDER = tuple(VERDICT_STYLE)  # the order counts are written in: verified first
+
+
+def verdict_order(item: tuple[str, int]) -> int:
+    """Sort key of (verdict, count) pairs in VERDICT_ORDER; unknown verdicts last."""
+    return VERDICT_ORDER.index(item[0]) if item[0] in VERDICT_ORDER else len(VERDICT_ORDER)
 
 
 def console(stderr: bool = False):

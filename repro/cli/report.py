@@ -15,13 +15,13 @@ from collections.abc import Iterable
 
 from rich.text import Text
 
-from repro.cli.common import VERDICT_STYLE, console
+from repro.cli.common import VERDICT_ORDER, VERDICT_STYLE, console
 from repro.lab.errors import one_line
 from repro.lab.format import format_seconds, format_value, plural, shorten, with_unit
 from repro.lab.runner import Reporter, RunReport
 
 HEARTBEAT_S = 25.0  # silence after which a piped check says what is still running (< 30 s)
-ORDER = ("verified", "failed", "error", "skipped", "cited")
+ORDER = VERDICT_ORDER
 
 
 def counts(reports: Iterable[RunReport]) -> dict[str, int]:
