@@ -176,7 +176,7 @@ def _present(out, item: Item, index: int, total: int) -> None:
     if item.kind == "summary":
         out.print(Text(f"{item.prompt}: the 5-minute summary and its 3 contributions", "bold"))
     else:
-        out.print(Text(item.prompt, "bold"))
+        out.print(Text(drill.plain(item.prompt), "bold"))
 
 
 def _reveal(out, item: Item, outcome: dict, lang: str) -> None:
@@ -187,21 +187,21 @@ def _reveal(out, item: Item, outcome: dict, lang: str) -> None:
         tolerance = claim.tolerance_text or "±5% (cited: the note sets no tolerance)"
         out.print(Text.assemble("  ", mark, f": expected {claim.expected:g} {claim.unit}".rstrip(),
                                 f" ({tolerance})"))  # fmt: skip
-        out.print(Text(f"  {claim.statement}", "dim"))
+        out.print(Text(f"  {drill.plain(claim.statement)}", "dim"))
         source = f"  {drill.provenance(claim)}; source: {claim.source}"
         if item.verdict:
             source += f"; latest check: {item.verdict}"
         out.print(Text(source, "dim"))
         return
-    out.print(Text(item.answer))
+    out.print(Text(drill.plain(item.answer)))
     for text in item.contributions:
-        out.print(Text(f"  • {text}"))
+        out.print(Text(f"  • {drill.plain(text)}"))
     for key, value in item.outline.items():
-        out.print(Text.assemble((f"  {labels[key]}: ", "bold"), value))
+        out.print(Text.assemble((f"  {labels[key]}: ", "bold"), drill.plain(value)))
     if item.follow_ups:
         out.print(Text(f"  {labels['follow_ups']}:", "bold"))
         for text in item.follow_ups:
-            out.print(Text(f"    – {text}"))
+            out.print(Text(f"    – {drill.plain(text)}"))
 
 
 def _pool(state: State, slugs, must_know: bool, mode: str, lang: str) -> tuple[list, dict]:
@@ -229,7 +229,7 @@ def _summary_table(out, result: drill.RoundResult, lang: str) -> None:
         table.add_column(col)
     for r in result.reviewed:
         over = ", ".join(f"{BEAT_LABELS[lang][n]} +{s - b:.0f} s" for n, b, s in r.beats if s > b)
-        first_line = r.item.prompt.splitlines()[0][:60]
+        first_line = drill.plain(r.item.prompt).splitlines()[0][:60]
         grade = f"{r.grade} {GRADES[r.grade]}"
         table.add_row(
             Text(f"{r.item.paper}: {first_line}"), grade, over or "—", f"{r.due:%F %H:%M}"

@@ -28,6 +28,7 @@ from repro.lab.errors import BadOption
 from repro.lab.library import Paper
 from repro.lab.note import Claim, Note, ToleranceSpec
 from repro.study.drill_store import StudyDb
+from repro.study.mathtext import MathError, split_math, to_unicode
 from repro.study.sheetlang import Lang, localize
 
 Mode = Literal["questions", "summary", "numbers"]
@@ -140,6 +141,20 @@ def paper_items(paper: Paper, mode: Mode, lang: Lang, verdicts: dict[str, str]) 
 def _texts(entries: Iterable[Any]) -> list[str]:
     """Contributions as text, whether the schema holds strings or objects with `text`."""
     return [e if isinstance(e, str) else e.text for e in entries]
+
+
+def plain(text: str) -> str:
+    """Note text for a terminal: `$…$` math as Unicode (`\\alpha/r` → `α/r`), the rest as is."""
+    out = []
+    for seg in split_math(text):
+        if seg.kind in ("inline", "display"):
+            try:
+                out.append(to_unicode(seg.body))
+            except MathError:
+                out.append(seg.raw)
+        else:
+            out.append(seg.raw)
+    return "".join(out)
 
 
 def has_number(claim: Claim) -> bool:
