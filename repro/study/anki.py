@@ -226,11 +226,11 @@ def paper_cards(paper: Paper, lang: Lang = "en", only_translated: bool = False) 
             _html(c.text, block=True), L["contributions"],
             "contributions" not in english,
         ))  # fmt: skip
-    for i, qa in enumerate(view.questions, 1):
+    for qa in view.questions:  # no position anywhere on a card: inserting one moves nothing
         add(Card(
             _key("question", qa.id, qa.question), "question",
             f"[{title}] {_html(qa.question)}", answer_html(qa.answer),
-            f"{L['questions']} Q{i}", "questions" not in english,
+            L["questions"], "questions" not in english,
         ))  # fmt: skip
     dive = view.deep_dive
     add(Card(

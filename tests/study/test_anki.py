@@ -1,16 +1,28 @@
-"""Anki export: a real .apkg whose cards keep their GUIDs, so re-importing updates them."""
+"""Anki export: a real .apkg whose cards keep their GUIDs, so re-importing keeps review history."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sqlite3
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from repro.study.anki import card_guid, paper_cards, render_tsv, write_apkg
 from repro.lab.library import Library
+from repro.study.anki import (
+    card_guid,
+    cloze_text,
+    paper_cards,
+    render_tsv,
+    short_answer,
+    word_count,
+    write_apkg,
+)
+from repro.study.publish import Request, publish
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,8 +41,6 @@ def notes_in(apkg: Path, tmp_path: Path) -> list[tuple]:
 
 def deck_names(tmp_path: Path) -> set[str]:
     """Deck names of the collection `notes_in` extracted to `tmp_path`."""
-    import json
-
     db = sqlite3.connect(tmp_path / "collection.anki2")
     try:
         (decks,) = db.execute("select decks from col").fetchone()
@@ -50,58 +60,174 @@ def two_papers(tmp_path: Path) -> Path:
 def test_apkg_is_a_zip_with_the_expected_notes(two_papers: Path, tmp_path: Path) -> None:
     papers = list(Library(two_papers).papers.values())
     out = tmp_path / "deck.apkg"
-    count = write_apkg(papers, out)
+    report = write_apkg(papers, out)
     expected = sum(len(paper_cards(p)) for p in papers)
-    assert count == expected
+    assert report.count == expected == len(report.guids)
     rows = notes_in(out, tmp_path)
     assert len(rows) == expected
-    assert deck_names(tmp_path) >= {"paperlab::lora", "paperlab::transformer"}
+    assert deck_names(tmp_path) >= {"paperlab::en::lora", "paperlab::en::transformer"}
     tags = {tag for _, _, t in rows for tag in t.split()}
     assert {"lora", "transformer", "core", "must-know", "question", "formula"} <= tags
+    assert {"lang::en", "paperlab::must-know", "contribution", "cloze"} <= tags
     fields = "\x1f".join(f for _, f, _ in rows)
     assert "\\(W_0\\)" in fields and "\\[" in fields
     assert "$W_0$" not in fields
 
 
-def test_same_guids_on_every_export(two_papers: Path, tmp_path: Path) -> None:
-    papers = list(Library(two_papers).papers.values())
-    write_apkg(papers, tmp_path / "a.apkg")
-    (tmp_path / "a").mkdir()
-    first = [r[0] for r in notes_in(tmp_path / "a.apkg", tmp_path / "a")]
-    write_apkg(list(Library(two_papers).papers.values()), tmp_path / "b.apkg")
-    (tmp_path / "b").mkdir()
-    second = [r[0] for r in notes_in(tmp_path / "b.apkg", tmp_path / "b")]
-    assert first == second and len(set(first)) == len(first)
+def test_one_card_per_contribution_and_a_cloze_per_key_formula(two_papers: Path) -> None:
+    paper = Library(two_papers).get("lora")
+    cards = paper_cards(paper)
+    contributions = [c for c in cards if c.kind == "contribution"]
+    assert len(contributions) == 3
+    assert [c.key for c in contributions] == [
+        f"contribution:{c.id}" for c in paper.note.contributions
+    ]
+    (cloze,) = [c for c in cards if c.kind == "cloze"]
+    assert "{{c1::" in cloze.front
 
 
-def test_an_edited_answer_keeps_its_guid(two_papers: Path, tmp_path: Path) -> None:
-    def export(name: str) -> dict[str, str]:
-        (tmp_path / name).mkdir()
-        write_apkg([Library(two_papers).get("lora")], tmp_path / name / "deck.apkg")
-        rows = notes_in(tmp_path / name / "deck.apkg", tmp_path / name)
-        return {guid: fields for guid, fields, _ in rows}
-
-    before = export("before")
-    note = two_papers / "lora" / "note.yaml"
-    text = note.read_text(encoding="utf-8")
-    edited = text.replace("The LoRA branch is linear", "EDITED: the branch is linear", 1)
-    assert edited != text
-    note.write_text(edited, encoding="utf-8")
-    after = export("after")
-    assert after.keys() == before.keys()
-    changed = [g for g in after if after[g] != before[g]]
-    assert len(changed) == 1 and "EDITED" in after[changed[0]]
-    assert card_guid("lora", "question-1") != card_guid("lora", "question-2")
-    assert card_guid("lora", "question-1") != card_guid("lora", "question-1", "zh")
+def test_cloze_hides_the_right_hand_side() -> None:
+    text = cloze_text(r"W = W_0 + \frac{\alpha}{r} B A")
+    assert text.startswith(r"\[W = {{c1::")
+    assert r"\frac{\alpha}{r} B A}}" in text
+    # `}}` inside the formula would end the cloze early: it is spaced out
+    assert "}}" not in cloze_text(r"y = \frac{a}{b_{i}}").split("{{c1::")[1][:-4]
+    # no top-level `=`: the whole formula is the cloze
+    assert cloze_text(r"\sum_{i=1}^n x_i").startswith(r"\[ {{c1::\sum_{i=1}^n")
 
 
-def test_zh_cards_use_the_overlay(two_papers: Path) -> None:
-    cards = paper_cards(Library(two_papers).get("transformer"), "zh")
-    assert cards[0].front.endswith("3个核心贡献是什么？")
-    assert "缩放点积注意力" in cards[0].back
+def test_long_answers_get_a_short_answer_first_and_nothing_is_cut() -> None:
+    short = "LoRA adds nothing at inference."
+    long = short + " " + "The merged weight has the same shape as the original one. " * 8
+    assert word_count(long) > 60
+    assert short_answer(long) == short
+    assert short_answer(short) == ""
+    # a long first sentence stops near 40 words, never inside math
+    sentence = " ".join(["word"] * 38) + " $a + b = c$ " + " ".join(["more"] * 40) + "."
+    cut = short_answer(sentence)
+    assert cut.endswith(" …") and cut.count("$") % 2 == 0 and 38 <= word_count(cut) <= 45
+    # Chinese counts two characters a word
+    assert word_count("注意力" * 20) == 30
 
 
-def test_tsv_has_guids_and_mathjax(two_papers: Path) -> None:
-    tsv = render_tsv([Library(two_papers).get("lora")])
+def test_zh_cards_use_the_overlay_and_mark_english(two_papers: Path) -> None:
+    paper = Library(two_papers).get("transformer")
+    cards = paper_cards(paper, "zh")
+    assert cards[0].kind == "contribution" and "缩放点积注意力" in cards[1].back
+    english = [c for c in cards if not c.translated]
+    assert english and all("【英文原文】" in c.front for c in english)
+    only = paper_cards(paper, "zh", only_translated=True)
+    assert only and all(c.translated for c in only)
+    assert len(only) == len(cards) - len(english)
+    # the en and zh decks never share a GUID or a deck
+    en = {card_guid("transformer", c.key, "en") for c in paper_cards(paper)}
+    zh = {card_guid("transformer", c.key, "zh") for c in cards}
+    assert not en & zh
+
+
+def test_tsv_has_guids_deck_and_mathjax(two_papers: Path) -> None:
+    tsv = render_tsv([Library(two_papers).get("lora")], "zh")
     assert tsv.startswith("#separator:tab\n#html:true\n#guid column:1\n")
-    assert "\\(W_0\\)" in tsv and "paperlab::lora" in tsv
+    assert "\\(W_0\\)" in tsv and "paperlab::zh::lora" in tsv and "lang::zh" in tsv
+
+
+# --- edits between exports: insert, delete, edit -------------------------------------------
+
+NEW_QUESTION = """    - id: inserted-question
+      question: INSERTED What is the rank of BA?
+      answer: At most r.
+"""
+
+
+def _edit_lora(note: Path) -> tuple[str, str]:
+    """Insert a question at the top, delete the third, edit the second; returns the ids of the
+    deleted and the edited question."""
+    text = note.read_text(encoding="utf-8")
+    starts = [m.start() for m in re.finditer(r"(?m)^    - id: ", text)]
+    qs = text.index("  questions:\n") + len("  questions:\n")
+    starts = [s for s in starts if s >= qs]
+    ids = [re.match(r"    - id: (\S+)", text[s:]).group(1) for s in starts[:4]]
+    deleted, edited = ids[2], ids[1]
+    text = text[: starts[2]] + text[starts[3] :]  # delete the third question
+    answer = text.index("answer: |", starts[1]) + len("answer: |\n")
+    text = text[:answer] + "        EDITED first line.\n" + text[answer:]
+    text = text[:qs] + NEW_QUESTION + text[qs:]
+    note.write_text(text, encoding="utf-8")
+    return deleted, edited
+
+
+def _export(papers_dir: Path, out: Path) -> tuple[dict[str, str], list[str]]:
+    outcome = publish(
+        Library(papers_dir), out.parent / "runs", Request(("lora",), fmt="anki", output=out)
+    )
+    (out.parent / out.stem).mkdir()
+    rows = notes_in(out, out.parent / out.stem)
+    return {guid: fields for guid, fields, _ in rows}, outcome.removed or []
+
+
+def test_insert_delete_edit_keep_every_other_card(two_papers: Path, tmp_path: Path) -> None:
+    before, removed = _export(two_papers, tmp_path / "a.apkg")
+    assert removed == []
+    deleted, edited = _edit_lora(two_papers / "lora" / "note.yaml")
+    shutil.copy(tmp_path / "a.apkg.cards.json", tmp_path / "b.apkg.cards.json")
+    after, removed = _export(two_papers, tmp_path / "b.apkg")
+    gone = card_guid("lora", f"question:{deleted}")
+    changed = card_guid("lora", f"question:{edited}")
+    new = card_guid("lora", "question:inserted-question")
+    assert before.keys() - after.keys() == {gone}
+    assert after.keys() - before.keys() == {new}
+    assert "INSERTED" in after[new] and "EDITED" in after[changed]
+    for guid in before.keys() & after.keys() - {changed}:
+        assert before[guid] == after[guid], "an untouched card changed"
+    (text,) = removed
+    assert "LoRA" in text and "?" in text
+
+
+def test_real_anki_import_keeps_review_history(two_papers: Path, tmp_path: Path) -> None:
+    pytest.importorskip("anki", reason="the real Anki library: pip install -e '.[anki]'")
+    from anki.collection import Collection, ImportAnkiPackageOptions, ImportAnkiPackageRequest
+    from anki.import_export_pb2 import IMPORT_ANKI_PACKAGE_UPDATE_CONDITION_ALWAYS as ALWAYS
+
+    first, _ = _export(two_papers, tmp_path / "a.apkg")
+    col = Collection(str(tmp_path / "collection.anki2"))
+    try:
+        options = ImportAnkiPackageOptions(
+            with_scheduling=False,
+            merge_notetypes=True,
+            update_notes=ALWAYS,
+            update_notetypes=ALWAYS,
+        )
+
+        def load(path: Path) -> None:
+            col.import_anki_package(
+                ImportAnkiPackageRequest(package_path=str(path), options=options)
+            )
+
+        load(tmp_path / "a.apkg")
+        ids = {col.get_note(n).guid: n for n in col.find_notes("")}
+        assert ids.keys() == first.keys()
+        # review every card once: the history that a position-keyed GUID would move around
+        for cid in col.find_cards(""):
+            card = col.get_card(cid)
+            card.ivl, card.due, card.type, card.queue = 10, 100, 2, 2
+            col.update_card(card)
+        deleted, edited = _edit_lora(two_papers / "lora" / "note.yaml")
+        time.sleep(1.1)  # notes carry a modification time in seconds: a later export is newer
+        second, _ = _export(two_papers, tmp_path / "b.apkg")
+        load(tmp_path / "b.apkg")
+        after = {col.get_note(n).guid: n for n in col.find_notes("")}
+        # every old note is still the same Anki note (same id), the inserted one is new;
+        # the deleted question's note stays until the user deletes it (the export reports it)
+        assert after.keys() == first.keys() | second.keys()
+        assert all(after[g] == ids[g] for g in ids)
+        for guid in second:
+            note = col.get_note(after[guid])
+            assert "\x1f".join(note.fields) == second[guid]
+            if guid in first:
+                assert all(col.get_card(c).ivl == 10 for c in note.card_ids())
+        decks = {d.name for d in col.decks.all_names_and_ids()}
+        assert "paperlab::en::lora" in decks and not any(
+            d.startswith("paperlab::zh") for d in decks
+        )
+    finally:
+        col.close()
