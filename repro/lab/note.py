@@ -26,6 +26,7 @@ from repro.lab.strict_yaml import Position, YamlProblem, load_document
 from repro.lab.textfile import TextFileError, read_text_file
 
 SLUG_RE = r"^[a-z0-9][a-z0-9-]*$"
+YEAR_RANGE = (1950, 2100)
 Text = Annotated[str, Field(min_length=1)]
 # A stable key for a question, contribution or formula: Anki's GUIDs and the pages' anchors
 # come from it, so it never changes when the text is edited or the item moves.
@@ -238,6 +239,11 @@ class Claim(Strict):
     unit: str = ""
     tolerance: Tolerance | None = None
     why: str | None = Field(None, description="Required for cited claims: why not reproduced")
+    control: str | None = Field(
+        None,
+        description="Measured claims: the control that must lose (mechanism off, broken "
+        "variant, untrained model) and how the check compares against it",
+    )
     code: list[CodeRef] = Field(
         [], description="Code this claim's check runs (shown beside the formula that names it)"
     )
@@ -278,6 +284,8 @@ class Claim(Strict):
             return self
         if self.why is not None:
             raise ValueError("`why` is only for cited claims")
+        if self.control is not None and self.kind != "measured":
+            raise ValueError("`control` is only for measured claims")
         if self.tolerance is None:
             raise ValueError(f"a {self.kind} claim needs a tolerance")
         numeric = isinstance(self.expected, int | float) and not isinstance(self.expected, bool)
@@ -321,7 +329,10 @@ class Note(Strict):
     )
     authors: TextList = Field(description="Full author list, first author first")
     venue: Text
-    year: Annotated[int, Field(ge=1950, le=2100)]
+    # None only in a fresh scaffold: `validate --strict` asks for it.
+    year: Annotated[int, Field(ge=YEAR_RANGE[0], le=YEAR_RANGE[1])] | None = Field(
+        description="Publication year"
+    )
     arxiv: Annotated[str, Field(pattern=r"^\d{4}\.\d{4,5}$")]
     url: Annotated[str, Field(pattern=r"^https?://")]
     aliases: list[Annotated[str, Field(pattern=SLUG_RE)]] = []

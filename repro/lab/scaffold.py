@@ -19,14 +19,10 @@ import yaml
 
 from repro.lab.errors import ScaffoldError, one_line
 from repro.lab.library import REPO_ROOT
-from repro.lab.note import SLUG_RE, Note
+from repro.lab.note import SLUG_RE, YEAR_RANGE, Note
 
 SLUG_MAX = 64
 ARXIV_RE = Note.model_fields["arxiv"].metadata[0].pattern
-YEAR_RANGE = (
-    Note.model_fields["year"].metadata[0].ge,
-    Note.model_fields["year"].metadata[1].le,
-)
 TITLE_MAX = 500
 
 
