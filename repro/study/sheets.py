@@ -27,7 +27,13 @@ from repro.lab.claims import ClaimResult
 from repro.lab.errors import NoteError, UnknownPaper
 from repro.lab.format import format_value, with_unit
 from repro.lab.library import REPO_ROOT, Library, Paper
-from repro.study.mathtext import MathError, split_math, to_mathml, to_unicode
+from repro.study.mathtext import (
+    MathError,
+    render_markdown,
+    split_math,
+    to_mathml,
+    to_unicode,
+)
 from repro.study.runview import RunInfo, latest_run
 from repro.study.sheetlang import Lang, View, labels, localize
 
@@ -67,10 +73,6 @@ def _markdown():
     return MarkdownIt("commonmark", {"html": False, "typographer": False})
 
 
-_PLACEHOLDER = "\ue000{}\ue001"
-_PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
-
-
 def _mathml_or_code(latex: str, display: bool) -> str:
     try:
         return to_mathml(latex, display)
@@ -81,23 +83,10 @@ def _mathml_or_code(latex: str, display: bool) -> str:
 def markdown_html(
     text: str, block: bool = False, math: Callable[[str, bool], str] | None = None
 ) -> Markup:
-    """Note Markdown as HTML; each `$…$` becomes `math(latex, display)` (default: MathML).
-
-    The math spans are swapped for placeholders before Markdown sees them, so `_` and `*`
-    inside a formula are never read as emphasis."""
-    math = math or _mathml_or_code
-    maths: list[str] = []
-    parts = []
-    for seg in split_math(text.strip()):
-        if seg.kind in ("inline", "display"):
-            parts.append(_PLACEHOLDER.format(len(maths)))
-            maths.append(math(seg.body, seg.kind == "display"))
-        else:
-            parts.append(seg.raw)
-    source = "".join(parts)
-    md = _markdown()
-    html = md.render(source) if block else md.renderInline(source)
-    return Markup(_PLACEHOLDER_RE.sub(lambda m: maths[int(m.group(1))], html.strip()))
+    """Note Markdown as HTML; each `$…$` becomes `math(latex, display)` (default: sanitised
+    MathML), placed only in text (see mathtext.render_markdown: no note can forge the spot)."""
+    html = render_markdown(_markdown(), text.strip(), block, math or _mathml_or_code)
+    return Markup(html.strip())
 
 
 def text_html(text: str, block: bool = False) -> Markup:
