@@ -104,12 +104,19 @@ def new(state: State, slug: str, title: str, arxiv: str, year: int) -> None:
 @click.command()
 @click.argument("slugs", nargs=-1, shell_complete=complete_slugs)
 @click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+@click.option(
+    "--strict", is_flag=True,
+    help="Also list what keeps a valid note from being complete (TODOs, no claims, measured "
+    "claims without a control …); exit 1 when anything is listed.",
+)  # fmt: skip
 @pass_state
-def validate(state: State, slugs: tuple[str, ...], as_json: bool) -> None:
+def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) -> None:
     """Lint notes, their formulas and their claim wiring (no torch); exit 2 on any problem."""
+    from repro.lab.completeness import completeness_problems
     from repro.study.mathcheck import note_math_problems
 
     report: dict[str, list[str]] = {}
+    todo: dict[str, list[str]] = {}
     for paper in state.library.select(slugs):
         try:
             paper.note  # noqa: B018
@@ -118,15 +125,28 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool) -> None:
             continue
         shown = paper.display(paper.note_path)
         report[paper.slug] = paper.wiring_problems() + note_math_problems(paper.note_path, shown)
+        if strict:
+            todo[paper.slug] = completeness_problems(paper)
     bad = {slug: problems for slug, problems in report.items() if problems}
+    left = {slug: items for slug, items in todo.items() if items}
     if as_json:
-        emit_json({slug: {"ok": not p, "problems": p} for slug, p in report.items()})
+        emit_json({
+            slug: {"ok": not p, "problems": p, **({"todo": todo[slug]} if strict else {})}
+            for slug, p in report.items()
+        })  # fmt: skip
     else:
         for problems in bad.values():
             for line in problems:
                 click.echo(f"Error: {line}", err=True)
-        click.echo(f"{len(report) - len(bad)}/{plural(len(report), 'note')} valid", err=True)
-    sys.exit(2 if bad else 0)
+        for slug, items in left.items():
+            click.echo(f"{slug}: {plural(len(items), 'thing')} left to complete:", err=True)
+            for line in items:
+                click.echo(f"  [ ] {line}", err=True)
+        summary = f"{len(report) - len(bad)}/{plural(len(report), 'note')} valid"
+        if strict:
+            summary += f", {len(todo) - len(left)} complete"
+        click.echo(summary, err=True)
+    sys.exit(2 if bad else 1 if left else 0)
 
 
 @click.command()
