@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
-from repro.cli import bench, checks, drill, notes, runs, sheet
+from repro.cli import bench, checks, doctor, drill, notes, runs, sheet
 from repro.cli.common import State
+from repro.lab.doctor import version_text
 from repro.lab.errors import NoteError, PaperlabError, one_line
 from repro.lab.library import PAPERS_ENV, check_checkout
 
@@ -36,6 +37,12 @@ class PaperlabGroup(click.Group):
             ctx.exit(130)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, wanted: bool) -> None:
+    if wanted:
+        click.echo(version_text())
+        ctx.exit()
+
+
 @click.group(cls=PaperlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--papers-dir",
@@ -44,7 +51,10 @@ class PaperlabGroup(click.Group):
     help=f"Library of paper folders (default: ./papers of this checkout; env {PAPERS_ENV}).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.version_option(package_name="paperlab")
+@click.option(
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+    help="Show the version and the commit it runs from (runs record the same), then exit.",
+)  # fmt: skip
 @click.pass_context
 def cli(ctx: click.Context, papers_dir: Path | None, debug: bool) -> None:
     """Landmark LLM papers as notes, verified reproductions and interview study sheets."""
@@ -55,7 +65,7 @@ def cli(ctx: click.Context, papers_dir: Path | None, debug: bool) -> None:
 for _command in (
     notes.list_cmd, notes.show, notes.new, notes.validate, notes.schema,
     checks.run, checks.check, checks.settings,
-    sheet.sheet, drill.drill_cmd, runs.runs, bench.bench,
+    sheet.sheet, drill.drill_cmd, runs.runs, bench.bench, doctor.doctor,
 ):  # fmt: skip
     cli.add_command(_command)
 
