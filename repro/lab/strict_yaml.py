@@ -5,6 +5,9 @@ loader (an alias bomb grows without bound; a self-referencing alias or 1,000 nes
 recurse; a 5,000-digit integer does not convert):
 
 - no anchors, aliases or tags (`&a`, `*a`, `!!set`): refused at their position;
+- no control characters (C0 but tab and line feed, DEL, C1), raw or written as a double-quoted
+  escape (`"\\e"`, `"\\x9b"`): a title that reaches a terminal must not be able to retitle
+  the window, clear the screen or plant a link;
 - nesting at most `MAX_DEPTH` levels, checked while the events arrive;
 - every scalar is converted on its own, so a bad value (`2021-13-45`, a 5,000-digit integer)
   is reported at its position;
@@ -30,6 +33,20 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when avai
 _NOT_PRINTABLE = re.compile(
     "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 )
+# What a loaded string may not hold, however it was written (a raw CR of a CRLF file is already
+# a line break by then; `"\r"` is not).
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _control_problem(mark: Any, value: str) -> YamlProblem | None:
+    bad = CONTROL.search(value)
+    if bad is None:
+        return None
+    return _problem(
+        mark,
+        f"control character U+{ord(bad.group()):04X} is not allowed in notes "
+        "(terminal escapes, bells and line tricks)",
+    )
 
 
 class YamlProblem(Exception):
@@ -147,6 +164,9 @@ def _build(loader: Any) -> Document:
                 f"anchors (&{event.anchor}) are not supported in notes: write the value out",
             )
         if isinstance(event, yaml.ScalarEvent):
+            problem = _control_problem(event.start_mark, event.value)
+            if problem is not None:
+                raise problem
             is_key = bool(stack) and isinstance(stack[-1].value, dict) and stack[-1].key is None
             place(event.value if is_key else _scalar(loader, event), event.start_mark)
         elif isinstance(event, yaml.CollectionStartEvent):
