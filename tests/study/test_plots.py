@@ -36,3 +36,51 @@ def test_importing_the_module_does_not_import_matplotlib() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert out.stdout.strip() == "False"
+
+
+def test_short_tick_labels() -> None:
+    from repro.study.plots import short_number
+
+    assert [short_number(v) for v in (0, 2.5, 999, 1500, 123456, 4e6)] == [
+        "0", "2.5", "999", "1.5k", "123k", "4M",
+    ]  # fmt: skip
+    assert short_number(1e15) == "$10^{15}$" and short_number(3.3e18) == r"$3.3\times10^{18}$"
+
+
+def test_math_labels() -> None:
+    from repro.study.plots import math_label
+
+    assert math_label("N_opt") == r"$N_{\mathrm{opt}}$"
+    assert math_label("head dim d_k") == "head dim $d_{k}$"
+    assert (
+        math_label("$a_b$ kept") == "$a_b$ kept"
+        and math_label("snake_case_name") == "snake_case_name"
+    )
+
+
+def _ticks(svg: str, axis: str) -> list[str]:
+    import re
+
+    block = svg.split(f'<g id="matplotlib.axis_{axis}">', 1)[1].split('<g id="matplotlib.axis_', 1)[
+        0
+    ]
+    return re.findall(r"<text[^>]*>([^<]*)</text>", block)
+
+
+def test_few_rounded_ticks_and_fits_share_a_colour(tmp_path: Path) -> None:
+    import re
+
+    ms = [96 * 2**k + 7 for k in range(9)]  # 9 distinct, unround values
+    path = save_line_plot(
+        tmp_path / "io.svg",
+        {"C = 1e+15": (ms, [1e9 / m for m in ms]),
+         "parabola, C = 1e+15": (ms, [1.1e9 / m for m in ms]),
+         "other": (ms, [5e8 / m for m in ms])},
+        "SRAM size M", "N_opt", "HBM accesses", logx=True, logy=True,
+    )  # fmt: skip
+    svg = path.read_text()
+    labels = [t for t in _ticks(svg, "1") if t.strip()]
+    assert 2 <= len(labels) <= 7
+    assert all(len(t) <= 12 and "e+" not in t for t in labels), labels
+    strokes = re.findall(r"stroke: (#[0-9a-f]{6})", svg)
+    assert strokes.count("#1f77b4") >= 2 and "#ff7f0e" in strokes  # data + its fit; `other`
