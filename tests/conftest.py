@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+GPU_SKIP = "no CUDA device (runs on GPU machines; see scripts/gpu-check)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip without a CUDA device, saying where they do run; Triton's
+    interpreter (TRITON_INTERPRET=1) runs the kernel tests on the CPU instead."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason=GPU_SKIP))
 
 
 @pytest.fixture

@@ -14,7 +14,10 @@ import types
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip(
+    "transformers",
+    reason="needs the [conformance] extra: pip install -e '.[conformance]'",
+)
 
 from repro.models.bert import Bert, BertConfig  # noqa: E402
 from repro.models.gpt import GPT, GPTConfig  # noqa: E402

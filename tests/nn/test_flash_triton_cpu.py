@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", reason="needs the [triton] extra: pip install -e '.[triton]'")
 
 CASES = Path(__file__).with_name("triton_interpret_cases.py")
 

@@ -8,26 +8,25 @@ Chinese glyphs rather than empty boxes. Screenshots land in the test's temporary
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
+from repro.lab.doctor import find_browser
 from repro.lab.library import Library
 from repro.study.plots import save_line_plot
 from repro.study.publish import Request, publish
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = next(
-    (p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).exists()), None
-)
+CHROMIUM = find_browser()  # chromium or chromium-browser, as .ci/run looks for it
 ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium binary (apt-get install chromium; .ci/run does)"
+    CHROMIUM is None,
+    reason="no Chromium (chromium or chromium-browser; apt-get install chromium; .ci/run does)",
 )
 
 VISIBLE_TEXT = """() => {
