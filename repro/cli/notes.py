@@ -73,9 +73,14 @@ def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
 @click.command()
 @click.argument("slug", shell_complete=complete_slugs)
 @click.option("--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The note as JSON (every field, as written).")
 @pass_state
-def show(state: State, slug: str, lang: str) -> None:
+def show(state: State, slug: str, lang: str, as_json: bool) -> None:
     """A paper's note, rendered in the terminal (formulas as Unicode text)."""
+    if as_json:
+        paper = state.library.get(slug)
+        emit_json(paper.note.model_dump(mode="json"))  # valid against note.schema.json
+        return
     from rich.markdown import Markdown
 
     from repro.study.sheets import paper_sheet, render_sheet
