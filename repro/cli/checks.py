@@ -101,16 +101,26 @@ def _save_failed(reports: list) -> bool:
 )
 @click.option("--yes", is_flag=True, help="Run even when --set asks for ≥ 100× the full preset.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print the experiment's metrics.")
+@click.option(
+    "--seeds", "seeds_text", metavar="N|S1,S2,…",
+    help="Run once per seed (3 → 0,1000,2000) and print each claim's spread and a suggested "
+    "tolerance with a margin beyond the worst seed.",
+)  # fmt: skip
 @_common_run_options
 @pass_state
 def run(
-    state, slug, quick, overrides, yes, verbose, device, seed, no_save, threads, as_json
-) -> None:
+    state, slug, quick, overrides, yes, verbose, seeds_text, device, seed, no_save, threads,
+    as_json,
+) -> None:  # fmt: skip
     """Run a paper's experiment and check its claims; results go to runs/<slug>/<stamp>/."""
     from repro.lab.runner import check_setting_keys, run_paper
 
     paper = state.library.get(slug)
     check_setting_keys(paper, tuple(overrides))  # a typo gets its suggestion before torch loads
+    if seeds_text is not None:
+        _run_seeds(state, paper, seeds_text, quick, overrides, yes, device, no_save, threads,
+                   as_json)  # fmt: skip
+        return
     start = time.perf_counter()
     with progress_bar(not as_json) as progress:
         report = run_paper(
@@ -273,3 +283,57 @@ def settings(state: State, slug: str, as_json: bool) -> None:
                  r["bounds"] or "—", r["help"] or "")  # fmt: skip
         table.add_row(*(escape(c) for c in cells))
     console().print(table)
+
+
+def _run_seeds(state, paper, seeds_text, quick, overrides, yes, device, no_save, threads, as_json):
+    """`run --seeds`: the experiment once per seed, then each claim's spread."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from repro.lab.runner import run_paper
+    from repro.lab.seeds import parse_seeds, seed_spreads
+
+    seeds = parse_seeds(seeds_text)
+    reports = []
+
+    def run_one(seed: int):
+        with progress_bar(not as_json) as progress:
+            report = run_paper(
+                paper, quick=quick, experiment=True, device=device, seed=seed,
+                overrides=tuple(overrides), progress=progress,
+                runs_dir=None if no_save else state.runs_dir, threads=threads, confirmed=yes,
+            )  # fmt: skip
+        reports.append(report)
+        if not as_json:
+            click.echo(f"{paper.slug} seed {seed}: {_verdict_counts(report)}", err=True)
+        return report.results
+
+    spreads = seed_spreads(paper.note.claims, seeds, run_one)
+    if as_json:
+        emit_json({"paper": paper.slug, "seeds": seeds, "claims": [s.to_json() for s in spreads]})
+    else:
+        table = Table(title=f"{paper.slug}: {len(seeds)} seeds", title_justify="left")
+        for col in ("claim", "kind", *[f"seed {s}" for s in seeds], "spread", "tolerance",
+                    "all pass", "suggested"):  # fmt: skip
+            table.add_column(col, no_wrap=col == "claim", overflow="fold")
+        for sp in spreads:
+            summary = sp.summary()
+            spread = "—" if summary is None else (
+                f"{format_value(summary['min'])} … {format_value(summary['max'])}"
+            )  # fmt: skip
+            table.add_row(
+                sp.claim, sp.kind, *[escape(format_value(sp.values.get(s))) for s in seeds],
+                spread, sp.tolerance or "—", "yes" if all(sp.passes.values()) else "no",
+                sp.suggested or "—",
+            )  # fmt: skip
+        console().print(table)
+    if _save_failed(reports):
+        sys.exit(2)
+    sys.exit(0 if all(r.ok for r in reports) else 1)
+
+
+def _verdict_counts(report) -> str:
+    counts: dict[str, int] = {}
+    for r in report.results:
+        counts[r.verdict.value] = counts.get(r.verdict.value, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no claims"
