@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -24,9 +25,9 @@ def _inputs(Bsz: int, L: int, D: int, N: int, selective: bool = True, seed: int 
     return u, delta, A, Bt, Ct, r(D), z, r(Bsz, D, N)
 
 
-def _unrolled(u, delta, A, Bt, Ct, D, h0, zoh: bool = False):
-    """y_t = C_t·(∏_{r≤t} Ā_r h0 + Σ_{s≤t} (∏_{s<r≤t} Ā_r) B̄_s x_s) + D x_t, term by term with
-    Python floats: independent of the library's discretisation and scan."""
+def _unrolled(u, delta, A, Bt, Ct, D, h0, zoh: bool = False, z=None):
+    """y_t = (C_t·(∏_{r≤t} Ā_r h0 + Σ_{s≤t} (∏_{s<r≤t} Ā_r) B̄_s x_s) + D x_t)·SiLU(z_t), term by
+    term with Python floats: independent of the library's discretisation, scan and gate."""
     Bsz, L, Dch = u.shape
     N = A.shape[1]
     y = torch.zeros(Bsz, L, Dch, dtype=f64)
@@ -49,17 +50,31 @@ def _unrolled(u, delta, A, Bt, Ct, D, h0, zoh: bool = False):
                         )
                         h += carry * bbar * u[b, s, d].item()
                     y[b, t, d] += bmat(Ct, t) * h
-    return y + u * D
+    y = y + u * D  # the skip comes before the gate (official selective_scan_ref)
+    if z is not None:
+        for b, t, d in itertools.product(range(Bsz), range(L), range(Dch)):
+            zv = z[b, t, d].item()
+            y[b, t, d] *= zv / (1 + math.exp(-zv))  # SiLU(z) = z·σ(z)
+    return y
 
 
 @pytest.mark.parametrize("selective", [True, False])
 @pytest.mark.parametrize("zoh", [False, True])
-def test_loop_equals_the_unrolled_sum(selective: bool, zoh: bool) -> None:
-    u, delta, A, Bt, Ct, D, _, h0 = _inputs(2, 5, 3, 2, selective)
-    y, _ = selective_scan_ref(
-        u, delta, A, Bt, Ct, D, h0=h0, discretization="zoh" if zoh else "simplified"
-    )
-    torch.testing.assert_close(y, _unrolled(u, delta, A, Bt, Ct, D, h0, zoh), rtol=0, atol=1e-12)
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("scan", [selective_scan_ref, selective_scan])
+def test_scans_equal_the_unrolled_sum(selective: bool, zoh: bool, gated: bool, scan) -> None:
+    """Every argument Mamba's block passes (D, z, h0, both discretisations), against Python
+    floats: a D·u skip moved after the SiLU(z) gate, or a gate on the wrong tensor, fails here."""
+    u, delta, A, Bt, Ct, D, z, h0 = _inputs(2, 5, 3, 2, selective)
+    z = z if gated else None
+    y, h = scan(u, delta, A, Bt, Ct, D, z, h0, discretization="zoh" if zoh else "simplified")
+    want = _unrolled(u, delta, A, Bt, Ct, D, h0, zoh, z)
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-12)
+    # the last state read out with C_L alone (no skip, no gate) is y_L's SSM part
+    C_last = Ct[:, -1] if Ct.dim() == 3 else Ct.expand(2, -1, -1)
+    y_last = torch.einsum("bdn,bn->bd", h, C_last) if Ct.dim() == 3 else (h * C_last).sum(-1)
+    ssm_part = _unrolled(u, delta, A, Bt, Ct, torch.zeros_like(D), h0, zoh)[:, -1]
+    torch.testing.assert_close(y_last, ssm_part, rtol=0, atol=1e-12)
 
 
 def test_discretize_matches_eq4_elementwise() -> None:

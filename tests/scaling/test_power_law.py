@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,3 +59,103 @@ def test_floor_fit_recovers_a_known_surface(E: float, A: float, alpha: float) ->
     noisy = fit_power_law_with_floor(x, _noisy([E + A * v**-alpha for v in x], 0.002, seed=2))
     # with 0.2% noise a slow law (α = 0.34) trades E against A: a few percent is the limit
     assert noisy.floor == pytest.approx(E, abs=0.05 * max(E, 1.0))
+
+
+def _resampled_alphas(x, y, n_boot: int, seed: int) -> list[float]:
+    """The bootstrap's resamples drawn again from the same generator, each fitted by the
+    library's least-squares `fit_power_law` (not the closed-form slope the bootstrap uses)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(x), (n_boot, len(x)), generator=g)
+    alphas = []
+    for row in idx.tolist():
+        xs, ys = [x[i] for i in row], [y[i] for i in row]
+        if len(set(xs)) > 1:
+            alphas.append(fit_power_law(xs, ys).alpha)
+    return alphas
+
+
+@pytest.mark.parametrize("level", [0.95, 0.8])
+def test_bootstrap_interval_ends_are_the_resamples_quantiles(level: float) -> None:
+    """The level, not only coverage: the ends are the (1 ∓ level)/2 quantiles of the resampled
+    exponents, so a 95% interval that silently became 90% (or one-sided) fails here."""
+    x = [10.0, 10.0, 10.0, 100.0, 1000.0]  # repeated x: ~8% of resamples have one x, dropped
+    y = _noisy([2.0 * v**-0.5 for v in x], 0.2, seed=4)
+    ci = bootstrap_exponent(x, y, n_boot=400, level=level, seed=7)
+    alphas = _resampled_alphas(x, y, 400, seed=7)
+    assert ci.samples == len(alphas) < 400
+    tail = (1 - level) / 2
+    low, high = np.quantile(alphas, [tail, 1 - tail])  # linear interpolation, like torch's
+    assert ci.low == pytest.approx(float(low), abs=1e-9)
+    assert ci.high == pytest.approx(float(high), abs=1e-9)
+    assert ci.level == level
+    assert ci.estimate == pytest.approx(fit_power_law(x, y).alpha, abs=1e-12)
+    inside = sum(ci.low <= a <= ci.high for a in alphas) / len(alphas)
+    assert inside == pytest.approx(level, abs=0.02)
+
+
+def test_bootstrap_seed_and_interval_nesting() -> None:
+    y = _noisy([2.0 * v**-0.5 for v in X], 0.1, seed=1)
+    wide = bootstrap_exponent(X, y, n_boot=300, level=0.95, seed=3)
+    narrow = bootstrap_exponent(X, y, n_boot=300, level=0.5, seed=3)
+    assert wide.low < narrow.low < narrow.high < wide.high
+    assert bootstrap_exponent(X, y, n_boot=300, seed=4) != bootstrap_exponent(X, y, n_boot=300)
+    assert wide.excludes(wide.low - 1e-9) and wide.excludes(wide.high + 1e-9)
+    assert not wide.excludes(wide.low) and not wide.excludes(wide.high)
+
+
+def test_fit_statistics_on_noisy_points_against_numpy() -> None:
+    """R² and the coefficient on scattered points, against numpy's polyfit in log space."""
+    y = _noisy([3.0 * v**-0.4 for v in X], 0.3, seed=5)
+    fit = fit_power_law(X, y)
+    lx, ly = np.log(X), np.log(y)
+    slope, intercept = np.polyfit(lx, ly, 1)
+    r2 = 1 - ((ly - (intercept + slope * lx)) ** 2).sum() / ((ly - ly.mean()) ** 2).sum()
+    assert fit.alpha == pytest.approx(-slope, rel=1e-10)
+    assert fit.coef == pytest.approx(math.exp(intercept), rel=1e-10)
+    assert fit.r2 == pytest.approx(r2, rel=1e-10) and 0.0 < fit.r2 < 0.99
+    assert fit.predict(50.0) == pytest.approx(math.exp(intercept) * 50.0**slope, rel=1e-10)
+    assert fit_power_law([1.0, 10.0, 100.0], [2.0, 2.0, 2.0]).r2 == 0.0  # flat: no variance
+
+
+@pytest.mark.parametrize("E", [0.0, 0.5])
+def test_floor_fit_scaled_values_and_rmse(E: float) -> None:
+    """Each returned factor on its own (E, A, α, RMSE), against a dense grid search."""
+    x = [10 ** (1 + 3 * i / 7) for i in range(8)]
+    y = _noisy([E + 5.0 * v**-0.6 for v in x], 0.05, seed=6)
+    fit = fit_power_law_with_floor(x, y, alpha_range=(0.05, 2.0))
+    xs, ys = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+
+    def best(alpha: float) -> tuple[float, float, float]:  # weighted LS with E ≥ 0, by hand
+        basis = xs**-alpha
+        w = 1 / ys
+        M = torch.stack([w, basis * w], 1)
+        sol = torch.linalg.lstsq(M, (ys * w)[:, None]).solution.flatten().tolist()
+        e, a = sol
+        if e < 0:
+            e, a = 0.0, float((basis * ys * w**2).sum() / (basis**2 * w**2).sum())
+        return float((((ys - e - a * basis) * w) ** 2).sum()), e, a
+
+    coarse = torch.linspace(0.05, 2.0, 400, dtype=torch.float64).tolist()
+    centre = min(coarse, key=lambda al: best(al)[0])
+    fine = torch.linspace(centre - 0.005, centre + 0.005, 1001, dtype=torch.float64).tolist()
+    alpha = min(fine, key=lambda al: best(al)[0])
+    _, e, a = best(alpha)
+    assert fit.alpha == pytest.approx(alpha, abs=2e-5)
+    assert fit.floor == pytest.approx(e, abs=1e-3) and fit.floor >= 0.0
+    assert fit.coef == pytest.approx(a, rel=1e-2)
+    pred = fit.floor + fit.coef * xs**-fit.alpha
+    assert fit.rmse_log == pytest.approx(float(((pred.log() - ys.log()) ** 2).mean().sqrt()))
+    assert fit.rmse_log > 0.0
+    with pytest.raises(ValueError):
+        fit_power_law_with_floor(x[:3], y[:3])
+
+
+def test_floor_fit_clamps_a_negative_floor_to_zero() -> None:
+    """Points that curve upward (best unconstrained E < 0): the floor is 0 and A is refitted."""
+    x = [10.0, 30.0, 100.0, 300.0, 1000.0]
+    y = [v**-0.5 - 0.02 for v in x]
+    fit = fit_power_law_with_floor(x, y)
+    assert fit.floor == 0.0
+    pure = fit_power_law(x, y)  # with E = 0 the weighted fit is close to the log-log one
+    assert fit.alpha == pytest.approx(pure.alpha, rel=0.1)
+    assert fit.coef == pytest.approx(pure.coef, rel=0.2)
