@@ -31,6 +31,39 @@ def verdict_order(item: tuple[str, int]) -> int:
     return VERDICT_ORDER.index(item[0]) if item[0] in VERDICT_ORDER else len(VERDICT_ORDER)
 
 
+# What may not reach a terminal from a note, a stored run or a claim's message: C0 controls but
+# tab and newline, DEL, C1 (ESC and CSI start escape sequences), and the bidirectional overrides.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# rich's Markdown costs ~10 µs per markup character: `show` cuts a longer sheet (the library's
+# longest is ~41,000 characters) and says where the rest is.
+TERMINAL_SHEET_CHARS = 120_000
+
+
+def terminal_text(text: object) -> str:
+    """`text` with every control character written as a visible escape (`\\x1b`): defence in
+    depth behind the loader, for notes from other folders, stored runs and claim messages."""
+    return _TERMINAL_UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def terminal_markup(text: object) -> str:
+    """`text` safe to put inside rich markup: escaped controls and escaped `[…]` tags."""
+    from rich.markup import escape
+
+    return escape(terminal_text(text))
+
+
+def terminal_sheet(markdown: str, rest_hint: str) -> str:
+    """A sheet's Markdown as `show` prints it: escaped, and cut at a line end when it is longer
+    than TERMINAL_SHEET_CHARS, with `rest_hint` saying where the whole of it is."""
+    text = terminal_text(markdown)
+    if len(text) <= TERMINAL_SHEET_CHARS:
+        return text
+    cut = text.rfind("\n", 0, TERMINAL_SHEET_CHARS)
+    cut = cut if cut > 0 else TERMINAL_SHEET_CHARS
+    left = len(text) - cut
+    return f"{text[:cut]}\n\n---\n\n*{left:,} more characters not shown: {rest_hint}*\n"
+
+
 def console(stderr: bool = False):
     from rich.console import Console
 

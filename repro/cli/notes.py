@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import date
 from pathlib import Path
 
 import click
@@ -17,6 +16,8 @@ from repro.cli.common import (
     emit_json,
     pass_state,
     status_summary,
+    terminal_sheet,
+    terminal_text,
     write_output,
 )
 from repro.lab.errors import NoteError, one_line
@@ -61,12 +62,14 @@ def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
         table.add_column(col, overflow="fold", no_wrap=col == "paper")
     for r in rows:
         if "error" in r:
-            table.add_row(r["slug"], Text(one_line(r["error"]), style="red"), "", "", "")
+            slug, error = Text(terminal_text(r["slug"])), Text(one_line(r["error"]), style="red")
+            table.add_row(slug, error, "", "", "")
             continue
         claims = ", ".join(
             f"[{VERDICT_STYLE.get(k, '')}]{n} {k}[/]" for k, n in sorted(r["claims"].items())
         )
-        table.add_row(r["slug"], Text(r["title"]), str(r["year"]), r["priority"], claims or "—")
+        slug, title = Text(terminal_text(r["slug"])), Text(terminal_text(r["title"]))
+        table.add_row(slug, title, str(r["year"]), r["priority"], claims or "—")
     console().print(table)
 
 
@@ -88,22 +91,51 @@ def show(state: State, slug: str, lang: str, as_json: bool) -> None:
     paper = state.library.get(slug)
     sheet = paper_sheet(paper, state.runs_dir, lang, state.library)
     # The "term" flavour writes every formula as escaped Unicode: rich's Markdown shows it as is.
-    console().print(Markdown(render_sheet(sheet, "term", lang)))
+    text = terminal_sheet(render_sheet(sheet, "term", lang), f"paperlab sheet {paper.slug}")
+    console().print(Markdown(text))
 
 
 @click.command()
 @click.argument("slug")
-@click.option("--title", required=True, help="The paper's title.")
-@click.option("--arxiv", default="0000.00000", show_default=True, help="arXiv id, e.g. 2106.09685.")
-@click.option("--year", default=date.today().year, show_default=True, type=int)
+@click.option("--title", help="The paper's title (filled from arXiv when --arxiv is given).")
+@click.option("--arxiv", help="arXiv id, e.g. 2106.09685: fills title, authors, year.")
+@click.option("--year", type=int, help="Year of publication (else from arXiv, else left to do).")
+@click.option(
+    "--template", type=click.Choice(["derived", "experiment", "align"]), default="derived",
+    show_default=True,
+    help="The example claim to start from: a count, a measured experiment with its control, "
+    "or an alignment experiment.",
+)  # fmt: skip
+@click.option("--offline", is_flag=True, help="Do not ask arXiv for the metadata.")
 @pass_state
-def new(state: State, slug: str, title: str, arxiv: str, year: int) -> None:
+def new(state: State, slug, title, arxiv, year, template, offline) -> None:
     """Scaffold papers/SLUG/ (note.yaml + repro.py) from the templates; never overwrites."""
-    from repro.lab.scaffold import scaffold_paper
+    from repro.lab.errors import ScaffoldError
+    from repro.lab.scaffold import check_inputs, scaffold_paper
 
-    folder = scaffold_paper(state.library.root, slug, title, arxiv, year)
-    click.echo(f"created {folder}/note.yaml and {folder}/repro.py")
-    click.echo(f"next: fill in the TODOs, then `paperlab validate {slug}`")
+    authors: tuple[str, ...] = ()
+    abstract = ""
+    if arxiv and not offline:
+        from repro.lab.arxiv import arxiv_metadata
+
+        check_inputs(slug, title or "-", arxiv, year)  # a typo fails before any request
+        meta, why = arxiv_metadata(arxiv)
+        if meta is None:
+            click.echo(f"note: {why}; the scaffold has the arXiv URL alone", err=True)
+        else:
+            title = title or meta.title
+            year = year or meta.year
+            authors, abstract = tuple(meta.authors), meta.first_sentence
+            click.echo(f"arXiv {arxiv}: {meta.title} ({meta.year}, "
+                       f"{plural(len(meta.authors), 'author')})", err=True)  # fmt: skip
+    if not title:
+        raise ScaffoldError("give the paper's --title (or --arxiv ID to fill it from arXiv)")
+    folder = scaffold_paper(
+        state.library.root, slug, title, arxiv or "0000.00000", year, template=template,
+        authors=authors, abstract=abstract,
+    )  # fmt: skip
+    click.echo(f"created {folder}/note.yaml and {folder}/repro.py ({template} template)")
+    click.echo(f"next: fill in the TODOs; `paperlab validate --strict {slug}` lists what is left")
 
 
 @click.command()
@@ -118,10 +150,11 @@ def new(state: State, slug: str, title: str, arxiv: str, year: int) -> None:
 def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) -> None:
     """Lint notes, their formulas and their claim wiring (no torch); exit 2 on any problem."""
     from repro.lab.completeness import completeness_problems
-    from repro.study.mathcheck import note_math_problems
+    from repro.study.mathcheck import note_math_problems, related_problems
 
     report: dict[str, list[str]] = {}
     todo: dict[str, list[str]] = {}
+    warned: dict[str, list[str]] = {}
     for paper in state.library.select(slugs):
         try:
             paper.note  # noqa: B018
@@ -129,20 +162,32 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) 
             report[paper.slug] = exc.problems
             continue
         shown = paper.display(paper.note_path)
-        report[paper.slug] = paper.wiring_problems() + note_math_problems(paper.note_path, shown)
+        links, warned[paper.slug] = related_problems(
+            paper.note_path, shown, paper.slug, state.library
+        )
+        report[paper.slug] = (
+            paper.wiring_problems() + note_math_problems(paper.note_path, shown) + links
+        )
         if strict:
             todo[paper.slug] = completeness_problems(paper)
     bad = {slug: problems for slug, problems in report.items() if problems}
     left = {slug: items for slug, items in todo.items() if items}
     if as_json:
         emit_json({
-            slug: {"ok": not p, "problems": p, **({"todo": todo[slug]} if strict else {})}
+            slug: {
+                "ok": not p,
+                "problems": p,
+                **({"warnings": warned[slug]} if warned.get(slug) else {}),
+                **({"todo": todo[slug]} if strict else {}),
+            }
             for slug, p in report.items()
         })  # fmt: skip
     else:
         for problems in bad.values():
             for line in problems:
                 click.echo(f"Error: {line}", err=True)
+        for line in (w for lines in warned.values() for w in lines):
+            click.echo(f"warning: {one_line(line)}", err=True)
         for slug, items in left.items():
             click.echo(f"{slug}: {plural(len(items), 'thing')} left to complete:", err=True)
             for line in items:

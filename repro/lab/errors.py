@@ -8,7 +8,12 @@ def one_line(text: str) -> str:
     return text.translate(_CONTROL_ESCAPES)
 
 
-_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+# C0, DEL and C1: an ESC or CSI (U+009B) that reached a terminal could retitle it or clear it
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), *range(0x7F, 0xA0))} | {
+    10: "\\n",
+    13: "\\r",
+    9: "\\t",
+}
 
 
 class PaperlabError(Exception):

@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from html import escape as html_escape
 from typing import Any, Literal
 
 from repro.lab.errors import PaperlabError
@@ -29,8 +30,11 @@ Kind = Literal["text", "code", "inline", "display"]
 # Bounds that keep a hostile note fast: latex2mathml costs ~50 µs per character. The library's
 # longest span has 227 characters, its busiest note 331 spans and 3,200 characters of LaTeX.
 MAX_SPAN_CHARS = 1_000
-MAX_NOTE_SPANS = 1_500
-MAX_NOTE_MATH_CHARS = 12_000
+MAX_NOTE_SPANS = 1_000
+MAX_NOTE_MATH_CHARS = 10_000
+# markdown-it costs ~10 µs per markup character (`<`, `*`, `[`…): a longer field is shown as
+# plain text. The library's longest field has 4,116 characters.
+MAX_MARKDOWN_CHARS = 20_000
 
 
 class MathError(PaperlabError):
@@ -60,7 +64,12 @@ def _code_closers(text: str) -> dict[int, list[int]]:
 
 
 def split_math(text: str) -> list[Segment]:
-    """`text` cut into plain text, code spans and math spans, in order.
+    """`text` cut into plain text, code spans and math spans, in order (see iter_segments)."""
+    return list(iter_segments(text))
+
+
+def iter_segments(text: str) -> Iterator[Segment]:
+    """The segments of `text` one by one, so a caller can stop early.
 
     - A code span opens with a run of n backticks and closes at the next run of exactly n
       (CommonMark); an opener without a closer is text. Math inside a code span is code.
@@ -71,20 +80,12 @@ def split_math(text: str) -> list[Segment]:
 
     Every step moves forward and each backtick run is looked at a bounded number of times, so
     the scan is linear in the text (8,000 backticks in a row cost nothing)."""
-    out: list[Segment] = []
     runs = _code_closers(text) if "`" in text else {}
     cursor = {n: 0 for n in runs}  # per run length: index of the first run not yet passed
     pos = 0  # end of the last segment emitted
     i = 0
     n_text = len(text)
     no_display_after = n_text + 1  # searching `$$` from here on finds nothing
-
-    def emit(kind: Kind, body: str, start: int, end: int) -> None:
-        nonlocal pos
-        if start > pos:
-            out.append(Segment("text", text[pos:start], pos, text[pos:start]))
-        out.append(Segment(kind, body, start, text[start:end]))
-        pos = end
 
     while True:
         m = _SPECIAL.search(text, i)
@@ -102,7 +103,11 @@ def split_math(text: str) -> list[Segment]:
             cursor[length] = k
             if k < len(starts):  # the next run of exactly this length closes the span
                 close = starts[k]
-                emit("code", text[j:close], i, close + length)
+                if i > pos:
+                    yield Segment("text", text[pos:i], pos, text[pos:i])
+                end = close + length
+                yield Segment("code", text[j:close], i, text[i:end])
+                pos = end
                 cursor[length] = k + 1
                 i = close + length
             else:
@@ -112,19 +117,26 @@ def split_math(text: str) -> list[Segment]:
         if text.startswith("$$", i) and i + 3 <= no_display_after:
             close = text.find("$$", i + 3)
             if close >= 0:
-                emit("display", text[i + 2 : close].strip(), i, close + 2)
+                if i > pos:
+                    yield Segment("text", text[pos:i], pos, text[pos:i])
+                end = close + 2
+                yield Segment("display", text[i + 2 : close].strip(), i, text[i:end])
+                pos = end
                 i = close + 2
                 continue
             no_display_after = i + 3
         close = _inline_close(text, i)
         if close is not None:
-            emit("inline", text[i + 1 : close], i, close + 1)
+            if i > pos:
+                yield Segment("text", text[pos:i], pos, text[pos:i])
+            end = close + 1
+            yield Segment("inline", text[i + 1 : close], i, text[i:end])
+            pos = end
             i = close + 1
         else:
             i += 1
     if pos < n_text:
-        out.append(Segment("text", text[pos:], pos, text[pos:]))
-    return out
+        yield Segment("text", text[pos:], pos, text[pos:])
 
 
 def _inline_close(text: str, i: int) -> int | None:
@@ -348,14 +360,20 @@ class MathBudget:
     def __init__(self) -> None:
         self.spans = 0
         self.chars = 0
+        self.exhausted = False
 
     def over(self, latex: str) -> str | None:
         self.spans += 1
         self.chars += len(latex)
         if self.spans > MAX_NOTE_SPANS:
-            return f"more than {MAX_NOTE_SPANS:,} math spans in one note"
+            self.exhausted = True
+            return f"more than {MAX_NOTE_SPANS:,} math spans in one note (the rest is not checked)"
         if self.chars > MAX_NOTE_MATH_CHARS:
-            return f"more than {MAX_NOTE_MATH_CHARS:,} characters of math in one note"
+            self.exhausted = True
+            return (
+                f"more than {MAX_NOTE_MATH_CHARS:,} characters of math in one note "
+                "(the rest is not checked)"
+            )
         return None
 
 
@@ -372,6 +390,9 @@ def render_markdown(md: Any, text: str, block: bool, math: Callable[[str, bool],
     (escaped by the renderer like any text), never as markup inside an attribute."""
     from markdown_it.token import Token
 
+    if len(text) > MAX_MARKDOWN_CHARS:
+        plain = html_escape(text)
+        return f"<p>{plain}</p>\n" if block else plain
     nonce = secrets.token_hex(8)
     found = re.compile("\ue000" + nonce + "([0-9]+)\ue001")
     segments: list[Segment] = []

@@ -218,7 +218,11 @@ def claim_counts(sheet: PaperSheet) -> dict[str, int]:
     counts: dict[str, int] = {}
     for row in sheet.claims:
         counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    from repro.study.mathcheck import math_budget_problem
     return counts
+    over = math_budget_problem(paper.note_path, paper.display(paper.note_path))
+    if over:  # converting it all would take minutes (see mathtext.MathBudget)
+        raise NoteError([over])
 
 
 # --- rendering ------------------------------------------------------------------------------
