@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import date
 from pathlib import Path
 
 import click
@@ -15,9 +16,9 @@ from repro.cli.common import (
     console,
     emit_json,
     pass_state,
-    status_summary,
     terminal_sheet,
     terminal_text,
+    status_summary,
     write_output,
 )
 from repro.lab.errors import NoteError, one_line
@@ -97,45 +98,17 @@ def show(state: State, slug: str, lang: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("slug")
-@click.option("--title", help="The paper's title (filled from arXiv when --arxiv is given).")
-@click.option("--arxiv", help="arXiv id, e.g. 2106.09685: fills title, authors, year.")
-@click.option("--year", type=int, help="Year of publication (else from arXiv, else left to do).")
-@click.option(
-    "--template", type=click.Choice(["derived", "experiment", "align"]), default="derived",
-    show_default=True,
-    help="The example claim to start from: a count, a measured experiment with its control, "
-    "or an alignment experiment.",
-)  # fmt: skip
-@click.option("--offline", is_flag=True, help="Do not ask arXiv for the metadata.")
+@click.option("--title", required=True, help="The paper's title.")
+@click.option("--arxiv", default="0000.00000", show_default=True, help="arXiv id, e.g. 2106.09685.")
+@click.option("--year", default=date.today().year, show_default=True, type=int)
 @pass_state
-def new(state: State, slug, title, arxiv, year, template, offline) -> None:
+def new(state: State, slug: str, title: str, arxiv: str, year: int) -> None:
     """Scaffold papers/SLUG/ (note.yaml + repro.py) from the templates; never overwrites."""
-    from repro.lab.errors import ScaffoldError
-    from repro.lab.scaffold import check_inputs, scaffold_paper
+    from repro.lab.scaffold import scaffold_paper
 
-    authors: tuple[str, ...] = ()
-    abstract = ""
-    if arxiv and not offline:
-        from repro.lab.arxiv import arxiv_metadata
-
-        check_inputs(slug, title or "-", arxiv, year)  # a typo fails before any request
-        meta, why = arxiv_metadata(arxiv)
-        if meta is None:
-            click.echo(f"note: {why}; the scaffold has the arXiv URL alone", err=True)
-        else:
-            title = title or meta.title
-            year = year or meta.year
-            authors, abstract = tuple(meta.authors), meta.first_sentence
-            click.echo(f"arXiv {arxiv}: {meta.title} ({meta.year}, "
-                       f"{plural(len(meta.authors), 'author')})", err=True)  # fmt: skip
-    if not title:
-        raise ScaffoldError("give the paper's --title (or --arxiv ID to fill it from arXiv)")
-    folder = scaffold_paper(
-        state.library.root, slug, title, arxiv or "0000.00000", year, template=template,
-        authors=authors, abstract=abstract,
-    )  # fmt: skip
-    click.echo(f"created {folder}/note.yaml and {folder}/repro.py ({template} template)")
-    click.echo(f"next: fill in the TODOs; `paperlab validate --strict {slug}` lists what is left")
+    folder = scaffold_paper(state.library.root, slug, title, arxiv, year)
+    click.echo(f"created {folder}/note.yaml and {folder}/repro.py")
+    click.echo(f"next: fill in the TODOs, then `paperlab validate {slug}`")
 
 
 @click.command()
@@ -154,7 +127,6 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) 
 
     report: dict[str, list[str]] = {}
     todo: dict[str, list[str]] = {}
-    warned: dict[str, list[str]] = {}
     for paper in state.library.select(slugs):
         try:
             paper.note  # noqa: B018
@@ -186,14 +158,13 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) 
         for problems in bad.values():
             for line in problems:
                 click.echo(f"Error: {line}", err=True)
-        for line in (w for lines in warned.values() for w in lines):
-            click.echo(f"warning: {one_line(line)}", err=True)
         for slug, items in left.items():
             click.echo(f"{slug}: {plural(len(items), 'thing')} left to complete:", err=True)
             for line in items:
                 click.echo(f"  [ ] {line}", err=True)
         summary = f"{len(report) - len(bad)}/{plural(len(report), 'note')} valid"
         if strict:
+    warned: dict[str, list[str]] = {}
             summary += f", {len(todo) - len(left)} complete"
         click.echo(summary, err=True)
     sys.exit(2 if bad else 1 if left else 0)
@@ -215,4 +186,6 @@ def schema(output: Path | None) -> None:
         click.echo(text, nl=False)
     else:
         write_output(output, text)
+        for line in (w for lines in warned.values() for w in lines):
+            click.echo(f"warning: {one_line(line)}", err=True)
         click.echo(f"wrote {output}", err=True)
