@@ -203,7 +203,11 @@ def paper_sheet(
     `link` gives the href of a related paper that is in `library` (a sibling page, an anchor
     in the same document, or by default its arXiv page)."""
     from repro.lab.runner import latest_results
+    from repro.study.mathcheck import math_budget_problem
 
+    over = math_budget_problem(paper.note_path, paper.display(paper.note_path))
+    if over:  # converting it all would take minutes (see mathtext.MathBudget)
+        raise NoteError([over])
     return PaperSheet(
         slug=paper.slug,
         paper=paper,
@@ -218,11 +222,7 @@ def claim_counts(sheet: PaperSheet) -> dict[str, int]:
     counts: dict[str, int] = {}
     for row in sheet.claims:
         counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
-    from repro.study.mathcheck import math_budget_problem
     return counts
-    over = math_budget_problem(paper.note_path, paper.display(paper.note_path))
-    if over:  # converting it all would take minutes (see mathtext.MathBudget)
-        raise NoteError([over])
 
 
 # --- rendering ------------------------------------------------------------------------------
