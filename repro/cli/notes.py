@@ -16,9 +16,9 @@ from repro.cli.common import (
     console,
     emit_json,
     pass_state,
+    status_summary,
     terminal_sheet,
     terminal_text,
-    status_summary,
     write_output,
 )
 from repro.lab.errors import NoteError, one_line
@@ -127,6 +127,7 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) 
 
     report: dict[str, list[str]] = {}
     todo: dict[str, list[str]] = {}
+    warned: dict[str, list[str]] = {}
     for paper in state.library.select(slugs):
         try:
             paper.note  # noqa: B018
@@ -158,13 +159,14 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) 
         for problems in bad.values():
             for line in problems:
                 click.echo(f"Error: {line}", err=True)
+        for line in (w for lines in warned.values() for w in lines):
+            click.echo(f"warning: {one_line(line)}", err=True)
         for slug, items in left.items():
             click.echo(f"{slug}: {plural(len(items), 'thing')} left to complete:", err=True)
             for line in items:
                 click.echo(f"  [ ] {line}", err=True)
         summary = f"{len(report) - len(bad)}/{plural(len(report), 'note')} valid"
         if strict:
-    warned: dict[str, list[str]] = {}
             summary += f", {len(todo) - len(left)} complete"
         click.echo(summary, err=True)
     sys.exit(2 if bad else 1 if left else 0)
@@ -186,6 +188,4 @@ def schema(output: Path | None) -> None:
         click.echo(text, nl=False)
     else:
         write_output(output, text)
-        for line in (w for lines in warned.values() for w in lines):
-            click.echo(f"warning: {one_line(line)}", err=True)
         click.echo(f"wrote {output}", err=True)
