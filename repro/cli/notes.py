@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import date
 from pathlib import Path
 
 import click
@@ -98,17 +97,45 @@ def show(state: State, slug: str, lang: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("slug")
-@click.option("--title", required=True, help="The paper's title.")
-@click.option("--arxiv", default="0000.00000", show_default=True, help="arXiv id, e.g. 2106.09685.")
-@click.option("--year", default=date.today().year, show_default=True, type=int)
+@click.option("--title", help="The paper's title (filled from arXiv when --arxiv is given).")
+@click.option("--arxiv", help="arXiv id, e.g. 2106.09685: fills title, authors, year.")
+@click.option("--year", type=int, help="Year of publication (else from arXiv, else left to do).")
+@click.option(
+    "--template", type=click.Choice(["derived", "experiment", "align"]), default="derived",
+    show_default=True,
+    help="The example claim to start from: a count, a measured experiment with its control, "
+    "or an alignment experiment.",
+)  # fmt: skip
+@click.option("--offline", is_flag=True, help="Do not ask arXiv for the metadata.")
 @pass_state
-def new(state: State, slug: str, title: str, arxiv: str, year: int) -> None:
+def new(state: State, slug, title, arxiv, year, template, offline) -> None:
     """Scaffold papers/SLUG/ (note.yaml + repro.py) from the templates; never overwrites."""
-    from repro.lab.scaffold import scaffold_paper
+    from repro.lab.errors import ScaffoldError
+    from repro.lab.scaffold import check_inputs, scaffold_paper
 
-    folder = scaffold_paper(state.library.root, slug, title, arxiv, year)
-    click.echo(f"created {folder}/note.yaml and {folder}/repro.py")
-    click.echo(f"next: fill in the TODOs, then `paperlab validate {slug}`")
+    authors: tuple[str, ...] = ()
+    abstract = ""
+    if arxiv and not offline:
+        from repro.lab.arxiv import arxiv_metadata
+
+        check_inputs(slug, title or "-", arxiv, year)  # a typo fails before any request
+        meta, why = arxiv_metadata(arxiv)
+        if meta is None:
+            click.echo(f"note: {why}; the scaffold has the arXiv URL alone", err=True)
+        else:
+            title = title or meta.title
+            year = year or meta.year
+            authors, abstract = tuple(meta.authors), meta.first_sentence
+            click.echo(f"arXiv {arxiv}: {meta.title} ({meta.year}, "
+                       f"{plural(len(meta.authors), 'author')})", err=True)  # fmt: skip
+    if not title:
+        raise ScaffoldError("give the paper's --title (or --arxiv ID to fill it from arXiv)")
+    folder = scaffold_paper(
+        state.library.root, slug, title, arxiv or "0000.00000", year, template=template,
+        authors=authors, abstract=abstract,
+    )  # fmt: skip
+    click.echo(f"created {folder}/note.yaml and {folder}/repro.py ({template} template)")
+    click.echo(f"next: fill in the TODOs; `paperlab validate --strict {slug}` lists what is left")
 
 
 @click.command()

@@ -50,7 +50,7 @@ def docstring_text(value: str) -> str:
     return escaped.translate({c: f"\\x{c:02x}" for c in range(32)})
 
 
-def check_inputs(slug: str, title: str, arxiv: str, year: int) -> None:
+def check_inputs(slug: str, title: str, arxiv: str, year: int | None) -> None:
     """Refuse what would write a folder or a note that does not validate."""
     if len(slug) > SLUG_MAX:
         raise ScaffoldError(f"invalid slug: {len(slug)} characters, at most {SLUG_MAX}")
@@ -62,16 +62,31 @@ def check_inputs(slug: str, title: str, arxiv: str, year: int) -> None:
     if not re.fullmatch(ARXIV_RE.strip("^$"), arxiv):
         raise ScaffoldError(f"invalid arXiv id {arxiv!r}: expected e.g. 2106.09685")
     lo, hi = YEAR_RANGE
-    if not lo <= year <= hi:
+    if year is not None and not lo <= year <= hi:
         raise ScaffoldError(f"invalid year {year}: expected {lo}–{hi}")
     if not title.strip():
         raise ScaffoldError("the title must not be empty")
+    bad = next((ch for ch in title if _is_control(ch)), None)
+    if bad is not None:  # the note loader refuses them: the scaffold must not write one
+        raise ScaffoldError(f"the title contains the control character U+{ord(bad):04X}")
     if len(title) > TITLE_MAX:
         raise ScaffoldError(f"the title has {len(title):,} characters, at most {TITLE_MAX}")
 
 
-def scaffold_paper(root: Path, slug: str, title: str, arxiv: str, year: int) -> Path:
-    """Create `root/slug/` with note.yaml and repro.py; refuse bad input and existing folders."""
+TEMPLATES = ("derived", "experiment", "align")
+
+
+def scaffold_paper(
+    root: Path, slug: str, title: str, arxiv: str, year: int | None, *,
+    template: str = "derived", authors: tuple[str, ...] = (), abstract: str = "",
+) -> Path:  # fmt: skip
+    """Create `root/slug/` with note.yaml and repro.py; refuse bad input and existing folders.
+
+    `template` chooses the example claim the files start with, wired and valid: `derived`
+    (a count on `meta`), `experiment` (a measured claim over seeds with its control and a plot)
+    or `align` (a measured claim on the exact bandit). `year` None leaves it for the author."""
+    if template not in TEMPLATES:
+        raise ScaffoldError(f"unknown template {template!r}: choose {', '.join(TEMPLATES)}")
     check_inputs(slug, title, arxiv, year)
     folder = root / slug
     if os.path.lexists(folder):  # a dangling symlink counts: never write through it
@@ -84,10 +99,16 @@ def scaffold_paper(root: Path, slug: str, title: str, arxiv: str, year: int) -> 
         "title_yaml": yaml_scalar(title),
         "title_docstring": docstring_text(title),
         "title_comment": one_line(title),
+        "template": template,
+        "authors_yaml": [yaml_scalar(one_line(a)) for a in authors if a.strip()],
+        "abstract_comment": _comment_text(abstract),
     }
     env = _environment()
     try:
-        texts = {name: env.get_template(f"{name}.j2").render(**values) for name in NAMES}
+        texts = {
+            "note.yaml": env.get_template("note.yaml.j2").render(**values),
+            "repro.py": env.get_template(f"new/{template}.py.j2").render(**values),
+        }
     except (OSError, jinja2.TemplateNotFound) as exc:
         raise ScaffoldError(
             f"cannot read the templates ({exc}): paperlab runs from its checkout, "
@@ -100,7 +121,16 @@ def scaffold_paper(root: Path, slug: str, title: str, arxiv: str, year: int) -> 
         raise ScaffoldError(f"cannot write {where}: {exc.strerror or exc}") from None
 
 
-NAMES = ("note.yaml", "repro.py")
+def _is_control(ch: str) -> bool:
+    """C0 controls but tab and newline, DEL and C1: what a terminal would act on."""
+    code = ord(ch)
+    return (code < 0x20 and ch not in "\t\n") or 0x7F <= code <= 0x9F
+
+
+def _comment_text(text: str) -> str:
+    """Text safe inside one YAML comment line: printable, one line, bounded."""
+    flat = one_line("".join(ch if ch.isprintable() else " " for ch in text))
+    return flat[:300]
 
 
 def _write(root: Path, folder: Path, texts: dict[str, str]) -> Path:

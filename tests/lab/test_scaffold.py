@@ -21,7 +21,7 @@ HOSTILE_TITLES = [
     "a: b # not a comment",
     "{{ 7 * 7 }} {% if 1 %}jinja{% endif %}",
     "- [list] & *alias !tag %percent @at `tick`",
-    "tab\there, CR\rthere, NUL\x00 and bell\x07",
+    "tab\there and a newline\nthere",
     "Attention Is All You Need — 注意力 🚀",
     "'single' \"double\"",
 ]
@@ -39,6 +39,13 @@ def test_a_hostile_title_round_trips_and_injects_nothing(tmp_path: Path, title: 
     assert not any(getattr(c.func, "attr", "") == "system" for c in calls)
     assert not (tmp_path / "pwned").exists()
     assert Library(tmp_path).get("paper").wiring_problems() == []
+
+
+@pytest.mark.parametrize("title", ["CR\rthere", "NUL\x00", "bell\x07", "escape\x1b]0;x", "c1\x9b"])
+def test_a_title_with_control_characters_is_refused(tmp_path: Path, title: str) -> None:
+    with pytest.raises(ScaffoldError, match="control character U\\+00"):
+        scaffold_paper(tmp_path, "paper", title, "2401.00001", 2024)
+    assert not (tmp_path / "paper").exists()
 
 
 @pytest.mark.parametrize(
