@@ -311,6 +311,14 @@ class CompareRow(Strict):
     claim: Annotated[str, Field(pattern=SLUG_RE)] | None = None
 
 
+class PlotNote(Strict):
+    """What a plot of the latest run shows: the claim it supports and what to look for."""
+
+    file: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.svg$")]
+    claim: Annotated[str, Field(pattern=SLUG_RE)] | None = None
+    caption: Text = Field(description="What to look for in the plot")
+
+
 class Note(Strict):
     """One paper, read with the three-pass method and written up with the note template.
 
@@ -352,6 +360,7 @@ class Note(Strict):
     related: list[Annotated[str, Field(pattern=SLUG_RE)]] = []
     interview: Interview
     zh: ZhOverlay | None = Field(None, description="Chinese overlay for the study sheets")
+    plots: list[PlotNote] = Field([], description="Captions of the run's plots, by file name")
     compare: list[CompareRow] = Field(
         [], description="Rows this paper gives the index's comparison tables"
     )
@@ -372,6 +381,9 @@ class Note(Strict):
         for row in self.compare:
             if row.claim is not None and row.claim not in seen:
                 raise ValueError(f"compare row {row.row!r} cites unknown claim {row.claim!r}")
+        for plot in self.plots:
+            if plot.claim is not None and plot.claim not in seen:
+                raise ValueError(f"plot {plot.file!r} names unknown claim {plot.claim!r}")
         for f in self.formulas:
             for cid in f.claims:
                 if cid not in seen:
@@ -444,6 +456,9 @@ def _message(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field"
     msg = err["msg"]
+    if err["type"] == "string_type" and isinstance(err.get("input"), dict):
+        # `- Offline: the cache …` is a mapping to YAML: the author meant one string.
+        return f"{msg}; YAML read `key: value` here as a mapping — quote this value"
     return msg.removeprefix("Value error, ")
 
 
