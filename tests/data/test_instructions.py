@@ -150,3 +150,55 @@ def test_filler_follows_the_markov_source() -> None:
     counts.index_put_((f[:, 0], f[:, 1]), torch.ones(len(f), dtype=torch.float64), accumulate=True)
     empirical = counts / counts.sum(1, keepdim=True)
     assert (empirical - WORLD.markov.transition).abs().max() < 0.02
+
+
+def _plackett_luce(s: list[float], order: tuple[int, ...]) -> float:
+    """P(ranking = order) = Π_i exp(s_{order_i}) / Σ_{j ≥ i} exp(s_{order_j})."""
+    p = 1.0
+    for i in range(len(order)):
+        p *= math.exp(s[order[i]]) / sum(math.exp(s[j]) for j in order[i:])
+    return p
+
+
+def test_plackett_luce_rankings_of_four_follow_the_model() -> None:
+    """K = 4 as InstructGPT ranks, lopsided scores, every one of the 24 orders against its
+    Plackett–Luce probability: a flipped Gumbel sign (invisible at K = 2) or a ranking read
+    worst-first fails here."""
+    import itertools
+
+    tau = WORLD.cfg.label_temperature
+    s = [2.0, -1.0, 0.5, 0.0]  # r*/τ: no symmetry between the top and the bottom
+    n = 40_000
+    gold = (torch.tensor(s, dtype=torch.float64) * tau).repeat(n, 1)
+    ranks = WORLD.rank(gold, torch.Generator().manual_seed(8))
+    assert ranks.shape == (n, 4)
+    assert (ranks.sort(1).values == torch.arange(4)).all()  # each a permutation
+    counts = {}
+    for row in map(tuple, ranks.tolist()):
+        counts[row] = counts.get(row, 0) + 1
+    for order in itertools.permutations(range(4)):
+        p = _plackett_luce(s, order)
+        p_hat = counts.get(order, 0) / n
+        assert abs(p_hat - p) < 4.5 * math.sqrt(p * (1 - p) / n) + 1e-4, order
+    # the top choice is the softmax of the scores; the last is not the softmax of −scores
+    top = torch.bincount(ranks[:, 0], minlength=4).double() / n
+    torch.testing.assert_close(top, torch.tensor(s).double().softmax(0), atol=0.012, rtol=0)
+
+
+def test_bayes_ceiling_and_agreement_on_lopsided_pairs() -> None:
+    p = torch.tensor([0.9, 0.2, 0.5, 0.65], dtype=torch.float64)
+    assert bayes_ceiling(p) == pytest.approx((0.9 + 0.8 + 0.5 + 0.65) / 4)
+    assert labeler_agreement(p) == pytest.approx(
+        (0.81 + 0.01 + 0.04 + 0.64 + 0.25 + 0.25 + 0.4225 + 0.1225) / 4
+    )
+    pa = WORLD.prefer_prob(torch.tensor(2.0), torch.tensor(0.5)).item()
+    assert pa == pytest.approx(1 / (1 + math.exp(-1.5 / WORLD.cfg.label_temperature)))
+    assert WORLD.prefer_prob(torch.tensor(0.5), torch.tensor(2.0)).item() == pytest.approx(1 - pa)
+
+
+@pytest.mark.parametrize("target", [0.6, 0.9])
+def test_calibrated_temperature_for_other_targets_and_brackets(target: float) -> None:
+    delta = torch.tensor([0.5, 1.5, 4.0])
+    tau = calibrate_temperature(delta, target, lo=1e-2, hi=1e2)
+    assert abs(labeler_agreement(torch.sigmoid(delta.double() / tau)) - target) < 1e-6
+    assert 1e-2 < tau < 1e2
