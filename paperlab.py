@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from repro.cli import bench, checks, doctor, drill, notes, runs, sheet
+from repro.cli import bench, cache, checks, doctor, drill, notes, runs, sheet
 from repro.cli.common import State
 from repro.lab.doctor import version_text
 from repro.lab.errors import NoteError, PaperlabError, one_line
@@ -65,7 +65,7 @@ def cli(ctx: click.Context, papers_dir: Path | None, debug: bool) -> None:
 for _command in (
     notes.list_cmd, notes.show, notes.new, notes.validate, notes.schema,
     checks.run, checks.check, checks.settings,
-    sheet.sheet, drill.drill_cmd, runs.runs, bench.bench, doctor.doctor,
+    sheet.sheet, drill.drill_cmd, runs.runs, bench.bench, doctor.doctor, cache.cache,
 ):  # fmt: skip
     cli.add_command(_command)
 

@@ -18,14 +18,15 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from types import ModuleType
 from typing import Any
 
-from repro.lab.cache import cache_key, cache_root, cached_json
+from repro.lab import cache
+from repro.lab.cache import cached_json
 from repro.lab.claims import ProgressFn
 
 RunPoint = Callable[[dict], dict]
 
 
 def is_cached(kind: str, point: Mapping[str, Any], code: Sequence[ModuleType]) -> bool:
-    return (cache_root() / kind / cache_key(point, code)).is_dir()
+    return cache.is_cached(kind, point, code)  # a damaged entry is not: it is recomputed
 
 
 def _run_cached(kind: str, point: dict, run_point: RunPoint, code_names: list[str]) -> dict:
