@@ -140,7 +140,9 @@ def _resolve(root: Path, text: str) -> Excerpt:
                 + (f" inside {ref.symbol}" if ref.symbol else "")
             )
         lo, hi = begin[0] + 1, end[0] - 1
-    return Excerpt(text, ref.path, lo, tuple(lines[lo - 1 : hi]))
+    chosen = lines[lo - 1 : hi]
+    indent = min((len(x) - len(x.lstrip()) for x in chosen if x.strip()), default=0)
+    return Excerpt(text, ref.path, lo, tuple(x[indent:] for x in chosen))  # a method: dedented
 
 
 def resolve(root: Path, text: str) -> Excerpt:

@@ -156,9 +156,7 @@ def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
         from repro.study.sheets import render_cheatsheet
 
         if not request.must_know:
-            entries = [
-                PackEntry(p.slug, paper_sheet(p, runs_dir, lang, library)) for p in papers
-            ]
+            entries = [PackEntry(p.slug, paper_sheet(p, runs_dir, lang, library)) for p in papers]
         text = render_cheatsheet(entries, lang)
         if output is None:
             return Outcome(stdout=text, missing=missing)
@@ -181,6 +179,16 @@ def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
             )
         sheet = paper_sheet(papers[0], runs_dir, lang, library, _external_link)
         return Outcome(stdout=render_sheet(sheet, fmt, lang))
+
+    if folder and fmt == "html":
+        from repro.study.site import write_site
+
+        complete = not request.slugs  # --all: both languages, the pack, the deck
+        write_site(
+            library, runs_dir, papers, lang, output,
+            lambda path, content: _write(path, content, written), complete,
+        )  # fmt: skip
+        return Outcome(written=written)
 
     if folder:
         inside = {p.slug for p in papers}

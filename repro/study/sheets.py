@@ -36,6 +36,7 @@ from repro.study.mathtext import (
 )
 from repro.study.runview import RunInfo, latest_run
 from repro.study.sheetlang import Lang, View, labels, localize
+from repro.study.site import PageExtras, page_extras
 
 TEMPLATES = REPO_ROOT / "templates"
 Mode = Literal["md", "html", "term"]
@@ -89,10 +90,16 @@ def markdown_html(
     return Markup(html.strip())
 
 
+def _page_math(latex: str, display: bool) -> str:
+    """MathML for a page: inline math in a box that scrolls by itself when wider than a phone."""
+    html = _mathml_or_code(latex, display)
+    return html if display else f'<span class="mi">{html}</span>'
+
+
 def text_html(text: str, block: bool = False) -> Markup:
     """Note Markdown as HTML with every `$…$` as MathML; `block` keeps paragraphs.
     (An item with an id, a contribution or a step, is its text.)"""
-    return markdown_html(str(text), block)
+    return markdown_html(str(text), block, _page_math)
 
 
 def cell_md(text: str) -> str:
@@ -120,7 +127,14 @@ def environment() -> jinja2.Environment:
         unicode=lambda latex: _md_escape(to_unicode(latex.strip())),
     )
     env.filters["t"] = _text_for_mode
+    env.globals["code_css"] = _code_css
     return env
+
+
+def _code_css() -> Markup:
+    from repro.study.excerpts import css
+
+    return Markup(css())
 
 
 @jinja2.pass_context
@@ -150,6 +164,7 @@ class PaperSheet:
     claims: list[dict]
     run: RunInfo | None
     related: list[Related] = field(default_factory=list)
+    extras: PageExtras | None = None  # code excerpts, plots by claim, navigation (site.py)
 
     @property
     def note(self):
@@ -232,22 +247,53 @@ def _render(template: str, lang: Lang, **context) -> str:
     return environment().get_template(template).render(L=labels(lang), lang=lang, **context)
 
 
+def with_extras(sheet: PaperSheet, lang: Lang) -> PaperSheet:
+    """`sheet` with its page extras computed (once)."""
+    if sheet.extras is None:
+        sheet.extras = page_extras(sheet.paper, sheet.claims, sheet.run, lang)
+    return sheet
+
+
 def render_sheet(sheet: PaperSheet, mode: Mode = "md", lang: Lang = "en") -> str:
     """One paper as a complete document (`md`, `html` page, or `term` text for rich)."""
     if mode == "html":
-        return _render("sheet.html.j2", lang, s=sheet, combined=False)
+        return _render("sheet.html.j2", lang, s=with_extras(sheet, lang), combined=False)
     return _render("sheet.md.j2", lang, s=sheet, mode=mode, level=1)
 
 
 def render_combined(sheets: list[PaperSheet], fmt: Format, lang: Lang = "en") -> str:
     """Several papers as one document with a table of contents."""
+    sheets = [with_extras(s, lang) for s in sheets]
     return _render(f"combined.{fmt}.j2", lang, sheets=sheets, combined=True, mode=fmt)
 
 
-def render_index(sheets: list[PaperSheet], fmt: Format, lang: Lang = "en") -> str:
-    """The index page of a site: papers, priority, tags and claim status, linked."""
+def render_index(
+    sheets: list[PaperSheet], fmt: Format, lang: Lang = "en", links: dict | None = None
+) -> str:
+    """The index page of a site: the papers by topic (display names, priority, verdicts once
+    runs exist), the reading path, the comparison tables, and `links` (must-know pack, the
+    other language, the Anki deck: name -> href)."""
+    from repro.study import site
+
+    sheets = [with_extras(s, lang) for s in sheets]
     rows = [(s, claim_counts(s)) for s in sheets]
-    return _render(f"index.{fmt}.j2", lang, rows=rows, mode=fmt)
+    counts = {s.slug: c for s, c in rows}
+    ran = {s.slug: s.run is not None for s in sheets}
+    return _render(
+        f"index.{fmt}.j2", lang, rows=rows, mode=fmt, counts=counts, ran=ran,
+        groups=site.grouped(sheets), topic_names=site.TOPIC_NAMES,
+        path=site.reading_path(sheets), tables=site.comparisons(sheets, lang),
+        links=links or {},
+    )  # fmt: skip
+
+
+def render_cheatsheet(entries: list, lang: Lang = "en") -> str:
+    """One to two A4 pages per paper: summary, contributions, the key formula with its code,
+    the questions and the answer framework."""
+    for e in entries:
+        if e.sheet is not None:
+            with_extras(e.sheet, lang)
+    return _render("cheatsheet.html.j2", lang, entries=entries, mode="html")
 
 
 @dataclass(frozen=True)
@@ -276,4 +322,7 @@ def must_know_entries(library: Library, runs_dir: Path, lang: Lang) -> list[Pack
 
 def render_must_know(entries: list[PackEntry], fmt: Format, lang: Lang = "en") -> str:
     """The revision pack for the evening before an interview, as one document."""
+    for e in entries:
+        if e.sheet is not None:
+            with_extras(e.sheet, lang)
     return _render(f"mustknow.{fmt}.j2", lang, entries=entries, mode=fmt)

@@ -117,7 +117,7 @@ def test_run_stamp_commit_and_plots_inline(runs_dir: Path) -> None:
     assert html.count("<svg") == 2 and "<?xml" not in html and "DOCTYPE svg" not in html
     ids = re.findall(r'\bid="([^"]+)"', html)
     assert len(ids) == len(set(ids)), "two inlined plots share an id"
-    assert '<td class="verdict verified">verified</td>' in html
+    assert '<td class="verdict verified" data-label="verdict">verified</td>' in html
 
 
 def test_pipe_in_a_unit_is_escaped_in_the_markdown_table(library_dir: Path, runs_dir: Path) -> None:
