@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -80,6 +81,30 @@ def _common_run_options(fn):
     return fn
 
 
+def _executor_option(fn):
+    """`--executor local|processes|dask://HOST:PORT` around a command: the sweeps, seeds and
+    papers it fans out run there; the summary says where they ran."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, executor: str | None = None, **kwargs):
+        from repro import cluster
+
+        spec = cluster.parse_executor(executor)
+        with cluster.use(spec):
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                placed = cluster.placements()
+                if placed:
+                    where = ", ".join(f"{w} ({n})" for w, n in sorted(placed.items()))
+                    click.echo(f"{sum(placed.values())} tasks on {spec}: {where}", err=True)
+
+    return click.option(
+        "--executor", metavar="local|processes|dask://HOST:PORT",
+        help="Where sweeps, seeds and papers run [default: local; env PAPERLAB_EXECUTOR].",
+    )(wrapper)  # fmt: skip
+
+
 def _save_failed(reports: list) -> bool:
     """After the results are printed: one `Error:` line per run that could not be saved."""
     failed = [r for r in reports if r.save_error]
@@ -108,6 +133,7 @@ def _save_failed(reports: list) -> bool:
 )  # fmt: skip
 @_common_run_options
 @pass_state
+@_executor_option
 def run(
     state, slug, quick, overrides, yes, verbose, seeds_text, device, seed, no_save, threads,
     as_json,
@@ -181,6 +207,7 @@ def run(
               help="Then list the N slowest papers (0: all).")  # fmt: skip
 @_common_run_options
 @pass_state
+@_executor_option
 def check(
     state, slugs, full, claim_ids, keyword, last_failed, exitfirst, skip_benchmarks, jobs, show,
     verbose, quiet, durations, device, seed, no_save, threads, as_json,
@@ -199,9 +226,8 @@ def check(
         keyword=keyword,
         failed_first=state.runs_dir if last_failed else None,
     )
-    if not as_json:
-        for line in chosen.notes:
-            click.echo(one_line(line), err=True)
+    for line in chosen.notes:  # how the papers were chosen (stderr: --json stays plain)
+        click.echo(one_line(line), err=True)
     start = time.perf_counter()
     if jobs is None:  # one paper per core; a GPU is shared by one process at a time
         jobs = 1 if device != "cpu" else min(len(chosen.papers), os.cpu_count() or 1)
@@ -290,19 +316,32 @@ def _run_seeds(state, paper, seeds_text, quick, overrides, yes, device, no_save,
     from rich.markup import escape
     from rich.table import Table
 
-    from repro.lab.runner import run_paper
+    from repro import cluster
+    from repro.lab.runner import run_paper, store_report
     from repro.lab.seeds import parse_seeds, seed_spreads
 
     seeds = parse_seeds(seeds_text)
     reports = []
+    options = {"quick": quick, "experiment": True, "device": device, "threads": threads,
+               "overrides": tuple(overrides), "confirmed": yes}  # fmt: skip
+    executor = cluster.current()
+    remote = {  # every seed at once on the cluster; the client stores the runs
+        seed: cluster.submit(executor, cluster.run_paper_at, paper.slug, str(paper.folder),
+                             {**options, "seed": seed})  # fmt: skip
+        for seed in seeds
+    } if executor is not None else {}  # fmt: skip
 
     def run_one(seed: int):
-        with progress_bar(not as_json) as progress:
-            report = run_paper(
-                paper, quick=quick, experiment=True, device=device, seed=seed,
-                overrides=tuple(overrides), progress=progress,
-                runs_dir=None if no_save else state.runs_dir, threads=threads, confirmed=yes,
-            )  # fmt: skip
+        if seed in remote:
+            report = cluster.result(remote[seed])
+            if not no_save:
+                store_report(report, state.runs_dir, quick, tuple(overrides))
+        else:
+            with progress_bar(not as_json) as progress:
+                report = run_paper(
+                    paper, seed=seed, progress=progress,
+                    runs_dir=None if no_save else state.runs_dir, **options,
+                )  # fmt: skip
         reports.append(report)
         if not as_json:
             click.echo(f"{paper.slug} seed {seed}: {_verdict_counts(report)}", err=True)
