@@ -10,14 +10,14 @@ from click.testing import CliRunner
 
 from paperlab import cli
 
-SLOW_CHECK = '''@claim("slow-two")
+SLOW_CHECK = """@claim("slow-two")
 def two_plus_two(ctx: Context) -> int:
     import os
     import time
 
     time.sleep(float(os.environ.get("SLOW_SECONDS", "1.5")))
     return 2 + 2
-'''
+"""
 
 
 @pytest.fixture
