@@ -64,7 +64,33 @@ def test_recovers_every_constant_without_noise() -> None:
     assert s.alpha == pytest.approx(PUBLISHED.alpha, abs=1e-3)
     assert s.beta == pytest.approx(PUBLISHED.beta, abs=1e-3)
     assert pytest.approx(PUBLISHED.E, rel=1e-3) == s.E
+    assert pytest.approx(PUBLISHED.A, rel=2e-2) == s.A  # every scale on its own, not only a
+    assert pytest.approx(PUBLISHED.B, rel=2e-2) == s.B
     assert fit.objective < 1e-10
+    assert (fit.starts, fit.grid) == (16, 4500)
+
+
+def test_fit_from_a_given_grid_keeps_the_best_start() -> None:
+    """A custom grid (the `grid` argument the papers may pass) and a start that diverges: the
+    returned surface is the lowest finite objective, with its own A, B, E, α, β."""
+    other = LossSurface(E=0.8, A=5000.0, B=300.0, alpha=0.35, beta=0.3)  # both terms matter
+    n, d, loss = _isoflop_points(other, 0.0, seed=1)
+    grid = torch.tensor(
+        [
+            [math.log(4000.0), math.log(250.0), math.log(0.7), 0.33, 0.32],  # near the truth
+            [8.0, 8.0, -0.5, 0.1, 0.1],  # far
+            [math.log(6000.0), math.log(400.0), math.log(0.9), 0.37, 0.28],
+        ],
+        dtype=torch.float64,
+    )
+    fit = fit_approach3(n, d, loss, grid=grid)
+    s = fit.surface
+    assert (fit.starts, fit.grid) == (3, 3)
+    for got, want in [(s.E, 0.8), (s.A, 5000.0), (s.B, 300.0), (s.alpha, 0.35), (s.beta, 0.3)]:
+        assert got == pytest.approx(want, rel=2e-2)
+    only_far = fit_approach3(n, d, loss, grid=grid, starts=1)  # the lowest initial objective
+    assert only_far.starts == 1
+    assert only_far.objective >= fit.objective - 1e-15
 
 
 def test_batched_lbfgs_solves_independent_problems() -> None:
