@@ -113,3 +113,78 @@ def test_every_prompt_once_per_epoch_with_a_partial_last_batch() -> None:
         n_scored = sum(x.shape[0] for x in seen)
         # whole prompts: K responses per prompt; pairs: two responses per comparison
         assert n_scored == 2 * N * (K if whole else 2 * math.comb(K, 2))
+
+
+def test_hidden_is_the_lm_without_its_head_and_scores_read_the_last_position() -> None:
+    rm = _rm().eval()
+    with torch.no_grad():
+        rm.head.weight.normal_(generator=torch.Generator().manual_seed(4))
+        rm.head.bias.fill_(0.3)
+    idx = torch.randint(0, 12, (3, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        h = rm.hidden(idx)
+        torch.testing.assert_close(rm.lm.lm_head(h), rm.lm(idx))
+        per_token = rm(idx, per_token=True)
+        torch.testing.assert_close(per_token, h @ rm.head.weight[0] + 0.3)
+        torch.testing.assert_close(rm(idx), per_token[:, -1])
+        torch.testing.assert_close(score(rm, idx, batch=2), per_token[:, -1])
+    copy = RewardModel.from_lm(rm.lm)
+    assert copy.lm is not rm.lm and (copy.head.weight == 0).all() and (copy.head.bias == 0).all()
+
+
+def test_shuffled_pairs_step_is_eq1_over_all_pairs() -> None:
+    """The §3.5 ablation: with a batch that holds every comparison, the first loss is the mean
+    of −log σ(r_w − r_l) over all pairs, winner and loser as the ranking says."""
+    g = torch.Generator().manual_seed(6)
+    N, K, S = 3, 4, 6
+    tokens = torch.randint(0, 12, (N, K, S), generator=g)
+    ranking = torch.stack([torch.randperm(K, generator=g) for _ in range(N)])
+    rm, ref = _rm(), _rm()
+    with torch.no_grad():
+        for m in (rm, ref):
+            m.head.weight.normal_(generator=torch.Generator().manual_seed(7))
+    losses = train_reward_model(rm, tokens, ranking, RMConfig(batch=N, whole_prompts=False))
+    with torch.no_grad():
+        scores = ref(tokens.reshape(-1, S)).view(N, K)
+    assert len(losses) == 1
+    assert losses[0] == pytest.approx(pairwise_loss_ref(scores, ranking).item(), abs=1e-6)
+    reversed_ranking = ranking.flip(1)
+    assert losses[0] != pytest.approx(pairwise_loss_ref(scores, reversed_ranking).item(), abs=1e-3)
+
+
+def test_training_lowers_eq1_and_the_learning_rate_and_seed_are_used() -> None:
+    g = torch.Generator().manual_seed(8)
+    N, K, S = 8, 4, 6
+    tokens = torch.randint(0, 12, (N, K, S), generator=g)
+    ranking = torch.stack([torch.randperm(K, generator=g) for _ in range(N)])
+    runs = {}
+    for key, cfg in {
+        "a": RMConfig(batch=2, epochs=3, lr=1e-2, seed=0),
+        "b": RMConfig(batch=2, epochs=3, lr=1e-2, seed=1),
+        "slow": RMConfig(batch=2, epochs=3, lr=1e-5, seed=0),
+    }.items():
+        rm = _rm()
+        runs[key] = (train_reward_model(rm, tokens, ranking, cfg), rm)
+    losses, rm = runs["a"]
+    assert len(losses) == 12
+    with torch.no_grad():
+        final = pairwise_loss(rm(tokens.reshape(-1, S)).view(N, K), ranking).item()
+    assert final < math.log(2) - 0.05  # zero head: every pair starts at log 2
+    assert runs["b"][0] != losses  # another seed, another order of prompts
+    assert abs(runs["slow"][0][-1] - math.log(2)) < abs(losses[-1] - math.log(2))
+
+
+def test_normalise_returns_the_shift_and_pair_agreement_with_k4() -> None:
+    rm = _rm()
+    with torch.no_grad():
+        rm.head.bias.fill_(1.25)
+    demos = torch.randint(0, 12, (5, 6), generator=torch.Generator().manual_seed(9))
+    assert normalise_to_demonstrations(rm, demos) == pytest.approx(1.25, abs=1e-6)
+    assert rm.head.bias.item() == pytest.approx(0.0, abs=1e-6)
+    # K = 4, lopsided: 5 decided pairs (one tie), 3 ordered like the gold
+    gold = torch.tensor([[4.0, 2.0, 2.0, 1.0]])
+    scores = torch.tensor([[1.0, 3.0, 0.0, -1.0]])
+    # pairs (0,1) wrong, (0,2) right, (0,3) right, (1,2) tie, (1,3) right, (2,3) right
+    assert pair_agreement(scores, gold) == pytest.approx(4 / 5)
+    assert pair_agreement(scores, torch.zeros(1, 4)) == 0.0  # nothing decided
+    assert [p.tolist() for p in all_pairs(4)] == [[0, 0, 0, 1, 1, 2], [1, 2, 3, 2, 3, 3]]
