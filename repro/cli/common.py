@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from repro.lab.errors import BadOption, NoteError, PaperlabError, one_line
+from repro.lab.errors import NoteError, PaperlabError, one_line
 from repro.lab.library import Library, Paper
 
 VERDICT_STYLE = {
@@ -165,11 +165,11 @@ DEVICE = DeviceType()
 
 
 def write_output(path: Path, text: str) -> None:
-    """Write a file the user named; a missing folder or no permission is one `Error:` line."""
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise BadOption(f"cannot write {path}: {exc.strerror or exc}") from None
+    """Write a file the user named by the rules of `write_user_file` (`-` is stdout, a FIFO or
+    device is written to and never replaced, a folder is refused): one `Error:` line if not."""
+    from repro.lab.textfile import write_user_file
+
+    write_user_file(path, text)
 
 
 def emit_json(data: object) -> None:

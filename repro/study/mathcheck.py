@@ -89,6 +89,28 @@ def note_math_problems(path: Path, display_path: str) -> list[str]:
     return problems
 
 
+def within_math_budget(data: object) -> bool:
+    """Whether the strings of a loaded note (`note.model_dump()`) keep to MathBudget: the quick
+    test before `math_budget_problem` reads the file again for the position."""
+    budget, stack = MathBudget(), [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            formula = item.get("latex")
+            if isinstance(formula, str) and budget.over(formula.strip()):
+                return False
+            stack.extend(v for k, v in item.items() if k != "latex")
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif (
+            isinstance(item, str)
+            and "$" in item
+            and any(budget.over(body) for body in _math_bodies(item))
+        ):
+            return False
+    return True
+
+
 def math_budget_problem(path: Path, display_path: str) -> str | None:
     """The located error of a note whose math passes the bounds of MathBudget, else None.
     Converts nothing: `sheet` and `show` call it before rendering a note."""

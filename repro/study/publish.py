@@ -11,14 +11,15 @@ The rules, so that nothing surprising appears on disk:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from repro.lab.errors import BadOption
+from repro.lab.errors import BadOption, PaperlabError
 from repro.lab.library import Library, Paper
+from repro.lab.textfile import Content, write_user_file
 from repro.study.sheetlang import Lang
 from repro.study.sheets import (
     SUFFIX,
@@ -86,22 +87,12 @@ def _papers(library: Library, request: Request) -> list[Paper]:
     return papers
 
 
-def _write(path: Path, content: str | bytes | Callable[[Path], None], written: list[Path]) -> None:
-    """Write a file the user asked for (text, bytes, or a writer of a file); a missing folder
-    or an unwritable place is one `Error:` line, and a half-written file never takes the name.
-    Only a site folder (`-o DIR/`) is created, by `_make_folder`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if isinstance(content, bytes):
-            tmp.write_bytes(content)
-        elif isinstance(content, str):
-            tmp.write_text(content, encoding="utf-8")
-        else:
-            content(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BadOption(f"cannot write {path}: {exc.strerror or exc}") from None
+def _write(path: Path, content: Content, written: list[Path]) -> None:
+    """Write a file the user asked for (text, bytes, or a writer of a file) by the rules of
+    `write_user_file`: atomic replacement of a regular file, a FIFO or device written to and
+    never replaced, a folder refused; a missing folder or an unwritable place is one `Error:`
+    line. Only a site folder (`-o DIR/`) is created, by `_make_folder`."""
+    write_user_file(path, content)
     written.append(path)
 
 
@@ -114,6 +105,8 @@ def _make_folder(path: Path) -> None:
 
 def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
     """Render what `request` asks for; write files or return the text for stdout."""
+    if request.output is not None and str(request.output) == "-":  # `-o -`: stdout
+        request = dataclasses.replace(request, output=None)
     fmt = resolve_format(request)
     lang, output = request.lang, request.output
     written: list[Path] = []
@@ -149,7 +142,8 @@ def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
             written,
         )
         # the cards the previous export to this file had: compared once the deck is in place
-        removed = _compare_manifest(report[0].guids, _manifest_path(target))
+        regular = target.is_file()  # no manifest beside /dev/null or a FIFO
+        removed = _compare_manifest(report[0].guids, _manifest_path(target)) if regular else []
         return Outcome(written=written, missing=missing, removed=removed)
 
     if fmt == "cheatsheet":
@@ -229,8 +223,8 @@ def _compare_manifest(guids: dict[str, str], manifest: Path) -> list[str]:
     if not isinstance(before, dict):
         before = {}
     removed = [str(v) for k, v in before.items() if k not in guids]
-    with contextlib.suppress(OSError):
-        manifest.write_text(json.dumps(guids, ensure_ascii=False, indent=0) + "\n", "utf-8")
+    with contextlib.suppress(OSError, PaperlabError):
+        write_user_file(manifest, json.dumps(guids, ensure_ascii=False, indent=0) + "\n")
     return removed
 
 

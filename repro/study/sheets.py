@@ -218,11 +218,11 @@ def paper_sheet(
     `link` gives the href of a related paper that is in `library` (a sibling page, an anchor
     in the same document, or by default its arXiv page)."""
     from repro.lab.runner import latest_results
-    from repro.study.mathcheck import math_budget_problem
+    from repro.study.mathcheck import math_budget_problem, within_math_budget
 
-    over = math_budget_problem(paper.note_path, paper.display(paper.note_path))
-    if over:  # converting it all would take minutes (see mathtext.MathBudget)
-        raise NoteError([over])
+    if not within_math_budget(paper.note.model_dump()):  # converting it all would take minutes
+        over = math_budget_problem(paper.note_path, paper.display(paper.note_path))
+        raise NoteError([over or f"{paper.display(paper.note_path)}:1:1: too much math"])
     return PaperSheet(
         slug=paper.slug,
         paper=paper,
