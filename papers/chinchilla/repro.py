@@ -161,14 +161,16 @@ class Config:
     vocab_size: int = setting(32, "label vocabulary V", min=2)
     code_dim: int = setting(16, "dimension of each key's input code", min=1)
     # the IsoFLOP grid
-    budgets: tuple[float, ...] = setting((3e7, 1.2e8, 4.8e8), "compute budgets C (FLOPs)", min=1)
+    budgets: tuple[float, ...] = setting(
+        (3e7, 1.2e8, 4.8e8), "compute budgets C (FLOPs)", min=1, distinct=True
+    )
     ladder: tuple[int, ...] = setting(
         (3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 90, 128), "MLP widths, √2 apart", min=1
     )
     sizes: int = setting(5, "model sizes per budget", min=3)
     rung_step: int = setting(2, "ladder rungs between neighbouring sizes of one budget", min=1)
     budget_shift: int = setting(1, "ladder rungs the window moves per budget", min=0)
-    seeds: tuple[int, ...] = setting((0,), "seeds of every run", min=0)
+    seeds: tuple[int, ...] = setting((0,), "seeds of every run", min=0, distinct=True)
     batch: int = setting(128, "samples per step", min=1)
     lr: float = setting(
         1e-2, "peak learning rate (warm-up + cosine to 10%)", min=0, min_exclusive=True
@@ -183,7 +185,7 @@ class Config:
     # Table 2 reports 10th–90th percentiles; the same 80% interval here
     level: float = setting(0.8, "confidence level of the bootstrap interval", min=0.5, max=0.999)
     a3_starts: int = setting(32, "L-BFGS starts of Approach 3 (0: all 4,500 grid points)", min=0)
-    jobs: int = setting(1, "sweep points trained in parallel (processes)", min=1)
+    jobs: int = setting(1, "sweep points trained in parallel (processes)", min=1, parallel=True)
 
 
 PRESETS = {

@@ -61,8 +61,12 @@ class Config:
     vocab_size: int = setting(32, "label vocabulary V", min=2)
     code_dim: int = setting(16, "dimension of each key's input code", min=1)
     # the models and their training (full batch on the exact population loss)
-    widths: tuple[int, ...] = setting((4, 8, 16, 32, 64), "MLP widths of the L(N) sweep", min=1)
-    seeds: tuple[int, ...] = setting((0,), "model seeds, each a full sweep", min=0)
+    widths: tuple[int, ...] = setting(
+        (4, 8, 16, 32, 64), "MLP widths of the L(N) sweep", min=1, distinct=True
+    )
+    seeds: tuple[int, ...] = setting(
+        (0,), "model seeds, each a full sweep", min=0, distinct=True
+    )
     steps: int = setting(300, "full-batch AdamW steps per model", min=1)
     lr: float = setting(3e-2, "peak learning rate (warm-up + cosine)", min=0, min_exclusive=True)
     # the exponent-vs-tail comparison: a heavier-tailed source on the same models
@@ -83,7 +87,7 @@ class Config:
     # fits
     n_boot: int = setting(2000, "bootstrap resamples of the exponent", min=10)
     level: float = setting(0.95, "confidence level of the bootstrap interval", min=0.5, max=0.999)
-    jobs: int = setting(1, "sweep points trained in parallel (processes)", min=1)
+    jobs: int = setting(1, "sweep points trained in parallel (processes)", min=1, parallel=True)
 
 
 PRESETS = {

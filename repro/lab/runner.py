@@ -34,7 +34,7 @@ from repro.lab.errors import BadOption
 from repro.lab.format import format_number
 from repro.lab.library import REPO_ROOT, Paper
 from repro.lab.runs import new_stamp, partial_dir, publish, remove_stale_partials
-from repro.lab.settings import config_problems
+from repro.lab.settings import config_problems, is_parallel
 from repro.lab.threads import torch_threads
 
 RUNS_ENV = "PAPERLAB_RUNS"
@@ -93,8 +93,8 @@ def work_estimate(cfg: Any, full: Any) -> tuple[float, list[str]]:
     integer settings: steps, widths, counts), and which settings grew."""
     factor, grown = 1.0, []
     for f in dataclasses.fields(cfg):
-        if f.name == "seed" or f.name.endswith("_seed"):
-            continue  # a seed is a label, not an amount of work
+        if f.name == "seed" or f.name.endswith("_seed") or is_parallel(f):
+            continue  # a seed is a label and a worker count a speed, not an amount of work
         new, old = _size(getattr(cfg, f.name)), _size(getattr(full, f.name))
         if new is not None and old and old > 0 and new > old:
             factor *= new / old

@@ -3,17 +3,27 @@
 A paper's `Config` writes `hidden: int = setting(64, "hidden width", min=1)`. The runner checks
 `--set` overrides (and the presets) against these bounds before any work starts, and
 `paperlab settings SLUG` prints the help text. A tuple-valued field is checked item by item and
-must not be empty.
+must not be empty; one declared `distinct` (sweep points: budgets, widths, seeds) may not list a
+point twice. A `parallel` setting (worker processes) is not an amount of work: it is bounded by
+`MAX_WORKERS` here and by the CPU count when it runs (`worker_count`), never by the work estimate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from collections.abc import Sequence
 from typing import Any
 
 _META = "paperlab"
+MAX_WORKERS = 64  # worker processes a `parallel` setting may ask for
+
+
+def worker_count(jobs: int, tasks: int | None = None) -> int:
+    """Worker processes to start for `jobs`: at most the CPU count (and the number of tasks)."""
+    n = min(jobs, os.cpu_count() or 1, MAX_WORKERS)
+    return max(1, min(n, tasks) if tasks is not None else n)
 
 
 def setting(
@@ -24,9 +34,18 @@ def setting(
     max: float | None = None,
     min_exclusive: bool = False,
     choices: Sequence[Any] | None = None,
+    distinct: bool = False,
+    parallel: bool = False,
 ) -> Any:
-    """A dataclass field with a help text and bounds: `min ≤ value ≤ max` (or `min < value`)."""
+    """A dataclass field with a help text and bounds: `min ≤ value ≤ max` (or `min < value`).
+
+    `distinct`: a tuple of points where each may appear once. `parallel`: a count of worker
+    processes, bounded by `MAX_WORKERS` (unless `max` is lower) and left out of work estimates."""
+    if parallel:
+        max = MAX_WORKERS if max is None else min(max, MAX_WORKERS)
     meta = {
+        "distinct": distinct,
+        "parallel": parallel,
         "help": help,
         "min": min,
         "max": max,
@@ -38,6 +57,11 @@ def setting(
 
 def setting_help(field: dataclasses.Field) -> str:
     return field.metadata.get(_META, {}).get("help", "")
+
+
+def is_parallel(field: dataclasses.Field) -> bool:
+    """Whether `field` counts worker processes (not an amount of work)."""
+    return bool(field.metadata.get(_META, {}).get("parallel"))
 
 
 def setting_bounds(field: dataclasses.Field) -> str:
@@ -68,6 +92,10 @@ def config_problems(cfg: Any) -> list[str]:
         items = value if isinstance(value, tuple | list) else (value,)
         if isinstance(value, tuple | list) and not value:
             problems.append(f"{f.name}: must not be empty")
+        if m.get("distinct") and isinstance(value, tuple | list):
+            twice = next((v for i, v in enumerate(value) if v in value[:i]), None)
+            if twice is not None:
+                problems.append(f"{f.name}: {twice!r} is listed twice (each point once)")
         for v in items:
             if _out_of_range(v, m):
                 problems.append(f"{f.name}: {v!r} is out of range (expected {setting_bounds(f)})")

@@ -21,6 +21,7 @@ from typing import Any
 from repro.lab import cache
 from repro.lab.cache import cached_json
 from repro.lab.claims import ProgressFn
+from repro.lab.settings import worker_count
 
 RunPoint = Callable[[dict], dict]
 
@@ -71,7 +72,8 @@ def run_sweep(
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        workers = worker_count(jobs, len(todo))  # never more processes than CPUs
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = {pool.submit(_run_cached, kind, points[i], run_point, names): i for i in todo}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
