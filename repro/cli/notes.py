@@ -150,7 +150,9 @@ def new(state: State, slug, title, arxiv, year, template, offline) -> None:
 def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) -> None:
     """Lint notes, their formulas and their claim wiring (no torch); exit 2 on any problem."""
     from repro.lab.completeness import completeness_problems
+    from repro.study.baremath import bare_math_warnings
     from repro.study.mathcheck import note_math_problems, related_problems
+    from repro.study.site import page_problems
 
     report: dict[str, list[str]] = {}
     todo: dict[str, list[str]] = {}
@@ -167,7 +169,8 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) 
         )
         report[paper.slug] = (
             paper.wiring_problems() + note_math_problems(paper.note_path, shown) + links
-        )
+        ) + page_problems(paper, shown)  # ids, code: references, comparison rows
+        warned[paper.slug] += bare_math_warnings(paper.note_path, shown)  # d_k outside $…$
         if strict:
             todo[paper.slug] = completeness_problems(paper)
     bad = {slug: problems for slug, problems in report.items() if problems}

@@ -34,7 +34,7 @@ ItemId = Annotated[str, Field(pattern=SLUG_RE, max_length=48)]
 # Code a formula or step names: `repro/nn/flash.py::flash_attention_forward`, optionally
 # `#L10-L20` (lines of the file) or `#marker` (from `# [marker]` to `# [/marker]`).
 CODE_RE = (
-    r"^[A-Za-z0-9_./-]+\.py(::[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)?"
+    r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py(::[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)?"
     r"(#(L\d+(-L\d+)?|[a-z0-9][a-z0-9-]*))?$"
 )
 CodeRef = Annotated[str, Field(pattern=CODE_RE)]

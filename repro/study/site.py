@@ -370,3 +370,36 @@ def _one_site(library, runs_dir, papers, lang, folder, write, complete, other_hr
             L["zh_site"]: f"{other_href}/index.html",
         }
     write(folder / "index.html", render_index(sheets, "html", lang, links))
+
+
+def page_problems(paper, shown: str) -> list[str]:
+    """What `validate` reports for the study side, located: questions, contributions and
+    formulas without an id, `code:` references that do not resolve, comparison rows that name
+    an unknown table or column."""
+    from repro.lab.library import REPO_ROOT
+    from repro.lab.strict_yaml import YamlProblem, load_document
+    from repro.study.excerpts import code_problems
+
+    note = paper.note
+    try:
+        positions = load_document(paper.note_path.read_text(encoding="utf-8")).positions
+    except (OSError, UnicodeDecodeError, YamlProblem):
+        positions = {}
+
+    def at(path: tuple) -> str:
+        for n in range(len(path), -1, -1):
+            if path[:n] in positions:
+                line, col = positions[path[:n]]
+                return f"{shown}:{line}:{col}"
+        return f"{shown}:1:1"
+
+    out = []
+    for field in note.missing_ids():
+        path = tuple(
+            int(p) if p.isdigit() else p
+            for p in field.replace("]", "").replace("[", ".").split(".")
+        )
+        out.append(f"{at(path)}: {field}: no id (python scripts/add_note_ids.py adds one)")
+    out += code_problems(note, shown, REPO_ROOT, positions)
+    out += [f"{at(('compare',))}: {p}" for p in table_problems(note)]
+    return out

@@ -34,9 +34,8 @@ def test_unknown_field_is_reported_at_its_key(valid_note_text: str) -> None:
 
 
 def test_every_problem_is_reported_at_once(valid_note_text: str) -> None:
-    text = valid_note_text.replace("  - TODO third contribution\n", "").replace(
-        "      answer: TODO the answer\n", "", 1
-    )
+    third = "  - id: todo-third-contribution\n    text: TODO third contribution\n"
+    text = valid_note_text.replace(third, "").replace("      answer: TODO the answer\n", "", 1)
     found = problems(text)
     assert len(found) == 2
     assert found[0].endswith(
@@ -230,3 +229,103 @@ def test_meaningless_tolerances_are_refused(
     assert old in valid_note_text, old
     found = problems(valid_note_text.replace(old, new, 1))
     assert any(message in p for p in found), found
+
+
+# --- stable ids, code references, the migration -------------------------------------------
+
+
+def test_ids_must_be_unique_within_a_list(valid_note_text: str) -> None:
+    text = valid_note_text.replace(
+        "id: todo-another-question", "id: todo-question-interviewers-ask"
+    )
+    (found,) = problems(text)
+    assert "interview.questions: duplicate id 'todo-question-interviewers-ask'" in found
+    # the same id in two different lists is fine: a card's kind is part of its key
+    text = valid_note_text.replace("id: todo-name", "id: todo-another-question")
+    assert parse_note(text, "n.yaml").formulas[0].id == "todo-another-question"
+
+
+def test_plain_strings_still_load_but_lack_ids(valid_note_text: str) -> None:
+    text = valid_note_text.replace(
+        "  - id: todo-first-contribution\n    text: TODO first contribution\n",
+        "  - TODO first contribution\n",
+    ).replace("    - id: todo-another-question\n      question:", "    - question:")
+    note = parse_note(text, "n.yaml")
+    assert note.contributions[0].text == "TODO first contribution"
+    assert note.missing_ids() == ["contributions[0]", "interview.questions[1]"]
+    assert parse_note(valid_note_text, "n.yaml").missing_ids() == []
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["repro/nn/lora.py", "repro/nn/lora.py::LoRALinear.forward", "a/b.py#L3-L9", "x.py::f#marker"],
+)
+def test_code_reference_syntax(valid_note_text: str, ref: str) -> None:
+    text = valid_note_text.replace(
+        "    latex: 'TODO'\n", f"    latex: 'TODO'\n    code: {ref}\n", 1
+    )
+    assert parse_note(text, "n.yaml").formulas[0].code == ref
+
+
+@pytest.mark.parametrize("ref", ["lora.py:forward", "/etc/x.py", "x.py#L", "x.py::1f", "x.txt"])
+def test_bad_code_reference_is_located(valid_note_text: str, ref: str) -> None:
+    text = valid_note_text.replace(
+        "    latex: 'TODO'\n", f"    latex: 'TODO'\n    code: '{ref}'\n", 1
+    )
+    (found,) = problems(text)
+    assert "formulas[0].code: String should match pattern" in found
+
+
+def test_formula_and_plot_claims_must_exist(valid_note_text: str) -> None:
+    text = valid_note_text.replace(
+        "    latex: 'TODO'\n", "    latex: 'TODO'\n    claims: [nope]\n", 1
+    )
+    assert "lists unknown claim 'nope'" in problems(text)[0]
+    text = valid_note_text + "plots:\n  - file: a.svg\n    claim: nope\n    caption: c\n"
+    assert "plot 'a.svg' names unknown claim 'nope'" in problems(text)[0]
+
+
+def _migrate(text: str) -> tuple[str, int]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "add_note_ids", REPO / "scripts" / "add_note_ids.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.add_ids(text)
+
+
+def test_migration_adds_content_ids_and_keeps_the_rest(valid_note_text: str) -> None:
+    old = valid_note_text.replace(
+        "  - id: todo-first-contribution\n    text: TODO first contribution\n",
+        "  - |\n    First: a contribution\n    on two lines.\n  # a comment stays\n",
+    ).replace("    - id: todo-another-question\n      question:", "    - question:")
+    assert parse_note(old, "n.yaml").missing_ids() == ["contributions[0]", "interview.questions[1]"]
+    new, added = _migrate(old)
+    assert added == 2
+    note = parse_note(new, "n.yaml")
+    assert note.missing_ids() == []
+    assert note.contributions[0].id == "first-contribution-lines"  # four words at most
+    assert note.contributions[0].text == "First: a contribution\non two lines.\n"
+    assert note.interview.questions[1].id == "todo-another-question"
+    assert "  # a comment stays\n" in new
+    # only the edited items changed, and a second run changes nothing
+    assert len(new.splitlines()) == len(old.splitlines()) + 2
+    assert _migrate(new) == (new, 0)
+
+
+def test_migration_ids_do_not_depend_on_position(valid_note_text: str) -> None:
+    base = valid_note_text.replace(
+        "    - id: todo-another-question\n      question:", "    - question:"
+    )
+    first, _ = _migrate(base)
+    q1 = (
+        "    - id: todo-question-interviewers-ask\n"
+        "      question: TODO a question interviewers ask\n      answer: TODO the answer\n"
+    )
+    end = "      answer: TODO the answer\n  deep_dive:"
+    moved = base.replace(q1, "").replace(end, f"      answer: TODO the answer\n{q1}  deep_dive:")
+    second, _ = _migrate(moved)
+    ids = lambda t: {q.question: q.id for q in parse_note(t, "n.yaml").interview.questions}  # noqa: E731
+    assert ids(first) == ids(second)
