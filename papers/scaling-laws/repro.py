@@ -64,9 +64,7 @@ class Config:
     widths: tuple[int, ...] = setting(
         (4, 8, 16, 32, 64), "MLP widths of the L(N) sweep", min=1, distinct=True
     )
-    seeds: tuple[int, ...] = setting(
-        (0,), "model seeds, each a full sweep", min=0, distinct=True
-    )
+    seeds: tuple[int, ...] = setting((0,), "model seeds, each a full sweep", min=0, distinct=True)
     steps: int = setting(300, "full-batch AdamW steps per model", min=1)
     lr: float = setting(3e-2, "peak learning rate (warm-up + cosine)", min=0, min_exclusive=True)
     # the exponent-vs-tail comparison: a heavier-tailed source on the same models
