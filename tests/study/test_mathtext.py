@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+import time
 
-from repro.study.mathtext import MathError, split_math, text_problems, to_mathml, to_unicode
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from repro.study.mathtext import (
+    MATHML_TAGS,
+    MathError,
+    iter_segments,
+    math_problem,
+    render_markdown,
+    sanitize_mathml,
+    split_math,
+    text_problems,
+    to_mathml,
+    to_unicode,
+)
 
 
 def kinds(text: str) -> list[tuple[str, str]]:
@@ -63,3 +79,180 @@ def test_unicode_keeps_subscripts_and_backslash_free() -> None:
     text = to_unicode(r"2\,\hat{L}_{LoRA}\, d_{model}")
     assert "L̂_LoRA" in text and "d_model" in text and "\\" not in text
     assert to_unicode(r"\frac{a}{\sqrt{d_k}}") == "a/√(d_k)"
+
+
+# --- hostile math: nothing but MathML reaches a page ------------------------------------------
+
+HOSTILE_LATEX = [
+    r'\text{<img/src=x/onerror="window.pwned=1">}',
+    r"\text{<script>window.pwned=1</script>}",
+    r"\text{<style>body{display:none}}",
+    r"\textbf{</math><img src=x onerror=alert(1)>}",
+    r"\mbox{a > b}",
+    r"\href{javascript:alert(1)}{x}",
+    r"\url{javascript:alert(1)}",
+    r"\style{color:red}{x}",
+    r"\class{evil}{x}",
+    r"\cssId{x}{y}",
+    r"\htmlClass{x}{y}",
+    r"\htmlStyle{x}{y}",
+    r"\input{/etc/passwd}",
+    r"\include{x}",
+    r"\def\x{y}",
+    r"\newcommand{\x}{y}",
+    r"\unicode{x}",
+]
+
+
+@pytest.mark.parametrize("latex", HOSTILE_LATEX)
+def test_hostile_latex_is_refused(latex: str) -> None:
+    with pytest.raises(MathError, match="not allowed|not MathML|would produce"):
+        to_mathml(latex)
+
+
+def test_text_without_markup_still_converts() -> None:
+    assert "<mtext>" in to_mathml(r"\text{if } a = b") and math_problem(r"\text{a, b}") is None
+
+
+def _tags_and_attributes(html: str) -> tuple[set[str], set[str]]:
+    tags = {t.lower() for t in re.findall(r"<\s*([A-Za-z][\w-]*)", html)}
+    attributes = {a.lower() for a in re.findall(r"\s([A-Za-z_:][\w:.-]*)\s*=", html)}
+    return tags, attributes
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        # latex2mathml's raw output for the payloads of the issue, and worse
+        '<math><mrow><mtext><img/src=x/onerror="window.pwned=1"></mtext></mrow></math>',
+        "<math><mtext><script>window.pwned=1</script></mtext></math>",
+        '<math><mrow href="javascript:alert(1)"><mi>x</mi></mrow></math>',
+        '<math><mi style="x" class="y" onclick="z" xlink:href="javascript:1">x</mi></math>',
+        "<math><mtext></math><img src=x onerror=alert(1)></mtext></math>",
+        '<math><annotation-xml encoding="text/html"><img src=x onerror=1></annotation-xml></math>',
+        '<math><mo maxsize="url(javascript:1)" stretchy="true">(</mo></math>',
+        "<math><mtext><style>*{display:none}</style>a &amp; b</mtext></math>",
+    ],
+)
+def test_sanitiser_keeps_only_mathml(fragment: str) -> None:
+    clean = sanitize_mathml(fragment)
+    tags, attributes = _tags_and_attributes(clean)
+    assert tags <= MATHML_TAGS, tags
+    assert not {a for a in attributes if a.startswith("on")}
+    assert not attributes & {"href", "xlink:href", "style", "class", "src"}
+    assert "javascript" not in clean and "script" not in tags and "window.pwned" not in clean
+
+
+def test_sanitiser_keeps_what_latex2mathml_makes_of_real_math() -> None:
+    latex = r"\hat{W} = \frac{\alpha}{r} B A \quad \sum_{i=1}^{n} \left( x_i \right)^2"
+    from latex2mathml.converter import convert
+
+    raw = convert(latex)
+    clean = to_mathml(latex)
+    assert _tags_and_attributes(raw)[0] == _tags_and_attributes(clean)[0]
+    assert 'stretchy="true"' in clean and "<mfrac>" in clean
+
+
+# --- linear scanning, checked against a plain reference ----------------------------------------
+
+
+def split_ref(text: str) -> list[tuple[str, str, int]]:
+    """The same rules written the slow, obvious way (quadratic): the reference."""
+    out, pos, i, n = [], 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        seg = None
+        if c == "`":
+            j = i
+            while j < n and text[j] == "`":
+                j += 1
+            run = j - i
+            k = j
+            close = -1
+            while k < n:
+                if text[k] == "`":
+                    m = k
+                    while m < n and text[m] == "`":
+                        m += 1
+                    if m - k == run:
+                        close = k
+                        break
+                    k = m
+                else:
+                    k += 1
+            if close < 0:
+                i = j
+                continue
+            seg = ("code", text[j:close], i, close + run)
+        elif c == "$":
+            if text[i : i + 2] == "$$":
+                close = text.find("$$", i + 3)
+                if close >= 0:
+                    seg = ("display", text[i + 2 : close].strip(), i, close + 2)
+            if seg is None and (i == 0 or text[i - 1] not in "\\$"):
+                close = text.find("$", i + 1)
+                ok = close > i + 1
+                ok = ok and not text[i + 1].isspace() and not text[close - 1].isspace()
+                ok = ok and text[close - 1] != "\\"
+                ok = ok and not (close + 1 < n and text[close + 1].isdigit())
+                if ok:
+                    seg = ("inline", text[i + 1 : close], i, close + 1)
+        if seg is None:
+            i += 1
+            continue
+        if seg[2] > pos:
+            out.append(("text", text[pos : seg[2]], pos))
+        out.append(seg[:3])
+        pos = i = seg[3]
+    if pos < n:
+        out.append(("text", text[pos:], pos))
+    return out
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.text(alphabet="`$\\ ax1\n{}", max_size=40))
+def test_scanner_matches_the_reference(text: str) -> None:
+    assert [(s.kind, s.body, s.start) for s in split_math(text)] == split_ref(text)
+    assert "".join(s.raw for s in split_math(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "`" * 16_000,
+        "".join("`" * k + "x" for k in range(1, 600)),
+        "$" * 200_000,
+        "$x" * 100_000,
+        "$$a" * 60_000,
+        "{" * 200_000,
+    ],
+    ids=["backticks", "backtick-ladder", "dollars", "dollar-x", "display-opens", "braces"],
+)
+def test_pathological_text_scans_in_linear_time(text: str) -> None:
+    start = time.process_time()
+    segments = list(iter_segments(text))
+    assert time.process_time() - start < 1.0
+    assert "".join(s.raw for s in segments) == text
+
+
+# --- placeholders no note can forge ----------------------------------------------------------
+
+
+def _md():
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False})
+
+
+@pytest.mark.parametrize("forged", ["\ue0007\ue001", "\ue0000\ue001", "&#xE000;0&#xE001;"])
+def test_note_text_cannot_forge_a_math_placeholder(forged: str) -> None:
+    html = render_markdown(_md(), f"a $x$ and {forged} b", False, lambda s, d: f"<M>{s}</M>")
+    assert html.count("<M>") == 1 and "<M>x</M>" in html
+
+
+def test_math_never_lands_inside_an_attribute() -> None:
+    text = '[a](http://e.x/$y$ "t $z$") ![i $w$](p.png) `$c$` $v$'
+    html = render_markdown(_md(), text, True, lambda s, d: f"<M>{s}</M>")
+    assert html.count("<M>") == 1 and "<M>v</M>" in html  # only the span in text
+    for attribute in re.findall(r'="([^"]*)"', html):
+        assert "<" not in attribute and "\ue000" not in attribute
