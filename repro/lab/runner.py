@@ -393,6 +393,12 @@ def run_papers(
             return {**kwargs, "claim_ids": claims[paper.slug]}
         return kwargs
 
+    from repro import cluster
+
+    executor = cluster.current()
+    if executor is not None:
+        return _run_on_executor(executor, papers, options, reporter, exitfirst)
+
     if jobs <= 1 or len(papers) <= 1:
         reports = []
         for paper in papers:
@@ -439,6 +445,54 @@ def run_papers(
         if stop:
             _stop_pool(pool)
         return [f.result() for f in futures if f in finished]
+
+
+def _run_on_executor(
+    executor: Any, papers: list[Paper], options: Any, reporter: Reporter, exitfirst: bool
+) -> list[RunReport]:
+    """Papers on `--executor processes|dask://…`: the workers compute with no runs folder and
+    the reports come back here, where they are stored (the plots stay on the workers)."""
+    from concurrent.futures import as_completed
+
+    from repro import cluster
+
+    futures = {}
+    for i, paper in enumerate(papers):
+        kwargs = dict(options(paper))
+        runs_dir = kwargs.pop("runs_dir", None)
+        kwargs.pop("progress", None)
+        reporter.started(paper.slug)
+        future = cluster.submit(executor, cluster.run_paper_at, paper.slug, str(paper.folder),
+                                kwargs)  # fmt: skip
+        futures[future] = (i, runs_dir, kwargs)
+    reports: dict[int, RunReport] = {}
+    for future in as_completed(futures):
+        i, runs_dir, kwargs = futures[future]
+        report = cluster.result(future)
+        if runs_dir is not None:
+            store_report(report, runs_dir, kwargs.get("quick", True), kwargs.get("overrides", ()))
+        reporter.finished(report)
+        reports[i] = report
+        if exitfirst and not report.ok:
+            for other in futures:
+                other.cancel()
+            break
+    return [reports[i] for i in sorted(reports)]
+
+
+def store_report(report: RunReport, runs_dir: Path, quick: bool, overrides: tuple) -> None:
+    """Store a report computed elsewhere (a cluster worker) under `runs_dir` like a local run."""
+    tmp, error = _start_partial(runs_dir, report.paper)
+    if tmp is None:
+        report.save_error = error
+        return
+    try:
+        report.run_dir = _save(report, tmp, quick, tuple(overrides))
+    except OSError as exc:
+        report.save_error = f"results not saved to {runs_dir}: {_why(exc)}"
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _replay(events: Any, empty: type, progress: ProgressFn | None, reporter: Reporter) -> None:

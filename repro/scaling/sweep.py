@@ -5,7 +5,8 @@ A scaling study is dozens of small training runs. Each point goes through
 that was interrupted restarts where it stopped, a second run that changes only a fit setting
 reads every point back in milliseconds, and an edit to the model, data or training code reruns
 everything. With `jobs > 1` the uncached points run in worker processes (spawned, so a CUDA
-device works unchanged); each worker uses one torch thread.
+device works unchanged); each worker uses one torch thread. Under `--executor processes` or
+`dask://…` (`repro.cluster`) they run on that executor instead, and come back to be cached here.
 
 Glossary: a point is one dict of settings; `run_point(point) -> dict` trains and measures it.
 """
@@ -18,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from types import ModuleType
 from typing import Any
 
+from repro import cluster
 from repro.lab import cache
 from repro.lab.cache import cached_json
 from repro.lab.claims import ProgressFn
@@ -63,7 +65,17 @@ def run_sweep(
     done = len(points) - len(todo)
     report = progress or (lambda *_: None)
     report(description, done, len(points))
-    if jobs <= 1 or len(todo) <= 1:
+    executor = cluster.current()
+    if executor is not None and todo:
+        # The cluster computes, the client caches: workers never write this machine's cache.
+        futures = {cluster.submit(executor, run_point, points[i]): i for i in todo}
+        for future in as_completed(futures):
+            i = futures[future]
+            value = cluster.result(future)
+            results[i] = cached_json(kind, points[i], lambda v=value: v, code=code)
+            done += 1
+            report(description, done, len(points))
+    elif jobs <= 1 or len(todo) <= 1:
         for i in todo:
             results[i] = cached_json(kind, points[i], lambda p=points[i]: run_point(p), code=code)
             done += 1
