@@ -120,13 +120,22 @@ def math_budget_problem(path: Path, display_path: str) -> str | None:
     budget = MathBudget()
     for field, node in _scalars(root, ()):
         formula = len(field) == 3 and field[0] == "formulas" and field[2] == "latex"
-        spans = [node.value.strip()] if formula else _math_bodies(node.value)
-        for body in spans:  # a generator: stops at the first span past the bound
+        for anchor, body in _math_spans(node.value, formula):  # stops at the first one over
             over = budget.over(body)
             if over:
-                line, col = _locate(source, node, body[:200])
+                line, col = _locate(source, node, anchor)
                 return f"{display_path}:{line}:{col}: {_dotted(field)}: {over}"
     return None
+
+
+def _math_spans(value: str, formula: bool) -> Iterator[tuple[str, str]]:
+    """(text to find in the source, LaTeX) of each math span, as `_problems` anchors them."""
+    if formula:
+        yield value.strip()[:200], value.strip()
+        return
+    for seg in iter_segments(value):
+        if seg.kind in ("inline", "display"):
+            yield value[seg.start :].split("\n")[0][:200], seg.body
 
 
 def _math_bodies(value: str) -> Iterator[str]:

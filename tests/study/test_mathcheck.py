@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
 
 from repro.lab.library import Library
-from repro.study.mathcheck import note_math_problems
+from repro.study.mathcheck import math_budget_problem, note_math_problems, related_problems
+from repro.study.mathtext import MAX_NOTE_SPANS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,3 +39,55 @@ def test_a_formula_with_unbalanced_braces(tmp_path: Path) -> None:
 def test_every_note_in_the_library_renders(slug: str) -> None:
     paper = Library(REPO / "papers").get(slug)
     assert note_math_problems(paper.note_path, slug) == []
+
+
+@pytest.mark.parametrize(
+    ("latex", "why"),
+    [
+        (r"\text{<img src=x onerror=1>}", "markup-like text"),
+        (r"\href{javascript:alert(1)}{x}", r"\\href is not allowed"),
+        (r"\url{https://e.x}", r"\\url is not allowed"),
+        (r"\style{color:red}{x}", r"\\style is not allowed"),
+        (r"\class{c}{x}", r"\\class is not allowed"),
+        (r"\htmlId{i}{x}", r"\\htmlId is not allowed"),
+        (r"\input{f}", r"\\input is not allowed"),
+        (r"\include{f}", r"\\include is not allowed"),
+        (r"\def\x{y} \x", r"\\def is not allowed"),
+    ],
+)
+def test_forbidden_math_is_a_located_error(tmp_path: Path, latex: str, why: str) -> None:
+    note = tmp_path / "note.yaml"
+    note.write_text(f"title: ok\nproblem:\n  what: 'see ${latex}$ here'\n", encoding="utf-8")
+    (problem,) = note_math_problems(note, "n.yaml")
+    col = note.read_text().splitlines()[2].index("$") + 1
+    assert re.match(rf"^n\.yaml:3:{col}: problem\.what: cannot convert .*{why}", problem), problem
+
+
+def test_too_much_math_is_one_located_error(tmp_path: Path) -> None:
+    spans = " ".join(f"$a_{{{i}}}$" for i in range(MAX_NOTE_SPANS + 50))
+    note = tmp_path / "note.yaml"
+    note.write_text(f"title: ok\nproblem:\n  what: '{spans}'\n", encoding="utf-8")
+    start = time.process_time()
+    problems = note_math_problems(note, "n.yaml")
+    assert time.process_time() - start < 2.0
+    assert len(problems) == 1 and problems[0].startswith("n.yaml:3:")
+    assert f"more than {MAX_NOTE_SPANS:,} math spans" in problems[0]
+    assert math_budget_problem(note, "n.yaml") == problems[0]
+
+
+def test_related_links_to_unknown_papers_and_to_itself(library_dir: Path) -> None:
+    second = library_dir / "toy2"
+    second.mkdir()
+    (second / "repro.py").write_text((library_dir / "toy" / "repro.py").read_text())
+    text = (library_dir / "toy" / "note.yaml").read_text()
+    (second / "note.yaml").write_text(text.replace("aliases: [toy-alias]", "aliases: []"))
+    note = library_dir / "toy" / "note.yaml"
+    related = "related: [toy2, toy-alias, nowhere-paper, toy]\n"
+    note.write_text(re.sub(r"(?m)^related:.*\n", "", text) + related)
+    library = Library(library_dir)
+    errors, warnings = related_problems(note, "t.yaml", "toy", library)
+    line = len(note.read_text().splitlines())
+    (error,) = errors
+    assert error.startswith(f"t.yaml:{line}:")
+    assert "related[2]: unknown paper 'nowhere-paper'" in error
+    assert len(warnings) == 2 and all("links to itself" in w for w in warnings)  # alias and slug
