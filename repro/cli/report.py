@@ -20,7 +20,7 @@ from repro.lab.errors import one_line
 from repro.lab.format import format_seconds, format_value, plural, shorten, with_unit
 from repro.lab.runner import Reporter, RunReport
 
-HEARTBEAT_S = 25.0  # silence after which a piped check says what is still running (< 30 s)
+HEARTBEAT_S = 27.0  # silence after which a piped check says what is still running (< 30 s)
 ORDER = VERDICT_ORDER
 
 
@@ -103,7 +103,7 @@ class CheckReporter(Reporter):
             )
             self.task = self.bar.add_task("check", total=len(slugs), running="")
             self.bar.start()
-        elif not quiet:
+        if self.bar is not None or not quiet:
             self.heart = threading.Thread(target=self._beat, daemon=True)
             self.heart.start()
 
@@ -123,8 +123,13 @@ class CheckReporter(Reporter):
         return ", ".join(parts)
 
     def _beat(self) -> None:
-        while not self.done.wait(min(1.0, HEARTBEAT_S / 4)):
+        """On a terminal: keep the running papers' times in the bar current. In a log: a line
+        saying what still runs whenever nothing was printed for HEARTBEAT_S seconds."""
+        while not self.done.wait(min(0.5, HEARTBEAT_S / 4)):
             with self.lock:
+                if self.bar is not None:
+                    self._refresh()
+                    continue
                 quiet_for = time.monotonic() - self.last_output
                 running = self._running_text() if self.running else ""
             if running and quiet_for >= HEARTBEAT_S:
