@@ -27,6 +27,7 @@ What is checked here, claim by claim (see note.yaml):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cache
 
@@ -79,11 +80,17 @@ def counts() -> dict[str, int]:
 @claim("params-total")
 def params_total(ctx: Context) -> Measured:
     c = counts()
-    naive = 8 * 7.24e9  # the "8 × 7B" reading: eight whole Mistral-7B-sized models
+    # the "8 × 7B" reading: eight whole dense models of the same shape (one expert each)
+    dense = mixtral_param_count(dataclasses.replace(MIXTRAL_8X7B, n_experts=1, top_k=1))
     expert_params = c["total"] - c["active"]  # (N − K) experts per layer
     return Measured(
         c["total"] / 1e9,
-        {**c, "naive_8_times_7b": naive, "unused_experts_per_token": expert_params},
+        {
+            **c,
+            "dense_same_shape": dense,
+            "naive_8_times_dense": 8 * dense,
+            "unused_experts_per_token": expert_params,
+        },
     )
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from repro.nn.ffn import GLUFeedForward
 from repro.nn.mla import LatentKVCache, MLAConfig, MultiHeadLatentAttention
-from repro.nn.moe import MoEFeedForward
+from repro.nn.moe import deepseek_moe
 from repro.nn.norm import RMSNorm
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -119,14 +119,7 @@ class DeepSeekV2Block(nn.Module):
         self.ffn: nn.Module = (
             GLUFeedForward(cfg.d_model, cfg.d_ff)
             if dense
-            else MoEFeedForward(
-                cfg.d_model,
-                cfg.d_expert,
-                cfg.n_routed,
-                cfg.top_k,
-                normalize=False,
-                n_shared=cfg.n_shared,
-            )
+            else deepseek_moe(cfg.d_model, cfg.d_expert, cfg.n_shared, cfg.n_routed, cfg.top_k)
         )
 
     def forward(self, x: Tensor, cache: LatentKVCache | None = None, start_pos: int = 0) -> Tensor:

@@ -115,6 +115,14 @@ class MoEFeedForward(nn.Module):
         return y.view(shape)
 
 
+def deepseek_moe(
+    d_model: int, d_expert: int, n_shared: int, n_routed: int, top_k: int
+) -> MoEFeedForward:
+    """DeepSeekMoE (DeepSeek-V2 Eq. 20-22): `n_shared` experts on every token plus the top-k of
+    `n_routed` fine-grained experts, gated by the softmax affinities without renormalisation."""
+    return MoEFeedForward(d_model, d_expert, n_routed, top_k, normalize=False, n_shared=n_shared)
+
+
 def dense_gates_ref(logits: Tensor, top_k: int, normalize: bool = True) -> Tensor:
     """(M, N) gate matrix from the logits, written without topk/gather: an expert is kept when
     fewer than k experts have a strictly larger logit (ties have probability 0 for real inputs)."""
