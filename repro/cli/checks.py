@@ -186,6 +186,7 @@ def run(
     "--claim",
     "claim_ids",
     multiple=True,
+    metavar="ID",
     shell_complete=complete_claims,
     help="Only this claim id (repeatable); without SLUGS, only the papers that have it.",
 )
