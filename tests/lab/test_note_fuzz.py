@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,141 @@ def test_mutated_notes_end_in_exit_0_or_a_located_error(tmp_path: Path, case) ->
 @given(case=mutated_note())
 def test_many_mutated_notes(tmp_path: Path, case) -> None:
     check_one(tmp_path / "papers", *case)
+
+
+# --- hostile notes: issue 17's classes through every command that shows a note ---------------
+
+TOY = Path(__file__).resolve().parents[1] / "fixtures" / "library" / "toy"
+FIELDS = {  # a line of the toy note and how to put a value in its place
+    "title": ('title: "Toy: a paper for tests"', "title: {}"),
+    "what": ("  what: TODO the problem", "  what: {}"),
+    "latex": ("    latex: 'TODO'", "    latex: {}"),
+    "meaning": (
+        "    meaning: TODO what each symbol is and why the formula matters",
+        "    meaning: {}",
+    ),
+    "takeaway": ("takeaways:\n  - TODO", "takeaways:\n  - {}"),
+}
+CONTROLS = ["\x1b]0;OWNED\x07", "\x1b[2J", "\x9b31m", "\x07", "\x7f", "\x85", "\r", "\x00", "\x08"]
+PAYLOADS = st.one_of(
+    st.sampled_from(CONTROLS).map(lambda c: f"RoPE {c}x"),
+    st.sampled_from(["\ue000", "\ue001", "\ue0000\ue001", "\ue0007\ue001", "$x$ \ue0001\ue001"]),
+    st.tuples(st.sampled_from(["`", "$", "{", "}", "<b>", "$$", "\\", "*", "["]),
+              st.integers(1, 20_000)).map(lambda t: t[0] * t[1]),
+    st.sampled_from([
+        '$\\text{<img/src=x/onerror="window.pwned=1">}$',
+        "$\\text{<script>window.pwned=1</script>}$",
+        "$\\text{<style>body{display:none}}$", "$\\href{javascript:alert(1)}{x}$",
+        "$\\url{javascript:alert(1)}$", "$\\style{color:red}{x}$", "$\\class{c}{x}$",
+        "$\\htmlId{i}{x}$", "$\\def\\x{y}$", "$\\input{/etc/passwd}$", "[a](javascript:alert(1))",
+        '<img src=x onerror="window.pwned=1">', "$x$" * 2000, "$a$ `$b$` $$c$$",
+    ]),
+)  # fmt: skip
+RELATED = st.sampled_from(
+    ["[toy]", "[toy, toy]", "[nowhere]", "[toy-alias]", "[toy, nowhere, toy]", "[]"]
+)
+ESCAPES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class ActiveHtml(HTMLParser):
+    """What in a page could run or restyle it: any script, event handler, `javascript:` URL,
+    and (inside <body>, where only note text goes) any style, image, frame or object."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.found = False, []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.body = self.body or tag == "body"
+        if tag == "script" or (self.body and tag in ("style", "img", "iframe", "object", "embed")):
+            self.found.append(tag)
+        for name, value in attrs:
+            if name.startswith("on") or "javascript:" in (value or "").replace(" ", "").lower():
+                self.found.append(f"{tag} {name}={value!r}")
+
+
+def active_html(page: str) -> list[str]:
+    parser = ActiveHtml()
+    parser.feed(page)
+    return parser.found
+
+
+@st.composite
+def hostile_note(draw) -> bytes:
+    text = (TOY / "note.yaml").read_text(encoding="utf-8")
+    field = draw(st.sampled_from(sorted(FIELDS)))
+    payload = draw(PAYLOADS)
+    written = draw(st.sampled_from(["escaped", "raw"]))
+    old, new = FIELDS[field]
+    if written == "escaped":  # a JSON string is a YAML double-quoted scalar: `"\u001b"`
+        value = json.dumps(payload)
+    else:  # a literal block: control characters stay raw bytes in the file
+        indent = " " * (len(new) - len(new.lstrip()) + 2)
+        value = "|\n" + indent + payload.replace("\n", " ")
+    text = text.replace(old, new.format(value), 1)
+    text = re.sub(r"(?m)^related: .*$", f"related: {draw(RELATED)}", text)
+    return text.encode("utf-8")
+
+
+COMMANDS = [
+    ["validate"], ["list"], ["show", "toy"], ["sheet", "toy"],
+    ["sheet", "toy", "--format", "html", "-o", "{out}/toy.html"],
+    ["sheet", "toy", "--format", "anki", "-o", "{out}/toy.apkg"],
+]  # fmt: skip
+
+
+def check_hostile(root: Path, data: bytes) -> None:
+    folder = root / "papers" / "toy"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(TOY / "repro.py", folder / "repro.py")
+    (folder / "note.yaml").write_bytes(data)
+    out = root / "out"
+    out.mkdir(exist_ok=True)
+    runner = CliRunner()
+    for command in COMMANDS:
+        args = [a.format(out=out) for a in command]
+        start = time.process_time()
+        result = runner.invoke(cli, ["--papers-dir", str(root / "papers"), *args])
+        took = time.process_time() - start
+        assert took < 2.0, (command, f"{took:.2f} CPU s")
+        assert isinstance(result.exception, SystemExit | None), result.exc_info
+        assert result.exit_code in (0, 2), (command, result.output[-2000:])
+        assert "Traceback" not in result.output
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert all(LOCATED.match(line) for line in errors), errors
+        assert not ESCAPES.search(result.stdout), (command, "a control character reached stdout")
+        assert not ESCAPES.search(result.stderr), (command, "a control character reached stderr")
+    page = out / "toy.html"
+    if page.exists():
+        assert active_html(page.read_text(encoding="utf-8")) == []
+
+
+@settings(FUZZ, max_examples=25)
+@given(data=hostile_note())
+def test_hostile_notes_cannot_run_code_hang_or_crash(tmp_path_factory, data: bytes) -> None:
+    check_hostile(tmp_path_factory.mktemp("hostile"), data)
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+def test_control_characters_are_a_located_error(tmp_path: Path, control: str) -> None:
+    text = (TOY / "note.yaml").read_text(encoding="utf-8")
+    text = text.replace(
+        'title: "Toy: a paper for tests"', f"title: {json.dumps('RoPE ' + control)}"
+    )
+    folder = tmp_path / "papers" / "toy"
+    folder.mkdir(parents=True)
+    shutil.copy(TOY / "repro.py", folder / "repro.py")
+    (folder / "note.yaml").write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--papers-dir", str(tmp_path / "papers"), "validate"])
+    assert result.exit_code == 2
+    (error, *_) = result.stderr.splitlines()
+    code = f"U\\+{ord(control[0]):04X}"
+    assert re.match(rf"^Error: \S*note\.yaml:5:8: control character {code} ", error), error
+
+
+def test_pathological_notes_of_a_mebibyte_are_fast(tmp_path: Path) -> None:
+    text = (TOY / "note.yaml").read_text(encoding="utf-8")
+    for payload in ("<b>" * 340_000, "`" * 16_000, "$" * 500_000, "$x" * 250_000, "{" * 500_000):
+        note = text.replace("  what: TODO the problem", "  what: |\n    " + payload, 1)
+        assert len(note.encode()) <= 1 << 20
+        check_hostile(tmp_path / f"p{len(payload)}{payload[0]}", note.encode("utf-8"))
