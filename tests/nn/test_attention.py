@@ -170,3 +170,15 @@ def test_module_gradients_match_the_naive_formula(backend):
     for g, w in zip(got, want, strict=True):
         assert g.abs().sum() > 0
         torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("causal,pad", MASKS)
+def test_ref_scale_argument_against_the_naive_formula(causal, pad):
+    """`scale` is used in place of 1/√D: against the naive formula with q pre-multiplied by
+    scale·√D (every other argument set as well: causal with S > T, padding, GQA)."""
+    q, k, v = (x.to(F64) for x in _qkv(T=5, S=9, D=8))
+    kpm = torch.rand(2, 9, generator=torch.Generator().manual_seed(2)) > 0.3 if pad else None
+    got = attention_ref(q, k, v, causal, kpm, scale=0.3, upcast=F64)
+    want = _naive(q * 0.3 * math.sqrt(8), k, v, causal, kpm)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    assert not torch.allclose(got, attention_ref(q, k, v, causal, kpm, upcast=F64))

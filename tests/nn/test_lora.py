@@ -204,3 +204,17 @@ def test_meta_device_counting_and_merge():
     assert layer.base.weight.numel() // n_lora == 256
     layer.merge()  # shapes only, no memory
     assert layer.merged and layer.base.weight.is_meta
+
+
+def test_dropout_masks_the_input_of_a_not_the_output():
+    """In training, h = W0 x + (α/r)·B A dropout(x) (Eq. 3 with LoRA's dropout on x): the mask is
+    drawn again from the same seed and applied by hand; α ≠ 2r so that the scale is visible."""
+    torch.manual_seed(0)
+    layer = _randomised(LoRALinear(nn.Linear(10, 6).double(), r=3, alpha=5, dropout=0.4))
+    x = torch.randn(7, 10, dtype=torch.float64)
+    torch.manual_seed(11)
+    got = layer.train()(x)
+    torch.manual_seed(11)
+    dropped = torch.nn.functional.dropout(x, 0.4, training=True)
+    want = layer.base(x) + dropped @ layer.lora_A.T @ layer.lora_B.T * (5 / 3)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
