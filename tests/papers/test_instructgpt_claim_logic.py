@@ -1,0 +1,140 @@
+"""InstructGPT's claims compare things (PPO vs SFT, β = 0 vs β > 0, PPO-ptx vs PPO, the RM vs
+labelers): fed metrics in which the comparison goes the wrong way, each must report it. The
+metrics are made up here (no experiment runs); the real run is in tests/papers/test_claims.py."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from repro.align.preferences import Comparisons
+from repro.align.reward import all_pairs
+from repro.data.instructions import InstructionWorld
+from repro.lab.claims import Context
+from repro.lab.library import Library
+
+IG = Library().get("instructgpt").module()
+
+
+def _ctx(metrics: dict) -> Context:
+    return Context(_metrics=metrics)
+
+
+def _eval(**over) -> dict:
+    base = {
+        "sft": {"gold_sampled": 0.5, "proxy_sampled": 0.1, "kl_full": 0.0, "pretrain_loss": 2.0,
+                "compliance": 0.9},
+        "ppo": {"gold_sampled": 0.8, "proxy_sampled": 0.6, "kl_full": 1.0, "pretrain_loss": 2.3,
+                "win_vs_sft": 0.7, "k1_negative": 0.3},
+        "ppo_ptx": {"pretrain_loss": 2.1, "win_vs_sft": 0.65},
+        "beta0": {"gold_sampled": 0.4, "proxy_sampled": 0.9, "kl_full": 5.0},
+        "pretrained": {"compliance": 0.0, "pretrain_loss": 1.9},
+        "big_few_shot": {"compliance": 0.1, "win_of_small_aligned": 0.8},
+    }  # fmt: skip
+    for path, value in over.items():
+        outer, inner = path.split("__")
+        base[outer] = {**base[outer], inner: value}
+    return base
+
+
+def _lm(param_ratio: float = 10.0, **over) -> dict:
+    return {"lm": [{"eval": _eval(**over), "param_ratio": param_ratio}]}
+
+
+def test_beta_zero_control_reports_a_reversed_order() -> None:
+    assert IG.beta_zero_overoptimises(_ctx(_lm())).value == pytest.approx(5.0)
+    assert IG.beta_zero_overoptimises(_ctx(_lm(beta0__gold_sampled=0.9))).value == 0.0
+    assert IG.beta_zero_overoptimises(_ctx(_lm(beta0__proxy_sampled=0.5))).value == 0.0
+
+
+def test_tax_claims_compare_against_sft() -> None:
+    assert IG.alignment_tax(_ctx(_lm())).value == pytest.approx(0.3)
+    assert IG.alignment_tax(_ctx(_lm(ppo__pretrain_loss=1.8))).value == pytest.approx(-0.2)
+    assert IG.ptx_reduces_tax(_ctx(_lm())).value == pytest.approx(0.1 / 0.3)
+    assert IG.ptx_reduces_tax(_ctx(_lm(ppo_ptx__pretrain_loss=2.5))).value > 1
+    assert IG.ptx_reduces_tax(_ctx(_lm(ppo__pretrain_loss=1.9))).value == math.inf
+
+
+def test_small_beats_big_needs_the_size_gap_and_format_takes_the_worse_model() -> None:
+    assert IG.small_aligned_beats_big(_ctx(_lm())).value == 0.8
+    assert IG.small_aligned_beats_big(_ctx(_lm(param_ratio=7.9))).value == 0.0
+    assert IG.pretrained_fails_format(_ctx(_lm())).value == 0.1
+    assert IG.pretrained_fails_format(_ctx(_lm(pretrained__compliance=0.7))).value == 0.7
+
+
+def test_min_and_max_over_seeds() -> None:
+    two = {"lm": [_lm()["lm"][0], _lm(ppo__win_vs_sft=0.55, ppo__kl_full=2.0)["lm"][0]]}
+    assert IG.ppo_beats_sft(_ctx(two)).value == 0.55  # the worst seed
+    assert IG.ppo_kl_bounded(_ctx(two)).value == 2.0  # the worst seed
+
+
+def _bandit(weak_gold, weak_proxy, gold_sweep, tvs=(0.01, 0.02), no_kl=0.4, kl_exact=(0.0, 0.1)):
+    def sweep(golds, proxies=None):
+        proxies = proxies or golds
+        return [
+            {"beta": b, "gold": g, "proxy": p, "kl": 0.0}
+            for b, g, p in zip(IG.SWEEP_BETAS, golds, proxies, strict=False)
+        ]
+
+    hist = [{"kl_exact": k, "k1_negative": 0.4, "kl_k1": 0.1} for k in kl_exact]
+    return {
+        "bandit": [
+            {
+                "rl": [{"beta": 1.0, "tv": t, "history": hist} for t in tvs],
+                "rl_no_kl_tv": no_kl,
+                "sweep": {
+                    "weak": sweep(weak_gold, weak_proxy),
+                    "good": sweep(gold_sweep),
+                    "gold": sweep(gold_sweep),
+                },
+            }
+        ]
+    }
+
+
+def test_overoptimisation_needs_an_interior_peak_and_a_rising_proxy() -> None:
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5]
+    good = _bandit([0.1, 0.5, 0.3, 0.2, 0.15], rising, rising)
+    assert IG.overoptimisation(_ctx(good)).value == pytest.approx(0.35)
+    peak_at_end = _bandit([0.1, 0.2, 0.3, 0.4, 0.5], rising, rising)
+    assert IG.overoptimisation(_ctx(peak_at_end)).value == 0.0
+    proxy_falls = _bandit([0.1, 0.5, 0.3, 0.2, 0.15], [0.1, 0.3, 0.2, 0.4, 0.5], rising)
+    assert IG.overoptimisation(_ctx(proxy_falls)).value == 0.0
+    assert IG.overoptimisation_control(_ctx(good)).value == 0.0
+    falling = _bandit(rising, rising, [0.1, 0.4, 0.25, 0.3, 0.2])
+    assert IG.overoptimisation_control(_ctx(falling)).value == pytest.approx(0.15)
+
+
+def test_bandit_claims_take_the_worst_case() -> None:
+    b = _bandit([0.1] * 5, None, [0.1] * 5, tvs=(0.01, 0.07), no_kl=0.3)
+    assert IG.bandit_reaches_kl_optimum(_ctx(b)).value == 0.07
+    assert IG.bandit_kl_term_needed(_ctx(b)).value == 0.3
+    assert IG.bandit_k1_negative(_ctx(b)).value == 0.4
+    negative_kl = _bandit([0.1] * 5, None, [0.1] * 5, kl_exact=(0.0, -0.01))
+    assert IG.bandit_k1_negative(_ctx(negative_kl)).value == -1.0
+
+
+def test_rm_metrics_on_an_rm_that_reverses_the_labelers() -> None:
+    """K = 4, lopsided gold, one identical pair: an RM that orders every pair like the gold gets
+    the Bayes ceiling; one that reverses them gets 1 − ceiling; constant scores get ½."""
+    world = InstructionWorld()
+    gold = torch.tensor([[3.0, 1.0, 0.5, 0.0], [2.0, 2.0, 0.0, -1.0]], dtype=torch.float64)
+    i, j = all_pairs(4)
+    distinct = torch.ones(2, len(i), dtype=torch.bool)
+    distinct[1, 0] = False  # responses 0 and 1 of prompt 1 are the same text
+    cmp = Comparisons(None, None, None, gold, distinct)
+    p = world.prefer_prob(gold[:, i], gold[:, j])[distinct]
+    ceiling = float(torch.maximum(p, 1 - p).mean())
+    right = IG.rm_metrics(world, gold * 2, cmp)
+    assert right["agreement_with_labelers"] == pytest.approx(ceiling)
+    assert right["labeler_ceiling"] == pytest.approx(ceiling)
+    assert right["gold_pair_accuracy"] == 1.0
+    wrong = IG.rm_metrics(world, -gold, cmp)
+    assert wrong["agreement_with_labelers"] == pytest.approx(1 - ceiling)
+    assert wrong["gold_pair_accuracy"] == 0.0
+    flat = IG.rm_metrics(world, torch.zeros_like(gold), cmp)
+    assert flat["agreement_with_labelers"] == pytest.approx(0.5)
+    assert right["distinct_pairs"] == pytest.approx(11 / 12)
+    assert right["tied_gold_pairs"] == pytest.approx(0.0)
