@@ -43,6 +43,9 @@ from repro.lab.note import ToleranceSpec
         (0.25, 0, ToleranceSpec(abs=0.25), True),
         (-0.25, 0, ToleranceSpec(abs=0.25), True),
         (-0.2500001, 0, ToleranceSpec(abs=0.25), False),
+        (10.2, 10, ToleranceSpec(abs=0.25), True),  # expected ≠ 0: |m − e|, not |m + e|
+        (-9.9, -10, ToleranceSpec(abs=0.25), True),
+        (9.7, 10, ToleranceSpec(abs=0.25), False),
         (0.5, None, ToleranceSpec(range=(0.5, 1.0)), True),
         (1.0, None, ToleranceSpec(range=(0.5, 1.0)), True),
         (0.4999999, None, ToleranceSpec(range=(0.5, 1.0)), False),
@@ -92,7 +95,7 @@ def test_context_runs_the_experiment_once_with_its_seed_and_replays_a_failure() 
         with pytest.raises(RuntimeError, match="boom"):
             bad.experiment()
     assert calls.count("broken") == 1
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="^this paper defines no experiment"):
         Context().experiment()
     ctx.progress("x", 1, 2)  # the default progress accepts the three arguments
 
