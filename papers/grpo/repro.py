@@ -457,7 +457,8 @@ def save_plots(metrics: dict, out: Path) -> None:
         xs = [n * (i + 1) for i in range(len(hist))]
         series[label] = (xs, smooth([h["gold"] for h in hist]))
     xs = series[labels["grpo"]][0]
-    series["SFT (held-out, sampled)"] = (xs, [lm["eval"]["sft"]["gold"]] * len(xs))
+    first = [lm["history"][name][0]["gold"] for name in labels]  # batches sampled from SFT
+    series["SFT (its first batches)"] = (xs, [sum(first) / len(first)] * len(xs))
     save_line_plot(
         out / "gold_reward_vs_responses.svg",
         series,
