@@ -83,6 +83,7 @@ class CheckReporter(Reporter):
         self.show = set(ORDER) if "all" in show else set(show)
         self.width = max((len(s) for s in slugs), default=0) + 3
         self.running: dict[str, list] = {}  # slug -> [start, current claim or step]
+        self.pending = len(slugs)  # papers not finished
         self.lock = threading.Lock()
         self.last_output = time.monotonic()
         self.bar = None
@@ -132,8 +133,13 @@ class CheckReporter(Reporter):
                     continue
                 quiet_for = time.monotonic() - self.last_output
                 running = self._running_text() if self.running else ""
-            if running and quiet_for >= HEARTBEAT_S:
+                pending = self.pending
+            if quiet_for < HEARTBEAT_S or not (running or pending):
+                continue
+            if running:
                 self.print(Text(f"  … still running: {one_line(running)}", style="dim"))
+            else:  # workers still starting (spawning, importing torch) on a busy machine
+                self.print(Text(f"  … starting: {plural(pending, 'paper')} to check", style="dim"))
 
     def _refresh(self) -> None:
         if self.bar is not None:
@@ -162,6 +168,7 @@ class CheckReporter(Reporter):
     def finished(self, report: RunReport) -> None:
         with self.lock:
             self.running.pop(report.paper, None)
+            self.pending -= 1
             if self.bar is not None:
                 self.bar.advance(self.task)
                 self._refresh()

@@ -208,3 +208,16 @@ def test_summary_and_run_use_the_one_duration_format(invoke) -> None:
 def test_run_table_shows_a_short_statement(invoke) -> None:
     table = invoke("run", "toy", "--quick", "--no-save").stdout
     assert "statement" in table and "Two plus three is four." in table
+
+
+def test_heartbeat_before_and_while_a_paper_runs(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(report, "HEARTBEAT_S", 0.2)
+    reporter = report.CheckReporter(["alpha", "beta"])
+    time.sleep(0.8)  # no worker has started yet (spawning, importing torch)
+    reporter.started("alpha")
+    reporter.progress("alpha", "alpha: rank-sweep", 2, 5)
+    time.sleep(0.8)
+    reporter.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "  … starting: 2 papers to check"
+    assert re.fullmatch(r"  … still running: alpha \(\d+\.\d s, rank-sweep 3/5\)", lines[-1])
