@@ -98,7 +98,7 @@ class CheckReporter(Reporter):
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total} papers"),
                 TimeElapsedColumn(),
-                TextColumn("{task.fields[running]}", style="dim"),
+                TextColumn("{task.fields[running]}", style="dim", markup=False),
                 console=self.out,
                 transient=True,
             )
@@ -213,4 +213,4 @@ def print_durations(out, reports: list[RunReport], n: int) -> None:
     out.print(Text(f"slowest {plural(len(slowest), 'paper')}:", style="bold"))
     width = max(len(r.paper) for r in slowest)
     for r in slowest:
-        out.print(f"  {r.paper:<{width}}  {format_seconds(r.seconds):>10}")
+        out.print(Text(f"  {r.paper:<{width}}  {format_seconds(r.seconds):>10}"))
