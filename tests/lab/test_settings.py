@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -86,3 +87,56 @@ def test_head_split_rules() -> None:
     with pytest.raises(ValueError, match="pairs"):
         check_head_split(36, 4, rotary=True)  # 9 channels a head
     check_head_split(36, 4)  # without RoPE an odd head width is fine
+
+
+# --- parallelism is not work; sweep points are listed once ------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    steps: int = setting(100, "steps", min=1)
+    budgets: tuple[float, ...] = setting((3e7, 1.2e8), "budgets", min=1, distinct=True)
+    shape: tuple[int, ...] = setting((8, 8, 64), "a shape: repeats are fine", min=1)
+    jobs: int = setting(1, "worker processes", min=1, parallel=True)
+
+
+def test_a_repeated_sweep_point_is_refused_but_a_shape_may_repeat() -> None:
+    assert config_problems(Sweep()) == []
+    assert config_problems(Sweep(budgets=(3e7, 3e7))) == [
+        "budgets: 30000000.0 is listed twice (each point once)"
+    ]
+    assert config_problems(Sweep(budgets=(1.0, 2.0, 1.0, 2.0)))[0].startswith("budgets: 1.0 ")
+
+
+def test_parallelism_is_bounded_by_a_maximum_and_the_cpus_not_by_work() -> None:
+    from repro.lab.runner import work_estimate
+    from repro.lab.settings import MAX_WORKERS, worker_count
+
+    assert config_problems(Sweep(jobs=MAX_WORKERS)) == []
+    assert config_problems(Sweep(jobs=1000)) == [
+        f"jobs: 1000 is out of range (expected [1, {MAX_WORKERS}])"
+    ]
+    full = Sweep()
+    assert work_estimate(Sweep(jobs=64), full) == (1.0, [])  # 64 workers: the same work
+    factor, grown = work_estimate(Sweep(jobs=64, steps=1000), full)
+    assert factor == 10.0 and grown == ["steps=1000, full preset 100"]
+    cpus = os.cpu_count() or 1
+    assert worker_count(1000) == min(cpus, MAX_WORKERS)
+    assert worker_count(8, tasks=3) == min(3, cpus) and worker_count(0) == 1
+
+
+def test_jobs_of_the_sweep_papers_are_parallel_settings() -> None:
+    from pathlib import Path
+
+    from repro.lab.errors import BadOption
+    from repro.lab.library import Library
+    from repro.lab.runner import make_config
+
+    library = Library(Path(__file__).resolve().parents[2] / "papers")
+    for slug in ("chinchilla", "scaling-laws"):
+        module = library.get(slug).module()
+        assert make_config(module, True, ("jobs=8",), confirmed=False).jobs == 8
+        with pytest.raises(BadOption, match=r"jobs: 1000 is out of range"):
+            make_config(module, True, ("jobs=1000",), confirmed=False)
+    with pytest.raises(BadOption, match=r"budgets: 30000000\.0 is listed twice"):
+        make_config(library.get("chinchilla").module(), True, ("budgets=3e7,3e7",))
