@@ -33,6 +33,7 @@ import torch
 from repro.align import bandit as bandit_lib
 from repro.align.policy import generate
 from repro.align.ppo import PPOConfig, kl_stats, ppo
+from repro.align.preferences import Comparisons, sample_comparisons, sampled_gold, win_rate
 from repro.align.pretrain import PretrainConfig, heldout_loss, pretrained_model
 from repro.align.reward import (
     RewardModel,
@@ -52,9 +53,9 @@ from repro.data.instructions import (
 )
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters
-from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
+from repro.study.plots import save_line_plot
 
 
 @dataclass(frozen=True)
@@ -196,50 +197,13 @@ def run_bandit(cfg: Config, seed: int) -> dict:
 # --- 3. the pipeline on a tiny LM ----------------------------------------------------------------
 
 
-def win_rate(gold_a: torch.Tensor, gold_b: torch.Tensor) -> float:
-    """How often the gold reward prefers a to b (ties count half)."""
-    return ((gold_a > gold_b).float() + 0.5 * (gold_a == gold_b).float()).mean().item()
-
-
-@torch.no_grad()
-def sampled_gold(
-    model, world: InstructionWorld, inst, g: torch.Generator, prompts=None
-) -> torch.Tensor:
-    prompts = world.prompts(inst) if prompts is None else prompts
-    resp = generate(model, prompts, world.response_len, world.vocab.eot, generator=g)
-    return world.gold_reward(inst, resp)
-
-
-def comparisons(model, world: InstructionWorld, n: int, K: int, g: torch.Generator) -> dict:
-    """n prompts, K responses each sampled from `model` and their gold reward: tokens
-    (n, K, P + R), gold (n, K), and which of the C(K,2) pairs hold two different responses."""
-    inst = world.sample_instances(n, g)
-    prompts = world.prompts(inst)
-    resp = torch.stack(
-        [
-            generate(model, prompts, world.response_len, world.vocab.eot, generator=g)
-            for _ in range(K)
-        ],
-        1,
-    )  # (n, K, R)
-    tokens = torch.cat([prompts[:, None].expand(-1, K, -1), resp], dim=2)
-    gold = torch.stack([world.gold_reward(inst, resp[:, k]) for k in range(K)], 1)
-    i, j = all_pairs(K)
-    distinct = (resp[:, i] != resp[:, j]).any(-1)  # (n, C(K,2))
-    return {"inst": inst, "tokens": tokens, "gold": gold, "distinct": distinct}
-
-
-def gold_gaps(cmp: dict) -> torch.Tensor:
-    """r*(y_a) − r*(y_b) over the pairs of two different responses."""
-    i, j = all_pairs(cmp["gold"].shape[1])
-    return (cmp["gold"][:, i] - cmp["gold"][:, j])[cmp["distinct"]]
-
-
-def rm_metrics(labelers: InstructionWorld, scores: torch.Tensor, cmp: dict) -> dict[str, float]:
+def rm_metrics(
+    labelers: InstructionWorld, scores: torch.Tensor, cmp: Comparisons
+) -> dict[str, float]:
     """Agreement of r_θ with a labeler on the held-out pairs of different responses, in
     expectation over the labeler's noise (exact): the RM picks a, the labeler agrees with
     probability p(a ≻ b). Identical responses are not compared (labelers rank distinct outputs)."""
-    gold, distinct = cmp["gold"], cmp["distinct"]
+    gold, distinct = cmp.gold, cmp.distinct
     i, j = all_pairs(scores.shape[1])
     p = labelers.prefer_prob(gold[:, i], gold[:, j])[distinct]
     ds = (scores[:, i] - scores[:, j])[distinct].double()
@@ -283,27 +247,27 @@ def run_lm(cfg: Config, seed: int, ctx: Context) -> dict:
     sft(policy_sft, world, sft_cfg)
     cpu["reward_model"] = time.process_time()
     # step 2: labelers rank K samples of the SFT policy; the RM learns Eq. 1
-    train_cmp = comparisons(policy_sft, world, cfg.rm_prompts, cfg.K, g)
-    test_cmp = comparisons(policy_sft, world, 256, cfg.K, g)
+    train_cmp = sample_comparisons(policy_sft, world, cfg.rm_prompts, cfg.K, g)
+    test_cmp = sample_comparisons(policy_sft, world, 256, cfg.K, g)
     # the labelers' noise τ is chosen so that two labelers agree `labeler_agreement` of the time
     # on these pairs (the paper: 72.6–77.3%, §3.4); the ceiling below is then exact
-    tau = calibrate_temperature(gold_gaps(train_cmp), cfg.labeler_agreement)
+    tau = calibrate_temperature(train_cmp.gold_gaps(), cfg.labeler_agreement)
     labelers = InstructionWorld(replace(pcfg.world, label_temperature=tau))
-    ranking = labelers.rank(train_cmp["gold"], g)
+    ranking = labelers.rank(train_cmp.gold, g)
     rm = RewardModel.from_lm(policy_sft)
     curve = []
 
     def track(step: int, model: RewardModel) -> None:
         if step % 5 == 0:
-            s = score(model, test_cmp["tokens"].flatten(0, 1)).view(-1, cfg.K)
+            s = score(model, test_cmp.tokens.flatten(0, 1)).view(-1, cfg.K)
             curve.append((step, rm_metrics(labelers, s, test_cmp)["agreement_with_labelers"]))
             model.train()
 
     rm_cfg = RMConfig(epochs=cfg.rm_epochs, lr=cfg.rm_lr, seed=seed)
-    train_reward_model(rm, train_cmp["tokens"], ranking, rm_cfg, on_step=track)
+    train_reward_model(rm, train_cmp.tokens, ranking, rm_cfg, on_step=track)
     demo, _ = world.demonstrations(world.sample_instances(256, g))
     out["rm_bias_shift"] = normalise_to_demonstrations(rm, demo)
-    test_scores = score(rm, test_cmp["tokens"].flatten(0, 1)).view(-1, cfg.K)
+    test_scores = score(rm, test_cmp.tokens.flatten(0, 1)).view(-1, cfg.K)
     out["rm"] = rm_metrics(labelers, test_scores, test_cmp) | {"curve": curve, "tau": tau}
     # step 3: PPO against the RM from the SFT policy
     cpu["ppo"] = time.process_time()
