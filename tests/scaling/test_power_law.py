@@ -42,10 +42,21 @@ def test_bootstrap_ci_covers_zero_without_a_law() -> None:
 
 
 def test_repeated_x_and_degenerate_inputs() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^a power law needs at least two distinct x$"):
         fit_power_law([5.0, 5.0], [1.0, 2.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^a power law needs at least two distinct x$"):
+        fit_power_law([5.0], [1.0])
+    with pytest.raises(ValueError, match="^a power law in log space needs every y > 0$"):
         fit_power_law([1.0, 2.0], [1.0, 0.0])
+    two = fit_power_law([1.0, 10.0], [2.0, 0.2])  # two points are enough for a line
+    assert two.alpha == pytest.approx(1.0) and two.coef == pytest.approx(2.0)
+
+
+def test_bootstrap_defaults_are_1000_resamples_and_seed_0() -> None:
+    y = _noisy([2.0 * v**-0.5 for v in X], 0.1, seed=1)
+    ci = bootstrap_exponent(X, y)
+    assert ci.samples == 1000 and ci.level == 0.95  # 12 distinct x: no resample is dropped
+    assert ci == bootstrap_exponent(X, y, n_boot=1000, level=0.95, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -75,10 +86,11 @@ def _resampled_alphas(x, y, n_boot: int, seed: int) -> list[float]:
 
 
 @pytest.mark.parametrize("level", [0.95, 0.8])
-def test_bootstrap_interval_ends_are_the_resamples_quantiles(level: float) -> None:
+@pytest.mark.parametrize("x", [[10.0, 10.0, 10.0, 100.0, 1000.0], [1.0, 1.0, 1.0, 1.5, 2.0]])
+def test_bootstrap_interval_ends_are_the_resamples_quantiles(level: float, x: list) -> None:
     """The level, not only coverage: the ends are the (1 ∓ level)/2 quantiles of the resampled
-    exponents, so a 95% interval that silently became 90% (or one-sided) fails here."""
-    x = [10.0, 10.0, 10.0, 100.0, 1000.0]  # repeated x: ~8% of resamples have one x, dropped
+    exponents, so a 95% interval that silently became 90% (or one-sided) fails here. Repeated x:
+    ~8% of resamples have a single x and are dropped; the second x spans less than one e-fold."""
     y = _noisy([2.0 * v**-0.5 for v in x], 0.2, seed=4)
     ci = bootstrap_exponent(x, y, n_boot=400, level=level, seed=7)
     alphas = _resampled_alphas(x, y, 400, seed=7)
