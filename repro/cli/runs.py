@@ -11,6 +11,8 @@ from repro.cli.common import (
     console,
     emit_json,
     pass_state,
+    terminal_markup,
+    terminal_text,
     verdict_order,
 )
 from repro.lab.errors import BadOption
@@ -67,6 +69,7 @@ def runs(
         click.echo(f"no stored runs in {state.runs_dir}", err=True)
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{plural(len(found), 'run')}, newest first", title_justify="left")
     for col in ("paper", "stamp", "preset", "seed", "commit", "claims", "took"):
@@ -76,9 +79,10 @@ def runs(
             f"[{VERDICT_STYLE.get(k, '')}]{n} {k}[/]"
             for k, n in sorted(r.verdicts.items(), key=verdict_order)
         )
-        table.add_row(
-            r.slug, r.stamp, r.preset or "—", "—" if r.seed is None else str(r.seed),
-            r.commit or "—", verdicts or "—", format_seconds(r.seconds),
+        table.add_row(  # folder names and stored text are shown as text, escaped
+            *(Text(terminal_text(x)) for x in (r.slug, r.stamp, r.preset or "—")),
+            "—" if r.seed is None else str(r.seed), Text(terminal_text(r.commit or "—")),
+            verdicts or "—", format_seconds(r.seconds),
         )  # fmt: skip
     console().print(table)
 
@@ -92,7 +96,7 @@ def _prune(state: State, slugs: list[str], keep: int, dry_run: bool, as_json: bo
         return
     verb = "would delete" if dry_run else "deleted"
     for p in pruned:
-        click.echo(f"{verb} {p.slug}/{p.stamp} ({format_bytes(p.size)})")
+        click.echo(f"{verb} {terminal_text(f'{p.slug}/{p.stamp}')} ({format_bytes(p.size)})")
     papers = len({p.slug for p in pruned})
     total = format_bytes(sum(p.size for p in pruned))
     click.echo(
@@ -108,9 +112,10 @@ def _diff_table(a, b, changes: list) -> None:
     from rich.text import Text
 
     if not changes:
-        click.echo(f"{a.stamp} and {b.stamp}: same settings, metrics and claims")
+        click.echo(terminal_text(f"{a.stamp} and {b.stamp}: same settings, metrics and claims"))
         return
-    table = Table(title=f"{a.slug}: A = {a.stamp}, B = {b.stamp}", title_justify="left")
+    title = terminal_markup(f"{a.slug}: A = {a.stamp}, B = {b.stamp}")
+    table = Table(title=title, title_justify="left")
     for col in ("", "key", "A", "B", "B − A"):
         table.add_column(
             col,
@@ -120,7 +125,7 @@ def _diff_table(a, b, changes: list) -> None:
         )
     for c in changes:
         cells = (c.section, c.key, _cell(c.a), _cell(c.b), _change(c.a, c.b))
-        table.add_row(*(Text(x) for x in cells))
+        table.add_row(*(Text(terminal_text(x)) for x in cells))
     console().print(table)
 
 
