@@ -62,3 +62,42 @@ def test_whiten() -> None:
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     w = whiten(x, mask)
     assert abs(w[0, :3].mean().item()) < 1e-6 and w[0, 3] == 0
+
+
+def test_gae_with_a_discount_against_the_definition() -> None:
+    """γ < 1 as well (the paper uses γ = 1, the function takes both): δ_t = r_t + γV_{t+1} − V_t,
+    A_t = Σ_k (γλ)^k δ_{t+k}, with a padded response."""
+    g = torch.Generator().manual_seed(2)
+    rewards, values = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.float)
+    lam, gamma = 0.8, 0.7
+    adv, ret = gae(rewards, values, mask, lam, gamma=gamma)
+    for n in range(2):
+        T = int(mask[n].sum())
+        v = [float(values[n, t]) for t in range(T)] + [0.0]
+        delta = [float(rewards[n, t]) + gamma * v[t + 1] - v[t] for t in range(T)]
+        for t in range(T):
+            expected = sum((gamma * lam) ** k * delta[t + k] for k in range(T - t))
+            assert abs(float(adv[n, t]) - expected) < 1e-5
+            assert abs(float(ret[n, t]) - (expected + v[t])) < 1e-5
+
+
+def test_clipped_surrogate_with_another_epsilon_and_a_mask() -> None:
+    """ε = 0.1 and a masked token whose huge ratio must not count; the mean is over the mask."""
+    adv = torch.tensor([[2.0, -1.0, 0.5, -3.0, 7.0]])
+    ratio = torch.tensor([[1.3, 0.8, 0.95, 1.05, 50.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    loss = ppo_clip_loss(ratio.log(), torch.zeros(1, 5), adv, mask, clip=0.1)
+    # min(ρA, clip(ρ, 0.9, 1.1)A) per token: 2.2, −0.9, 0.475, −3.15
+    expected = -(2.2 - 0.9 + 0.475 - 3.15) / 4
+    assert abs(loss.item() - expected) < 1e-6
+
+
+def test_whiten_has_unit_variance_over_the_mask() -> None:
+    x = torch.tensor([[1.0, 2.0, 4.0, 100.0], [7.0, -50.0, 3.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 1.0]])
+    w = whiten(x, mask)
+    kept = x[mask.bool()]
+    want = (kept - kept.mean()) / kept.var(unbiased=False).sqrt()
+    assert torch.allclose(w[mask.bool()], want, atol=1e-5)
+    assert (w[~mask.bool()] == 0).all()
