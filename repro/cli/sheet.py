@@ -19,10 +19,16 @@ from repro.cli.common import (
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["md", "html", "anki", "tsv"]),
-    help="Default: from the -o suffix, else md. anki: an .apkg deck; tsv: the cards as text.",
+    type=click.Choice(["md", "html", "anki", "tsv", "cheatsheet"]),
+    help="Default: from the -o suffix, else md. anki: an .apkg deck; tsv: the cards as text; "
+    "cheatsheet: 1–2 A4 pages a paper, to print (HTML).",
 )
 @click.option("--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True)
+@click.option(
+    "--only-translated",
+    is_flag=True,
+    help="anki/tsv in zh: leave out the cards with no Chinese text (else marked 【英文原文】).",
+)
 @click.option(
     "-o",
     "--output",
@@ -31,14 +37,25 @@ from repro.cli.common import (
     "per paper); default: stdout.",
 )
 @pass_state
-def sheet(state, slugs, all_papers, must_know, fmt, lang, output) -> None:
+def sheet(state, slugs, all_papers, must_know, fmt, lang, only_translated, output) -> None:
     """Study sheets with the latest verdicts (Markdown, HTML, Anki), in English or Chinese."""
     from repro.study.publish import Request, publish
 
-    request = Request(slugs, all_papers, must_know, fmt, lang, output)
+    request = Request(slugs, all_papers, must_know, fmt, lang, output, only_translated)
     outcome = publish(state.library, state.runs_dir, request)
     for slug in outcome.missing or []:
         click.echo(f"note: must-know paper '{slug}' has no note yet; listed as missing", err=True)
+    if outcome.removed:
+        n = len(outcome.removed)
+        click.echo(
+            f"note: {n} card{'s' if n != 1 else ''} of the previous export to this file "
+            "no longer exist (an import never deletes; delete them in Anki's browser):",
+            err=True,
+        )
+        for front in outcome.removed[:20]:
+            click.echo(f"  - {front}", err=True)
+        if n > 20:
+            click.echo(f"  … and {n - 20} more", err=True)
     if outcome.written is None:
         click.echo(outcome.stdout, nl=False)
         return

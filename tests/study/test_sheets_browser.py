@@ -54,7 +54,15 @@ CJK_DRAWN = """() => {
 }"""
 
 
-PHONE_DARK = {"index", "lora", "must-know.zh"}
+PAPER = "() => !!document.querySelector('article.paper')"
+PAGE_WIDTH = "() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
+FIRST_SECTION = """() => { const s = document.querySelector('article.paper > section');
+  return s ? s.className + ' ' + s.querySelector('h2').textContent : ''; }"""
+LINKS = """() => ({ index: !!document.querySelector('a.to-index[href="index.html"]'),
+  prev: !!document.querySelector('a[rel=prev]'), next: !!document.querySelector('a[rel=next]') })"""
+
+
+DESKTOP_DARK = {"index", "lora", "must-know.zh", "zh/transformer", "flashattention"}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +82,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         publish(library, runs, Request(must_know=True, fmt="html", lang=lang,
                                        output=root / f"must-know.{lang}.html"))  # fmt: skip
     found = {p.stem: p for p in sorted((root / "site").glob("*.html"))}
+    found |= {f"zh/{p.stem}": p for p in sorted((root / "site" / "zh").glob("*.html"))}
     found |= {p.name.removesuffix(".html"): p for p in root.glob("*.html")}
     return found
 
@@ -89,21 +98,33 @@ def browser():
 
 
 def test_pages_render_offline_without_raw_latex(browser, pages, tmp_path: Path) -> None:
+    """Every page on a phone (390 px, light): no console error, no request, every <math>
+    drawn, no raw LaTeX, Chinese glyphs drawn, no wider than the screen (formulas and code
+    scroll in their own box, tables become cards); every paper page opens with the revision
+    card and links to the index and a neighbour. A few pages also on a desktop in dark."""
     assert {"index", "lora", "transformer", "must-know.en", "must-know.zh", "transformer.zh"} <= (
         pages.keys()
     )
+    papers = 0
+    views: dict[tuple[str, int], object] = {}  # one tab per look, reused page after page
+    errors: list[str] = []
+    requests: list[str] = []
     for name, path in pages.items():
-        # every page on a desktop in light; a few also on a phone in dark
-        looks = [("light", 1100)] + [("dark", 390)] * (name in PHONE_DARK)
+        looks = [("light", 390)] + [("dark", 1280)] * (name in DESKTOP_DARK)
         for scheme, width in looks:
-            page = browser.new_page(viewport={"width": width, "height": 900}, color_scheme=scheme)
-            errors, requests = [], []
-            page.on("console", lambda m, e=errors: m.type == "error" and e.append(m.text))
-            page.on("pageerror", lambda exc, e=errors: e.append(str(exc)))
-            page.on("request", lambda r, q=requests: q.append(r.url))
+            page = views.get((scheme, width))
+            if page is None:
+                page = browser.new_page(
+                    viewport={"width": width, "height": 900}, color_scheme=scheme
+                )
+                page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("request", lambda r: requests.append(r.url))
+                views[(scheme, width)] = page
+            errors.clear()
+            requests.clear()
             url = path.as_uri()
             page.goto(url, wait_until="load")
-            page.wait_for_timeout(50)
             others = [u for u in requests if u != url]
             assert not errors, f"{name}: console errors {errors}"
             assert not others, f"{name}: requests {others}"
@@ -111,11 +132,24 @@ def test_pages_render_offline_without_raw_latex(browser, pages, tmp_path: Path) 
             text = page.evaluate(VISIBLE_TEXT)
             for raw in ("\\frac", "\\mathrm", "$"):
                 assert raw not in text, f"{name}: raw {raw!r} in the visible text"
-            if name.endswith(".zh"):
+            if name.endswith(".zh") or name.startswith("zh/"):
                 assert page.evaluate("document.documentElement.lang") == "zh-CN"
                 assert page.evaluate(CJK_DRAWN), f"{name}: Chinese text drawn as empty boxes"
-            page.screenshot(path=str(tmp_path / f"{name}.{scheme}.png"), full_page=False)
-            page.close()
+            wide = page.evaluate(PAGE_WIDTH)
+            assert wide <= width, f"{name}: {wide} px wide at {width} px"
+            site_page = path.parent.name in ("site", "zh")
+            if width == 390 and site_page and page.evaluate(PAPER):
+                papers += 1
+                first = page.evaluate(FIRST_SECTION)
+                assert first.startswith("revision "), f"{name}: first section {first!r}"
+                links = page.evaluate(LINKS)
+                assert links["index"] and (links["prev"] or links["next"]), f"{name}: {links}"
+            if name in DESKTOP_DARK or name.startswith("must-know"):
+                shot = name.replace("/", "-")
+                page.screenshot(path=str(tmp_path / f"{shot}.{scheme}.png"), full_page=False)
+    for page in views.values():
+        page.close()
+    assert papers >= 2 * 16
     assert (tmp_path / "must-know.zh.light.png").stat().st_size > 10_000
 
 
@@ -136,4 +170,18 @@ def test_inline_plot_is_drawn(browser, pages) -> None:
         " return [r.width, r.height]; }"
     )
     assert box[0] > 100 and box[1] > 50
+    page.close()
+
+
+def test_questions_fold_and_print_open(browser, pages) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(pages["transformer"].as_uri())
+    answer = page.locator("details.qa .a").first
+    assert not answer.is_visible()  # folded: answer first, then check
+    page.locator("details.qa summary").first.click()
+    assert answer.is_visible()
+    page.emulate_media(media="print")
+    page.reload()
+    assert page.locator("details.qa .a").first.is_visible(), "answers print open"
+    assert not page.locator(".navlinks").first.is_visible(), "navigation is left out of print"
     page.close()
