@@ -267,6 +267,14 @@ def flash_attention(
             f"need q (B, H, T, D) and k, v (B, Hkv, S, D); got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
+    sizes = {"B": q.shape[0], "H": q.shape[1], "Hkv": k.shape[1], "D": q.shape[3]}
+    if empty := [name for name, size in sizes.items() if size == 0]:
+        raise ValueError(
+            f"{' and '.join(empty)} = 0 (q {tuple(q.shape)}, k {tuple(k.shape)}): an empty batch "
+            "or zero heads has nothing to attend; need B, H, Hkv, D >= 1"
+        )
+    if k.shape[0] != q.shape[0]:
+        raise ValueError(f"q has batch B={q.shape[0]} but k and v have B={k.shape[0]}")
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"H={q.shape[1]} query heads is not a multiple of Hkv={k.shape[1]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale

@@ -153,6 +153,31 @@ def test_bad_head_counts_are_rejected():
         flash_attention(q, k, v)
 
 
+@pytest.mark.parametrize(
+    ("q_shape", "k_shape", "named"),
+    [
+        ((0, 2, 4, 8), (0, 2, 5, 8), "B = 0"),
+        ((1, 0, 4, 8), (1, 0, 5, 8), "H and Hkv = 0"),
+        ((1, 2, 4, 8), (1, 0, 5, 8), "Hkv = 0"),
+        ((1, 2, 4, 0), (1, 2, 5, 0), "D = 0"),
+    ],
+)
+def test_an_empty_batch_or_head_is_a_value_error_not_a_zero_division(q_shape, k_shape, named):
+    q, k = torch.randn(q_shape), torch.randn(k_shape)
+    with pytest.raises(ValueError, match=named):
+        flash_attention(q, k, k.clone())
+
+
+def test_mismatched_batches_are_rejected_and_empty_lengths_still_work():
+    q, k = torch.randn(2, 2, 4, 8), torch.randn(1, 2, 5, 8)
+    with pytest.raises(ValueError, match="batch B=2 but k and v have B=1"):
+        flash_attention(q, k, k.clone())
+    k2 = k.expand(2, -1, -1, -1)
+    assert flash_attention(q[:, :, :0], k2, k2).shape == (2, 2, 0, 8)  # no queries: empty output
+    no_keys = torch.zeros(2, 2, 0, 8)
+    assert flash_attention(q, no_keys, no_keys).abs().max() == 0  # a query that sees no key: 0
+
+
 def test_bench_attention_rows():
     from repro.bench.attention import attention_flops, bench_attention
 
