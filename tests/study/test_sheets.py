@@ -168,3 +168,174 @@ def test_must_know_pack_picks_up_a_new_note(library_dir: Path, runs_dir: Path) -
     assert by_slug["instructgpt"].sheet is not None and by_slug["llama"].sheet is None
     html = render_must_know(entries, "html", "zh")
     assert "5分钟口述总结" in html and "缺失：papers/llama/" in html
+
+
+# --- pages built for revision: card first, code beside the math, plots beside claims ---------
+
+
+@pytest.fixture
+def lora_copy(tmp_path: Path) -> Path:
+    """A library with LoRA (its forward pass linked to its code, a claim declaring the same
+    code, a plot captioned for a claim) and the Transformer."""
+    root = tmp_path / "papers"
+    for slug in ("lora", "transformer", "gqa", "rope", "bert"):
+        shutil.copytree(REPO / "papers" / slug, root / slug)
+    note = root / "lora" / "note.yaml"
+    text = note.read_text(encoding="utf-8")
+    text = text.replace(
+        "  - id: lora-forward-pass\n",
+        "  - id: lora-forward-pass\n    code: repro/nn/lora.py::LoRALinear.forward\n"
+        "    claims: [zero-init-equivalence]\n",
+        1,
+    ).replace(
+        "  - id: merge-equivalence\n",
+        "  - id: merge-equivalence\n    code: [repro/nn/lora.py::LoRALinear.forward]\n",
+        1,
+    )
+    text = text.replace(
+        "\nclaims:\n",
+        "\nplots:\n  - file: curve.svg\n    claim: param-reduction-4096\n"
+        "    caption: Look where the two curves meet.\n\nclaims:\n",
+        1,
+    )
+    note.write_text(text, encoding="utf-8")
+    return root
+
+
+def test_revision_card_is_the_first_section_and_questions_fold(runs_dir: Path) -> None:
+    html = render_sheet(paper_sheet(LIBRARY.get("transformer"), runs_dir, library=LIBRARY), "html")
+    article = html[html.index('<article id="transformer"') :]
+    first = re.search(r"<section[^>]*>", article).group(0)
+    assert 'class="revision"' in first
+    card = article[: article.index("</section>")]
+    for heading in ("The 5-minute summary", "Three contributions", "Interview questions",
+                    "Deep dive", "Answer framework", "(30 s)", "(1–2 min)"):  # fmt: skip
+        assert heading in card, heading
+    n = len(LIBRARY.get("transformer").note.interview.questions)
+    assert card.count('<details class="qa"') == n
+    assert article.index("revision") < article.index("Three passes") < article.index("Method")
+
+
+def test_code_beside_the_formula_with_the_claims_that_run_it(
+    lora_copy: Path, runs_dir: Path
+) -> None:
+    library = Library(lora_copy)
+    _fake_run(runs_dir, "lora", "merge-equivalence", "20260102T030405000000Z")
+    html = render_sheet(paper_sheet(library.get("lora"), runs_dir, library=library), "html")
+    formula = html[html.index('id="lora-f-lora-forward-pass"') :]
+    formula = formula[: formula.index('<div class="formula"')]
+    assert "repro/nn/lora.py" in formula and '<div class="hl">' in formula
+    assert 'class="k">def</span>' in formula  # Pygments' classes, styled by the page's CSS
+    assert "zero-init-equivalence · not yet run" in formula  # from the formula's claims: list
+    assert "merge-equivalence · verified" in formula  # the claim declares the same code
+    assert "<script" not in html and ".hl .k" in html
+
+
+def test_plot_sits_beside_its_claim_with_caption_and_verdict(
+    lora_copy: Path, runs_dir: Path
+) -> None:
+    library = Library(lora_copy)
+    run = _fake_run(runs_dir, "lora", "param-reduction-4096", "20260102T030405000000Z")
+    save_line_plot(run / "curve.svg", {"a": ([1, 2], [1.0, 2.0])}, "x", "y", "t")
+    save_line_plot(run / "loose.svg", {"a": ([1, 2], [1.0, 2.0])}, "x", "y", "t")
+    html = render_sheet(paper_sheet(library.get("lora"), runs_dir, library=library), "html")
+    row = html.index('id="lora-claim-param-reduction-4096"')
+    plot = html.index("Look where the two curves meet.")
+    next_row = html.index('<tr id="lora-claim-', row + 10)
+    assert row < plot < next_row
+    assert "param-reduction-4096 · verified" in html[row:next_row]
+    assert html.index("loose") > next_row  # a plot no note describes: after the table
+
+
+def test_unresolvable_code_is_a_located_validate_error(lora_copy: Path) -> None:
+    from repro.study.site import page_problems
+
+    note = lora_copy / "lora" / "note.yaml"
+    note.write_text(note.read_text().replace("LoRALinear.forward\n", "LoRALinear.nope\n", 1))
+    paper = Library(lora_copy).get("lora")
+    (problem,) = page_problems(paper, "papers/lora/note.yaml")
+    assert re.match(
+        r"papers/lora/note.yaml:\d+:\d+: formulas\[2\]\.code: .*'LoRALinear.nope'", problem
+    )
+
+
+def test_excerpt_markers_and_ranges(tmp_path: Path) -> None:
+    from repro.study.excerpts import CodeRefError, resolve
+
+    (tmp_path / "m.py").write_text(
+        "def f(x):\n    y = x\n    # [core]\n    z = y + 1\n    # [/core]\n    return z\n"
+    )
+    assert resolve(tmp_path, "m.py::f#core").lines == ("z = y + 1",)
+    ex = resolve(tmp_path, "m.py#L2-L4")
+    assert (ex.first, ex.last) == (2, 4)
+    for bad in ("m.py::g", "m.py#L5-L9", "m.py::f#other", "../m.py", "n.py"):
+        with pytest.raises(CodeRefError):
+            resolve(tmp_path, bad)
+
+
+def _site(library_root: Path, runs_dir: Path, out: Path) -> Path:
+    from repro.study.publish import Request, publish
+
+    publish(Library(library_root), runs_dir, Request(all_papers=True, fmt="html", output=out))
+    return out
+
+
+def test_index_groups_names_path_tables_and_links(
+    lora_copy: Path, runs_dir: Path, tmp_path: Path
+) -> None:
+    site = _site(lora_copy, runs_dir, tmp_path / "site")
+    index = (site / "index.html").read_text()
+    text = visible_text(index)
+    # display names, grouped by topic, must-know first in its group
+    assert "Transformer" in text and "Attention Is All You Need" in text
+    assert text.index("Architecture") < text.index("Transformer") < text.index("RoPE")
+    assert text.index("Training & scaling") < text.index("BERT") < text.index("Efficiency")
+    # the reading path puts a paper after the earlier papers it names as related
+    path = text[text.index("Reading path") :]
+    assert path.index("Transformer") < path.index("BERT") < path.index("GQA")
+    # comparison tables built from the notes' compare: rows, each cell citing its note
+    tables = index[index.index('id="comparisons"') :]
+    assert "MHA" in tables and "MQA" in tables and "GQA" in tables
+    assert "Sinusoidal" in tables and "RoPE" in tables and "Learned" in tables
+    assert 'href="gqa.html#gqa-claim-table1-t5-xxl"' in tables
+    assert tables.count('class="cite"') >= 3 * 3
+    # links to the pack, the cheat sheets, the deck, the other language: all exist
+    for href in ("must-know.html", "cheatsheet.html", "paperlab-en.apkg", "zh/index.html"):
+        assert f'href="{href}"' in index and (site / href).exists(), href
+    zh = (site / "zh" / "index.html").read_text()
+    assert "RoPE 旋转位置编码" in zh and "模型架构" in zh and 'href="../index.html"' in zh
+    assert (site / "zh" / "paperlab-zh.apkg").exists()
+    # no runs: no verdict counts; once a paper has run, its counts show
+    assert "not yet run" not in text
+    _fake_run(runs_dir, "lora", "param-reduction-4096", "20260102T030405000000Z")
+    index = (_site(lora_copy, runs_dir, tmp_path / "site2") / "index.html").read_text()
+    assert "1 verified" in visible_text(index)
+
+
+def test_pages_link_back_and_to_neighbours(lora_copy: Path, runs_dir: Path, tmp_path: Path) -> None:
+    site = _site(lora_copy, runs_dir, tmp_path / "site")
+    from repro.study.site import site_order
+
+    order = [
+        s.slug
+        for s in site_order([paper_sheet(p, runs_dir) for p in Library(lora_copy).papers.values()])
+    ]
+    for i, slug in enumerate(order):
+        page = (site / f"{slug}.html").read_text()
+        assert 'href="index.html"' in page and f'href="zh/{slug}.html"' in page
+        if i:
+            assert f'rel="prev" href="{order[i - 1]}.html"' in page
+        if i + 1 < len(order):
+            assert f'rel="next" href="{order[i + 1]}.html"' in page
+
+
+def test_cheatsheet_has_every_part(runs_dir: Path) -> None:
+    from repro.study.sheets import render_cheatsheet
+
+    entries = must_know_entries(LIBRARY, runs_dir, "en")
+    html = render_cheatsheet(entries, "en")
+    assert html.count('<article id="') == len(entries)
+    text = visible_text(html)
+    for part in ("5-minute spoken summary", "3 core contributions", "Key formula",
+                 "Interview questions", "Answer framework"):  # fmt: skip
+        assert text.count(part) == len(entries), part
