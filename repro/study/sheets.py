@@ -36,7 +36,7 @@ from repro.study.mathtext import (
 )
 from repro.study.runview import RunInfo, latest_run
 from repro.study.sheetlang import Lang, View, labels, localize
-from repro.study.site import PageExtras, page_extras
+from repro.study.site import PageExtras, css_string, page_extras
 
 TEMPLATES = REPO_ROOT / "templates"
 Mode = Literal["md", "html", "term"]
@@ -128,6 +128,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["t"] = _text_for_mode
     env.globals["code_css"] = _code_css
+    env.globals["css_name"] = css_string
     return env
 
 

@@ -262,6 +262,19 @@ def _code_view(ref: str | None, claim_ids: list[str], verdicts: dict[str, str]) 
     return CodeView(ref, ex.path, ex.first, ex.last, highlight(ex), claims)
 
 
+def css_string(text: str) -> str:
+    """`text` as a quoted CSS string that cannot end the string or the <style> element: only
+    letters, digits, spaces, a little punctuation and non-ASCII characters pass; anything else
+    is a hex escape."""
+    safe = " -_.,()·—"
+
+    def one(c: str) -> str:
+        ok = c.isalnum() or c in safe or (ord(c) > 127 and c.isprintable())
+        return c if ok else f"\\{ord(c):x} "
+
+    return '"' + "".join(one(c) for c in text) + '"'
+
+
 def _humanise(file: str) -> str:
     return file.removesuffix(".svg").replace("_", " ").replace("-", " ")
 
