@@ -23,9 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from repro.align.policy import generate, response_mask, token_logprobs
+from repro.align.policy import generate, response_mask
 from repro.align.reward import all_pairs
 from repro.data.instructions import Instances, InstructionWorld
 
@@ -182,7 +183,10 @@ def sequence_logps(model: nn.Module, prompts: Tensor, responses: Tensor, eot: in
     """log π(y|x) = Σ_t log π(y_t | x, y_<t), summed (not averaged) over the response's tokens up
     to and including the first `eot`. prompts (N, P), responses (N, R) -> (N,) in fp32 or fp64."""
     _check_sequences("sequence_logps", prompts, responses)
-    logp, _ = token_logprobs(model, prompts, responses)  # (N, R)
+    P = prompts.shape[1]
+    logits = model(torch.cat([prompts, responses], dim=1)[:, :-1])[:, P - 1 :]  # (N, R, V)
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # fp64 stays fp64
+    logp = F.log_softmax(logits, -1).gather(-1, responses[..., None]).squeeze(-1)  # (N, R)
     return (logp * response_mask(responses, eot)).sum(1)
 
 
