@@ -127,6 +127,13 @@ def test_fit_statistics_on_noisy_points_against_numpy() -> None:
     assert fit.r2 == pytest.approx(r2, rel=1e-10) and 0.0 < fit.r2 < 0.99
     assert fit.predict(50.0) == pytest.approx(math.exp(intercept) * 50.0**slope, rel=1e-10)
     assert fit_power_law([1.0, 10.0, 100.0], [2.0, 2.0, 2.0]).r2 == 0.0  # flat: no variance
+    # a shallow law whose log y varies by less than 1 in total: R² is still computed
+    y = [v**-0.05 * (1 + 0.01 * (-1) ** i) for i, v in enumerate(X)]
+    ly = np.log(y)
+    assert ((ly - ly.mean()) ** 2).sum() < 1
+    slope, intercept = np.polyfit(np.log(X), ly, 1)
+    r2 = 1 - ((ly - (intercept + slope * np.log(X))) ** 2).sum() / ((ly - ly.mean()) ** 2).sum()
+    assert fit_power_law(X, y).r2 == pytest.approx(r2, rel=1e-9) and 0.5 < r2 < 1
 
 
 @pytest.mark.parametrize("E", [0.0, 0.5])
