@@ -10,6 +10,7 @@ an error, the note itself a warning.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -56,9 +57,19 @@ def _locate(source: str, node: yaml.ScalarNode, fragment: str) -> tuple[int, int
 
 
 def _root(path: Path) -> tuple[str, yaml.Node | None]:
-    """The note's source and node tree (None when it does not parse: the loader reports that)."""
+    """The note's source and node tree (None when it does not parse: the loader reports that);
+    `validate` asks twice (math, links), so the last few are kept while the file is unchanged."""
     try:
-        source = read_text_file(path, str(path))
+        info = path.stat()
+    except OSError:
+        return "", None
+    return _parsed(str(path), info.st_mtime_ns, info.st_size)
+
+
+@lru_cache(maxsize=4)
+def _parsed(path: str, mtime_ns: int, size: int) -> tuple[str, yaml.Node | None]:
+    try:
+        source = read_text_file(Path(path), path)
     except TextFileError:
         return "", None
     loader = _SafeLoader(source)
