@@ -26,6 +26,7 @@ from pathlib import Path
 
 Series = dict[str, tuple[Sequence[float], Sequence[float]]]  # name -> (xs, ys)
 MAX_TICKS = 6
+MAX_MARKERS = 40  # points of a series above which it is drawn as a plain line
 _FIT_NAME = re.compile(
     r"^(?:fit|parabola|fitted|model)\b[^,]*,\s*(?P<a>.+)$|^(?P<b>.+?)\s*\(fit\)$"
 )
@@ -126,6 +127,8 @@ def save_line_plot(
                     kw = {"linestyle": "--", "linewidth": 1.3}
                 elif name in has_fit:
                     kw = {"linestyle": "none", "marker": "o", "markersize": 4}
+                elif len(points) > MAX_MARKERS:  # a dense curve: markers would blot it
+                    kw = {"linewidth": 1.4}
                 else:
                     kw = {"marker": "o", "markersize": 3}
                 ax.plot(*zip(*points, strict=True), color=colour, label=name, **kw)
