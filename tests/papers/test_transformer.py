@@ -89,3 +89,46 @@ def test_attention_probabilities_are_the_librarys_softmax() -> None:
     torch.testing.assert_close(p_raw, logits.softmax(-1), atol=1e-12, rtol=1e-12)
     # within-row variance of log p is that of the logits
     assert TRANSFORMER.logit_variance(p_raw) == pytest.approx(float(logits.var(1).mean()))
+
+
+# --- the controls of the measured claims: each must fail its claim's tolerance -------------
+
+
+def _slope(d_ks: tuple[int, ...], variances: list[float]) -> float:
+    d = torch.tensor(d_ks, dtype=torch.float64)
+    v = torch.tensor(variances, dtype=torch.float64)
+    return float((d * v).sum() / (d * d).sum())  # through the origin, as the claim fits it
+
+
+def test_controls_of_the_scaling_claims_lose() -> None:
+    """dot-product-variance wants slope 1 ± 0.05, scaled-variance 1 ± 0.1, softmax-saturation
+    a ratio < 0.01: the scaled path, the unscaled path and a small d_k must each miss."""
+    d_ks = (16, 64, 256, 1024)
+    st = TRANSFORMER.dot_product_stats(d_ks, 100, 64, 0)
+    assert abs(_slope(d_ks, st["var"]) - 1) < 0.1  # the mechanism itself, at this small size
+    assert abs(_slope(d_ks, st["var_scaled"]) - 1) > 0.05  # scale on: variance flat at 1
+    assert max(abs(v - 1) for v in st["var"]) > 0.1  # scale off: variance d_k
+    assert st["jac"][0] / st["jac_scaled"][0] > 0.01  # d_k = 16: no saturation yet
+    assert st["jac"][-1] / st["jac_scaled"][-1] < 0.01  # d_k = 1024: saturated
+
+
+def test_a_wrong_sinusoid_table_fails_the_shift_check() -> None:
+    """sinusoid-shift wants max |PE(pos + k) − M_k PE(pos)| < 1e-4; a wrong base or sin/cos
+    swapped in the table must miss by far."""
+    k, dim = 5, 64
+    M = TRANSFORMER.shift_matrix(k, dim)
+    good = sinusoidal_encoding_ref(100 + k, dim).double()
+    assert float((good[k:] - good[:100] @ M.T).abs().max()) < 1e-4
+    swapped = good.view(-1, dim // 2, 2).flip(-1).reshape(-1, dim)  # cos where sin belongs
+    wrong_base = TRANSFORMER.shift_matrix(k, dim, base=1000.0)
+    assert float((swapped[k:] - swapped[:100] @ M.T).abs().max()) > 0.1
+    assert float((good[k:] - good[:100] @ wrong_base.T).abs().max()) > 0.1
+
+
+def test_untrained_encoder_decoder_fails_the_reversal_threshold() -> None:
+    """reversal-exact-match wants ≥ 0.8; one training step leaves the model near chance."""
+    from repro.lab.claims import Context
+
+    cfg = TRANSFORMER.Config(steps=1, eval_size=200)
+    m = TRANSFORMER.experiment(cfg, Context(config=cfg, seed=0))
+    assert m["exact_match"] < 0.8
