@@ -175,3 +175,42 @@ def _log_axis(axis, set_scale, values: list) -> None:
         axis.set_major_locator(LogLocator(base=10.0**step, subs=subs, numticks=MAX_TICKS + 2))
     axis.set_major_formatter(FuncFormatter(lambda v, _: short_number(v)))
     axis.set_minor_formatter(NullFormatter())
+
+
+def save_heatmap(
+    path: Path,
+    values: Sequence[Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    xticklabels: Sequence[str] | None = None,
+    colorbar: str = "",
+) -> Path:
+    """Write a matrix (rows × columns) as an SVG heat map: a wrapped title that is never
+    clipped (constrained layout), mathtext labels, a labelled colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    rows = [[float(v) for v in row] for row in values]
+    assert rows and rows[0], f"nothing to plot in {title!r}"
+    width = max(6.0, min(16.0, 0.25 * len(rows[0])))
+    style = {"svg.fonttype": "none", "svg.hashsalt": path.stem, "font.size": 10}
+    with plt.rc_context(style):
+        fig, ax = plt.subplots(figsize=(width, 4.0), layout="constrained")
+        try:
+            im = ax.imshow(rows, aspect="auto", cmap="viridis")
+            if xticklabels is not None:
+                ax.set_xticks(range(len(xticklabels)), list(xticklabels))
+            ax.set_xlabel(math_label(xlabel))
+            ax.set_ylabel(math_label(ylabel))
+            ax.set_title("\n".join(textwrap.wrap(title, 60)) or title)
+            bar = fig.colorbar(im, ax=ax)
+            if colorbar:
+                bar.set_label(math_label(colorbar))
+            fig.savefig(path, format="svg", metadata={"Date": None})
+        finally:
+            plt.close(fig)
+    return path

@@ -84,3 +84,20 @@ def test_few_rounded_ticks_and_fits_share_a_colour(tmp_path: Path) -> None:
     assert all(len(t) <= 12 and "e+" not in t for t in labels), labels
     strokes = re.findall(r"stroke: (#[0-9a-f]{6})", svg)
     assert strokes.count("#1f77b4") >= 2 and "#ff7f0e" in strokes  # data + its fit; `other`
+
+
+def test_heatmap_title_is_kept_whole(tmp_path: Path) -> None:
+    from repro.study.plots import save_heatmap
+
+    title = "log10 Δ in the first Mamba block over one selective-copy sequence, a long title"
+    path = save_heatmap(
+        tmp_path / "h.svg", [[1.0, 2.0, 3.0], [0.5, 0.1, 2.0]], "token", "channel", title,
+        xticklabels=["a", "b", "c"], colorbar="log10 Delta_t",
+    )  # fmt: skip
+    svg = path.read_text()
+    assert "log10 Δ in the first Mamba block" in svg and "a long title" in svg  # wrapped, whole
+    import re
+
+    width = float(re.search(r'<svg[^>]*width="([\d.]+)pt"', svg).group(1))
+    xs = [float(x) for x in re.findall(r'<text[^>]*\bx="([\d.-]+)"', svg)]
+    assert xs and min(xs) >= 0 and max(xs) <= width  # nothing drawn outside the figure
