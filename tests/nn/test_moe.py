@@ -157,3 +157,20 @@ def test_switch_loss_gradient_flows_through_p_only():
     # the gradient lowers the logit of the most loaded expert on average
     busiest = int(f.argmax())
     assert g[:, busiest].mean() > 0
+
+
+@pytest.mark.parametrize("loss_fn", [topk_aux_loss, deepseek_balance_loss])
+def test_topk_losses_pull_probability_off_the_busiest_expert(loss_fn):
+    """The top-k forms, like Switch's, differentiate through P only: the gradient equals that of
+    the same sum with the counts held constant, and it is not zero."""
+    torch.manual_seed(5)
+    logits = (torch.randn(30, 6, dtype=F64) * torch.arange(1, 7)).requires_grad_()
+    r = routing(logits, 2)
+    (g,) = torch.autograd.grad(loss_fn(r, 0.5), logits)
+    counts = torch.bincount(r.experts.reshape(-1), minlength=6).double()
+    P = logits.softmax(-1).mean(0)
+    scale = 6 / 30 if loss_fn is topk_aux_loss else 6 / (2 * 30)  # N/M, or N/(K·M)
+    (g_ref,) = torch.autograd.grad(0.5 * scale * (counts * P).sum(), logits)
+    torch.testing.assert_close(g, g_ref)
+    assert g.abs().max() > 1e-3
+    assert g[:, int(counts.argmax())].mean() > 0
