@@ -18,7 +18,7 @@ What is checked here, claim by claim (see note.yaml):
    accuracy on B (and of the unadapted model, to show adaptation is needed), the trainable
    fraction, and two exactness checks on the real models: a freshly wrapped LoRA model equals
    its base model, and merged == unmerged forward passes after training. The full preset adds
-   a control task with a rank-16 shift, where small ranks should fall short (footnote 7).
+   a control task with a rank-16 shift, where small ranks should fall short (footnote 6 of §7.2).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from torch import Tensor, nn
 
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters
-from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.nn.lora import LoRALinear, apply_lora, lora_parameters, merge_lora
+from repro.study.plots import save_line_plot
 from repro.train import train
 
 CLAIM_RANK = 4  # the rank whose accuracy the `lora-recovers-full-ft` claim judges
@@ -75,7 +75,7 @@ class Config:
         ("fc1", "fc2"), "the adapted layers; the head stays frozen", choices=("fc1", "fc2")
     )
     control_shift_rank: int = setting(
-        0, "> 0: also adapt to a full-rank-ish shift (footnote 7); 0: skip", min=0
+        0, "> 0: also adapt to a full-rank-ish shift (footnote 6); 0: skip", min=0
     )
     n_eval: int = setting(4096, "validation and test examples of task B, each", min=1)
     repeats: int = setting(1, "independent runs (teachers, student init, batches), averaged", min=1)
