@@ -1,0 +1,1 @@
+"""Decoding algorithms beyond one token per forward: speculative decoding (draft + target)."""
