@@ -46,6 +46,9 @@ CASES = [
      lambda a, b: {"accuracy_by_shots": [0.1, a], "untrained_accuracy_by_shots": [0.1, b],
                    "chance": 0.1}),
     ("gpt3", "icl_few_shot_gain", lambda a, b: {"accuracy_by_shots": [b, 0.2, a]}),
+    ("scaling-laws", "exponent_tracks_tail",
+     lambda a, b: {"tail_light": {"alpha": a, "ci": None}, "tail_heavy": {"alpha": b, "ci": None,
+                                                                           "r2": 0.9}}),
     ("chinchilla", "approach3_vs_approach2",
      lambda a, b: {"approach3": {"a": a, "E": 1.0, "alpha": 0.3, "beta": 0.3},
                    "approach2": {"a": b, "ci": None}, "floor": 1.0}),
@@ -63,3 +66,19 @@ def test_icl_ideal_learner_gap_is_the_largest_in_either_direction() -> None:
     assert _run("gpt3", "icl_matches_ideal_learner", m) == pytest.approx(0.2)
     m = {"accuracy_by_shots": [0.1, 0.5, 0.9], "ideal_by_shots": [0.1, 0.45, 0.6]}
     assert _run("gpt3", "icl_matches_ideal_learner", m) == pytest.approx(0.3)
+
+
+def test_scaling_laws_control_coverage_and_ratios() -> None:
+    """The control verifies only when its interval covers 0; ratios divide in order."""
+
+    def control(low: float, high: float) -> dict:
+        return {"control": {"ci": [low, high], "alpha": 0.0, "r2": 0.0, "excess": []}}
+
+    assert _run("scaling-laws", "control_no_law", control(-0.1, 0.2)) == 1
+    assert _run("scaling-laws", "control_no_law", control(0.05, 0.2)) == 0
+    assert _run("scaling-laws", "control_no_law", control(-0.3, -0.1)) == 0
+    assert _run("scaling-laws", "control_no_law", control(0.0, 0.2)) == 1  # the ends count
+    eff = {"samples_small": 600, "samples_large": 200, "target_loss": 1.0, "n_params": []}
+    assert _run("scaling-laws", "sample_efficiency", {"efficiency": eff}) == pytest.approx(3.0)
+    law = {"floor_fit": {"E": 1.5, "alpha": 0.3}, "floor": 2.0, "floor_fit_per_seed": [1.5]}
+    assert _run("scaling-laws", "floor_recovered", {"main": law}) == pytest.approx(0.75)
