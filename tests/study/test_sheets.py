@@ -133,12 +133,17 @@ def test_pipe_in_a_unit_is_escaped_in_the_markdown_table(library_dir: Path, runs
     assert len(unescaped.findall(row)) == len(unescaped.findall(header))
 
 
-def test_zh_labels_and_marked_fallback(runs_dir: Path) -> None:
-    lora = render_sheet(paper_sheet(LIBRARY.get("lora"), runs_dir, "zh"), "md", "zh")
+def test_zh_labels_and_marked_fallback(runs_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "papers"
+    shutil.copytree(REPO / "papers" / "lora", root / "lora")
+    note = root / "lora" / "note.yaml"
+    text = note.read_text(encoding="utf-8")
+    note.write_text(text[: text.index("\nzh:")] + text[text.index("\nclaims:") :], "utf-8")
+    lora = render_sheet(paper_sheet(Library(root).get("lora"), runs_dir, "zh"), "md", "zh")
     for label in ("基本信息", "核心问题", "核心贡献", "方法", "实验", "优缺点", "启发", "相关论文",
                   "5分钟口述总结", "回答框架", "【背景】", "【准备追问】"):  # fmt: skip
         assert label in lora, label
-    assert "## 核心贡献 *（暂无中文，以下为英文原文）*" in lora  # lora has no zh overlay
+    assert "## 核心贡献 *（暂无中文，以下为英文原文）*" in lora  # no zh overlay left
     transformer = render_sheet(paper_sheet(LIBRARY.get("transformer"), runs_dir, "zh"), "md", "zh")
     assert "## 核心贡献\n" in transformer  # translated: no fallback mark
     assert "## 方法 *（暂无中文，以下为英文原文）*" in transformer  # not in the overlay
@@ -182,6 +187,9 @@ def lora_copy(tmp_path: Path) -> Path:
         shutil.copytree(REPO / "papers" / slug, root / slug)
     note = root / "lora" / "note.yaml"
     text = note.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^    (code|claims): .*\n", "", text)  # the note's own links, if any
+    if "\nplots:" in text:
+        text = text[: text.index("\nplots:")] + text[text.index("\nclaims:") :]
     text = text.replace(
         "  - id: lora-forward-pass\n",
         "  - id: lora-forward-pass\n    code: repro/nn/lora.py::LoRALinear.forward\n"
