@@ -59,3 +59,44 @@ def test_two_sided_entropy_of_an_iid_source_is_its_entropy() -> None:
     h = float(-(row * row.log()).sum())
     assert BERT.two_sided_entropy(source) == pytest.approx(h, rel=1e-9)
     assert source.entropy_rate() == pytest.approx(h, rel=1e-9)
+
+
+# --- the controls of the measured claims: each must fail its claim's tolerance -------------
+
+
+def test_broken_maskers_fail_the_masking_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The four masking claims (0.15 ± 0.001, 0.8 ± 0.003, 0.1 ± 0.0025, 0.1 ± 0.0025) read
+    `masking_stats`; a masker choosing 20% of the tokens, and one that always writes [MASK]
+    (Appendix C.2's MASK-only strategy), must fail them."""
+    cfg = BERT.Config(mask_sequences=2000)
+    good = BERT.masking_stats(cfg, 0)
+    assert abs(good["chosen"] / good["maskable"] - 0.15) < 0.001
+    assert abs(good["mask"] / good["chosen"] - 0.8) < 0.003
+    real = BERT.mask_tokens
+
+    def rate_20(ids, maskable, vocab_size, generator, rate=0.15):
+        return real(ids, maskable, vocab_size, generator, rate=0.2)
+
+    def mask_only(ids, maskable, vocab_size, generator, rate=0.15):
+        inputs, labels = real(ids, maskable, vocab_size, generator, rate)
+        return inputs.masked_fill(labels != BERT.IGNORE, BERT.MASK), labels
+
+    monkeypatch.setattr(BERT, "mask_tokens", rate_20)
+    st = BERT.masking_stats(BERT.Config(mask_sequences=2001), 0)
+    assert abs(st["chosen"] / st["maskable"] - 0.15) > 0.001
+    monkeypatch.setattr(BERT, "mask_tokens", mask_only)
+    st = BERT.masking_stats(BERT.Config(mask_sequences=2002), 0)
+    assert abs(st["mask"] / st["chosen"] - 0.8) > 0.003
+    assert abs(st["random"] / st["chosen"] - 0.1) > 0.0025
+    assert abs(st["unchanged"] / st["chosen"] - 0.1) > 0.0025
+
+
+def test_untrained_models_fail_the_mlm_claims() -> None:
+    """mlm-beats-unigram wants H(X) − loss ≥ 1.0 and bidirectional-beats-left-only a gap ≥ 0.2;
+    after one training step both arms sit near log V and tie."""
+    from repro.lab.claims import Context
+
+    cfg = BERT.Config(steps=1)
+    m = BERT.experiment(cfg, Context(config=cfg, seed=0))
+    assert m["floors"]["unigram"] - m["bidirectional_loss"] < 1.0
+    assert m["left_only_loss"] - m["bidirectional_loss"] < 0.2
