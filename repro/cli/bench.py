@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from repro.cli.common import (
+    DEVICE,
     console,
     emit_json,
     progress_bar,
@@ -37,7 +38,9 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     help="Sequence lengths (comma-separated).",
 )
 @click.option("--no-backward", is_flag=True, help="Forward only.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda, cuda:N or mps."
+)
 @click.option(
     "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True
 )
@@ -149,7 +152,9 @@ def _percent_of_peak(fraction: float) -> str:
     "steps with the last 64 and they must not overlap.",
 )
 @click.option("--prompt-len", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda, cuda:N or mps."
+)
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
 def bench_decode_cmd(new_tokens, prompt_len, device, repeats, as_json):
