@@ -13,6 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _check_prompts(name: str, prompts: Tensor) -> None:
+    if prompts.dim() != 2 or prompts.shape[0] == 0 or prompts.shape[1] == 0:
+        raise ValueError(
+            f"{name}: need prompts (N, P) with N >= 1 and P >= 1; got {tuple(prompts.shape)} "
+            "(an empty batch or a zero-length prompt)"
+        )
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -24,6 +32,9 @@ def generate(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Sample (temperature > 0) or decode greedily (temperature 0): prompts (N, P) -> (N, R)."""
+    _check_prompts("generate", prompts)
+    if length < 1:
+        raise ValueError(f"generate: length={length}; need at least one response token")
     model.eval()
     seq = prompts
     done = torch.zeros(prompts.shape[0], dtype=torch.bool)
@@ -53,6 +64,12 @@ def response_mask(responses: Tensor, eot: int) -> Tensor:
 
 def token_logprobs(model: nn.Module, prompts: Tensor, responses: Tensor) -> tuple[Tensor, Tensor]:
     """log π(y_t | x, y_<t) (N, R) and the full next-token log-distributions (N, R, V)."""
+    _check_prompts("token_logprobs", prompts)
+    if responses.dim() != 2 or responses.shape[0] != prompts.shape[0] or responses.shape[1] == 0:
+        raise ValueError(
+            f"token_logprobs: need responses (N, R) with R >= 1 for {prompts.shape[0]} prompts; "
+            f"got {tuple(responses.shape)}"
+        )
     P = prompts.shape[1]
     seq = torch.cat([prompts, responses], dim=1)  # (N, P + R)
     logits = model(seq[:, :-1])[:, P - 1 :].float()  # (N, R, V): the positions predicting y

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from repro.align.policy import generate, token_logprobs
 from repro.align.preferences import (
     Comparisons,
     PreferencePairs,
@@ -188,3 +189,28 @@ def test_shuffled_labels_keep_the_pairs_and_flip_about_half():
     share = flipped.double().mean().item()
     assert abs(share - 0.5) < 4 * math.sqrt(0.25 / n)
     assert shuffled.gold_agreement() == pytest.approx(1 - share)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda m: generate(m, torch.zeros(0, 5, dtype=torch.long), 3, EOT), "empty batch"),
+        (lambda m: generate(m, torch.ones(2, 0, dtype=torch.long), 3, EOT), "zero-length prompt"),
+        (lambda m: generate(m, torch.ones(2, 5, dtype=torch.long), 0, EOT), "length=0"),
+        (
+            lambda m: token_logprobs(
+                m, torch.ones(2, 5, dtype=torch.long), torch.ones(2, 0, dtype=torch.long)
+            ),
+            "R >= 1",
+        ),
+        (
+            lambda m: token_logprobs(
+                m, torch.ones(2, 5, dtype=torch.long), torch.ones(3, 2, dtype=torch.long)
+            ),
+            "for 2 prompts",
+        ),
+    ],
+)
+def test_the_policy_entry_points_refuse_empty_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_model().float())
