@@ -25,6 +25,7 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from html import escape
 from pathlib import Path
 
@@ -97,7 +98,12 @@ def anki_math(latex: str, display: bool) -> str:
 
 
 def _html(text: object, block: bool = False) -> str:
-    return str(markdown_html(str(text), block, anki_math))
+    return _card_html(str(text), block)
+
+
+@lru_cache(maxsize=16384)
+def _card_html(text: str, block: bool) -> str:
+    return str(markdown_html(text, block, anki_math))
 
 
 # --- answer length ---------------------------------------------------------------------------

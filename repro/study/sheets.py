@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -99,7 +99,14 @@ def _page_math(latex: str, display: bool) -> str:
 def text_html(text: str, block: bool = False) -> Markup:
     """Note Markdown as HTML with every `$…$` as MathML; `block` keeps paragraphs.
     (An item with an id, a contribution or a step, is its text.)"""
-    return markdown_html(str(text), block, _page_math)
+    return _text_html(str(text), block)
+
+
+@lru_cache(maxsize=16384)
+def _text_html(text: str, block: bool) -> Markup:
+    """Memoised: a site renders the English sections twice (en and zh pages) and the same
+    text often recurs; the result depends on nothing but the text."""
+    return markdown_html(text, block, _page_math)
 
 
 def cell_md(text: str) -> str:
