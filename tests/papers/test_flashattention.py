@@ -53,3 +53,20 @@ def test_flash_beats_standard_once_sram_exceeds_3d2(fa) -> None:
     N, d = 8192, 64
     assert fa.standard_io(N, d) < fa.flash_io(N, d, 2 * d * d)
     assert fa.standard_io(N, d) > 2 * fa.flash_io(N, d, 24 * d * d)
+
+
+def test_speed_claim_rejects_a_kernel_with_tiny_tiles(fa, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control of `speed-vs-sdpa`: the same tiled kernel with 8 × 8 tiles (a copy-heavy loop
+    of thousands of small calls) is timed by the claim's own code path and must land outside the
+    claim's ≤ 2× bound against SDPA."""
+    import repro.bench.attention as bench
+    from repro.lab.claims import Context
+
+    real = bench.flash_attention
+
+    def tiny_tiles(q, k, v, causal=False, **kw):
+        return real(q, k, v, causal, block_q=8, block_k=8)
+
+    monkeypatch.setattr(bench, "flash_attention", tiny_tiles)
+    ctx = Context(config=fa.Config(speed_n=256), seed=0)
+    assert fa.speed_vs_sdpa(ctx).value > 2.0
