@@ -14,7 +14,7 @@ from repro.cli.common import (
 
 @click.group()
 def bench() -> None:
-    """Performance tables (attention kernels, KV-cache decoding, selective scan)."""
+    """Performance tables (attention, KV-cache and speculative decoding, selective scan)."""
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
@@ -190,6 +190,63 @@ def bench_decode_cmd(new_tokens, prompt_len, device, repeats, as_json):
         )
     console().print(table)
     click.echo(f"speed-up {out[f'speedup_{clock}']:.1f}x; identical tokens: {out['tokens_match']}")
+
+
+@bench.command("speculative")
+@click.option("--new-tokens", default=256, show_default=True, type=click.IntRange(2))
+@click.option(
+    "--gamma",
+    "gammas_text",
+    default="1,2,4,8",
+    show_default=True,
+    help="Draft tokens per step (comma-separated).",
+)
+@click.option("--prompt-len", default=16, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--draft-layers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 4),
+    help="The draft is the target's first N blocks (early exit).",
+)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+def bench_speculative_cmd(new_tokens, gammas_text, prompt_len, draft_layers, device, as_json):
+    """Speculative vs plain cached sampling (tiny GPT): target calls and time per token."""
+    from repro.bench.speculative import bench_speculative
+    from repro.lab.runner import resolve_device
+
+    device = resolve_device(device)
+    gammas = _int_list(gammas_text, "--gamma")
+    with progress_bar(not as_json) as progress:
+        progress("speculative benchmark", 0, 1)
+        out = bench_speculative(new_tokens, gammas, prompt_len, draft_layers, device=device)
+        progress("speculative benchmark", 1, 1)
+    if as_json:
+        emit_json(out)
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"sampling {new_tokens} tokens (T = 1), target {out['target_layers']} layers, "
+        f"draft its first {draft_layers}, {device} ({out['clock']} time)",
+        title_justify="left",
+    )
+    for col in ("", "γ", "α", "tokens/call", "Eq. 1", "target calls/token", "ms/token", "speed-up"):
+        table.add_column(col, justify="right")
+    for r in out["rows"]:
+        spec = r["method"] == "speculative"
+        table.add_row(
+            r["method"],
+            str(r["gamma"]) if spec else "",
+            f"{r['alpha']:.2f}" if spec else "",
+            f"{r['tokens_per_call']:.2f}" if spec else "1",
+            f"{r['eq1_tokens_per_call']:.2f}" if spec else "",
+            f"{r['target_calls_per_token']:.3f}",
+            f"{r['ms_per_token']:.2f}",
+            f"{r['speedup']:.2f}",
+        )
+    console().print(table)
 
 
 @bench.command("scan")
