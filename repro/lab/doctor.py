@@ -25,7 +25,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BROWSERS = ("chromium", "chromium-browser")  # Debian names it chromium, Ubuntu chromium-browser
 CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
-INSTALL_ALL = "pip install -e '.[test,conformance,triton]'"
+SUITE_EXTRAS = ("test", "conformance", "triton")  # when .ci/run cannot be read
 MATH_FONTS = ("STIX Two Math", "Cambria Math", "Latin Modern Math")  # templates/sheet.css.j2
 
 
@@ -37,6 +37,20 @@ def find_browser() -> str | None:
         if found:
             return found
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+def suite_extras(root: Path = REPO_ROOT) -> tuple[str, ...]:
+    """The extras the full test suite needs: those `.ci/run` installs (its `pip install -e
+    '.[…]'`, the README's test command)."""
+    try:
+        found = re.search(r"pip install -e '\.\[([\w,-]+)\]'", (root / ".ci" / "run").read_text())
+    except OSError:
+        found = None
+    return tuple(found.group(1).split(",")) if found else SUITE_EXTRAS
+
+
+def install_suite_command(root: Path = REPO_ROOT) -> str:
+    return f"pip install -e '.[{','.join(suite_extras(root))}]'"
 
 
 def font_families(pattern: str) -> list[str] | None:
@@ -238,18 +252,20 @@ def diagnose(papers_dir: Path, runs_dir: Path, cache_dir: Path) -> Diagnosis:
                   "bytes": folder_size(cache_dir) if cache_dir.is_dir() else 0},
     }  # fmt: skip
     extras = {}
+    suite, absent = suite_extras(), []
     for extra, names in _extras().items():
         packages = {name: _dist_version(name) for name in names}
         missing = [n for n, v in packages.items() if v is None]
         extras[extra] = {"packages": packages, "installed": not missing}
-        if missing and extra in ("test", "conformance", "triton"):
-            problems.append(
-                Problem(
-                    f"extra [{extra}] is not installed ({', '.join(missing)} missing): "
-                    "its tests are skipped",
-                    INSTALL_ALL,
-                )
+        if missing and extra in suite:
+            absent.append(f"[{extra}] ({', '.join(missing)})")
+    if absent:
+        problems.append(
+            Problem(
+                f"not installed: {', '.join(absent)}; the tests that need them are skipped",
+                install_suite_command(),
             )
+        )
     browser = find_browser()
     cjk = font_families(":lang=zh")
     math_fonts = font_families(":")

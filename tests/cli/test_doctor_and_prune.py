@@ -88,12 +88,22 @@ def test_doctor_says_what_is_missing_and_how_to_fix_it(invoke, monkeypatch) -> N
         "sudo apt-get install -y chromium",
         "sudo apt-get install -y fonts-wqy-microhei",
         "sudo apt-get install -y fonts-lmodern",
-        doctor.INSTALL_ALL,
+        doctor.install_suite_command(),
     } <= fixes
     text = invoke("doctor").stdout
     assert "missing: no Chromium (`chromium` or `chromium-browser`)" in text
     assert "  fix: sudo apt-get install -y chromium" in text
     assert "[conformance]  missing: transformers —" in text
+
+
+def test_the_suite_extras_are_those_ci_installs(tmp_path: Path) -> None:
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    command = doctor.install_suite_command()
+    assert command.endswith("]'") and f"{command} && python -m pytest" in ci
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci" / "run").write_text("pip install -e '.[test,gpu]' && python -m pytest\n")
+    assert doctor.suite_extras(tmp_path) == ("test", "gpu")
+    assert doctor.suite_extras(tmp_path / "nowhere") == doctor.SUITE_EXTRAS
 
 
 def test_doctor_flags_a_cuda_build_without_a_gpu(monkeypatch) -> None:
