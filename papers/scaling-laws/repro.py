@@ -22,6 +22,7 @@ Re-computed here:
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,11 +42,11 @@ from repro.lab.counting import (
     kaplan_forward_flops,
     kaplan_param_count,
 )
-from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.models.gpt import GPT, GPTConfig
 from repro.scaling.power_law import bootstrap_exponent, fit_power_law, fit_power_law_with_floor
 from repro.scaling.sweep import run_sweep
+from repro.study.plots import save_line_plot
 from repro.train import next_token_loss
 
 # the modules whose source keys the cache of every sweep point
@@ -332,6 +333,11 @@ def _law(runs: list[dict], cfg: Config) -> dict:
     }
 
 
+def samples_to(curve: list, target: float) -> float:
+    """Samples seen when a curve [(samples, loss), …] first reaches `target` (inf if never)."""
+    return next((s for s, loss in curve if loss <= target + 1e-12), math.inf)
+
+
 def _efficiency(cfg: Config, ctx: Context) -> dict:
     """Learning curves of a small and a large model on the same fresh samples (Fig. 2)."""
     points = []
@@ -357,14 +363,10 @@ def _efficiency(cfg: Config, ctx: Context) -> dict:
     )
     small, large = runs[0], runs[-1]
     target = small["loss"]  # the loss the small model ends at: both curves reach it
-
-    def samples_to(curve: list) -> float:
-        return next(s for s, loss in curve if loss <= target + 1e-12)
-
     return {
         "target_loss": target,
-        "samples_small": samples_to(small["curve"]),
-        "samples_large": samples_to(large["curve"]),
+        "samples_small": samples_to(small["curve"], target),
+        "samples_large": samples_to(large["curve"], target),
         "curves": [r["curve"] for r in runs],
         "n_params": [r["n_params"] for r in runs],
     }
