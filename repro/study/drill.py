@@ -27,7 +27,7 @@ from repro.lab.claims import within
 from repro.lab.errors import BadOption
 from repro.lab.library import Paper
 from repro.lab.note import Claim, Note, ToleranceSpec
-from repro.study.drill_store import StudyDb
+from repro.study.drill_store import StudyDb, StudyDbError, default_db_path
 from repro.study.mathtext import MathError, split_math, to_unicode
 from repro.study.sheetlang import Lang, localize
 
@@ -393,8 +393,12 @@ def study_stats(db: StudyDb, pool: list[Item], now: datetime) -> dict:
     }
 
 
-def due_summary(db_path: Path, slugs: list[str], now: datetime | None = None) -> dict[str, dict]:
-    """What the study site shows per paper when a study database exists: due count, retention."""
+def due_summary(
+    db_path: Path | None, slugs: list[str], now: datetime | None = None
+) -> dict[str, dict]:
+    """What the study site shows per paper when a study database exists: due count and mean
+    retention of the items seen. Read-only; no database (or an unusable one) shows nothing."""
+    db_path = db_path or default_db_path()
     if not db_path.is_file():
         return {}
     from fsrs import Card
@@ -402,7 +406,11 @@ def due_summary(db_path: Path, slugs: list[str], now: datetime | None = None) ->
     now = now or datetime.now(timezone.utc)
     sched = scheduler()
     out: dict[str, dict] = {}
-    with StudyDb(db_path) as db:
+    try:
+        db = StudyDb(db_path, readonly=True)
+    except StudyDbError:
+        return {}
+    with db:
         for item in db.items(slugs):
             if not item.card:
                 continue

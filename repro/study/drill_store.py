@@ -80,13 +80,16 @@ class StoredItem:
 class StudyDb:
     """An open study database; use as a context manager."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, readonly: bool = False) -> None:
         self.path = path or default_db_path()
+        self.readonly = readonly
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
         if self.path.exists() and not self.path.is_file():
             raise StudyDbError(f"{self.path}: not a regular file ({DB_ENV} chooses another)")
+        if self.readonly:  # a reader (the study site) never creates, migrates or writes
+            return self._open_readonly()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
@@ -109,6 +112,19 @@ class StudyDb:
             ) from None
         except OSError as exc:
             raise StudyDbError(f"{self.path}: {exc.strerror or exc}") from None
+        return db
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                db.close()
+                why = f"schema {version}, not {SCHEMA_VERSION}: `paperlab drill` updates it"
+                raise StudyDbError(f"{self.path}: study database of {why}")
+            db.execute("SELECT count(*) FROM items").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StudyDbError(f"{self.path}: not a usable study database ({exc})") from None
         return db
 
     @staticmethod

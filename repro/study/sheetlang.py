@@ -163,6 +163,8 @@ LABELS: dict[str, dict[Lang, str]] = {
         "zh": "由各篇笔记自动生成；每一行都链接到出处笔记。",
     },
     "by_topic": {"en": "Papers by topic", "zh": "按主题分类"},
+    "study_due": {"en": "due for review", "zh": "待复习"},
+    "study_retention": {"en": "retention", "zh": "记忆保持率"},
     "must_know_pack": {"en": "Must-know pack", "zh": "必读论文速记"},
     "cheatsheet": {"en": "Print cheat sheet (A4)", "zh": "打印速记（A4）"},
     "anki_deck": {"en": "Anki deck", "zh": "Anki 卡组"},

@@ -276,11 +276,13 @@ def render_combined(sheets: list[PaperSheet], fmt: Format, lang: Lang = "en") ->
 
 
 def render_index(
-    sheets: list[PaperSheet], fmt: Format, lang: Lang = "en", links: dict | None = None
-) -> str:
+    sheets: list[PaperSheet], fmt: Format, lang: Lang = "en", links: dict | None = None,
+    study: dict | None = None,
+) -> str:  # fmt: skip
     """The index page of a site: the papers by topic (display names, priority, verdicts once
     runs exist), the reading path, the comparison tables, and `links` (must-know pack, the
-    other language, the Anki deck: name -> href)."""
+    other language, the Anki deck: name -> href). `study` (slug -> due, retention) adds the
+    drill's progress when a study database exists (`repro.study.drill.due_summary`)."""
     from repro.study import site
 
     sheets = [with_extras(s, lang) for s in sheets]
@@ -291,7 +293,7 @@ def render_index(
         f"index.{fmt}.j2", lang, rows=rows, mode=fmt, counts=counts, ran=ran,
         groups=site.grouped(sheets), topic_names=site.TOPIC_NAMES,
         path=site.reading_path(sheets), tables=site.comparisons(sheets, lang),
-        links=links or {},
+        links=links or {}, study=study or {},
     )  # fmt: skip
 
 

@@ -382,7 +382,10 @@ def _one_site(library, runs_dir, papers, lang, folder, write, complete, other_hr
             L["anki_deck"]: deck,
             L["zh_site"]: f"{other_href}/index.html",
         }
-    write(folder / "index.html", render_index(sheets, "html", lang, links))
+    from repro.study.drill import due_summary
+
+    study = due_summary(None, [s.slug for s in sheets])  # the drill's progress, if any
+    write(folder / "index.html", render_index(sheets, "html", lang, links, study))
 
 
 def page_problems(paper, shown: str) -> list[str]:

@@ -264,3 +264,32 @@ def test_kill_9_during_a_round_loses_at_most_the_current_item(study: Path) -> No
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
     assert [r["grade"] for r in _reviews(study)] == [3, 2]
+
+
+def test_the_site_index_shows_due_items_and_retention(study: Path, tmp_path: Path) -> None:
+    script = [f"clock {START.isoformat()}", *QUESTION, "grade 1", *QUESTION, "grade 3"]
+    assert _drill(study, script).exit_code == 0
+    summary = drill.due_summary(
+        study / "study.sqlite3", ["alpha", "beta"], START + timedelta(hours=1)
+    )
+    assert set(summary) == {"beta"}  # alpha has nothing seen yet
+    assert summary["beta"]["seen"] == 2 and summary["beta"]["due"] == 1  # the "again" one
+    cards = [
+        Card.from_json(i.card) for i in StudyDb(study / "study.sqlite3").items(["beta"]) if i.card
+    ]
+    expected = [
+        drill.scheduler().get_card_retrievability(c, START + timedelta(hours=1)) for c in cards
+    ]
+    assert summary["beta"]["retention"] == pytest.approx(sum(expected) / 2)
+    site = tmp_path / "site"
+    result = CliRunner().invoke(cli, ["sheet", "--all", "--format", "html", "-o", f"{site}/"])
+    assert result.exit_code == 0, result.output
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert "due for review" in index and "retention" in index
+
+
+def test_no_or_a_damaged_database_leaves_the_site_without_study_rows(tmp_path: Path) -> None:
+    assert drill.due_summary(tmp_path / "none.sqlite3", ["a"]) == {}
+    (tmp_path / "bad.sqlite3").write_bytes(b"garbage" * 50)
+    assert drill.due_summary(tmp_path / "bad.sqlite3", ["a"]) == {}
+    assert (tmp_path / "bad.sqlite3").read_bytes() == b"garbage" * 50
