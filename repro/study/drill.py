@@ -26,10 +26,11 @@ from typing import Any, Literal, Protocol
 from repro.lab.claims import within
 from repro.lab.errors import BadOption
 from repro.lab.library import Paper
-from repro.lab.note import Claim, Note, ToleranceSpec
+from repro.lab.note import Claim, ToleranceSpec
 from repro.study.drill_store import StudyDb, StudyDbError, default_db_path
 from repro.study.mathtext import MathError, split_math, to_unicode
 from repro.study.sheetlang import Lang, localize
+from repro.study.site import display_name
 
 Mode = Literal["questions", "summary", "numbers"]
 GRADES = {1: "again", 2: "hard", 3: "good", 4: "easy"}
@@ -84,15 +85,11 @@ class Item:
         ]
 
 
-def display_name(note: Note) -> str:
-    return getattr(note, "short_title", None) or note.title
-
-
 def paper_items(paper: Paper, mode: Mode, lang: Lang, verdicts: dict[str, str]) -> list[Item]:
     """The items of one paper for a mode, in the language asked (English where untranslated)."""
     note = paper.note
     view = localize(note, lang)
-    name = display_name(note)
+    name = display_name(note, lang)
     base = {"slug": paper.slug, "paper": name, "priority": note.priority}
     if mode == "summary":
         return [
