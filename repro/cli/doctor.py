@@ -62,7 +62,7 @@ def doctor(state: State, as_json: bool) -> None:
     for name, value in rows:
         line = Text(f"{name:<{width}}", style="bold")
         line.append(value)
-        out.print(line)
+        out.print(line, soft_wrap=True)
     missing = [p for p in found.problems if p.level == "missing"]
     hints = [p for p in found.problems if p.level != "missing"]
     if not missing:
@@ -71,5 +71,5 @@ def doctor(state: State, as_json: bool) -> None:
         style = "bold red" if p.level == "missing" else "yellow"
         line = Text(f"{p.level}: ", style=style)
         line.append(p.what)
-        out.print(line)
-        out.print(Text(f"  fix: {p.fix}", style="dim"))
+        out.print(line, soft_wrap=True)
+        out.print(Text(f"  fix: {p.fix}", style="dim"), soft_wrap=True)

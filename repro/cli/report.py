@@ -112,7 +112,7 @@ class CheckReporter(Reporter):
 
     def print(self, text: Text | str) -> None:
         with self.lock:
-            (self.bar.console if self.bar is not None else self.out).print(text)
+            (self.bar.console if self.bar is not None else self.out).print(text, soft_wrap=True)
             self.last_output = time.monotonic()
 
     def _running_text(self) -> str:
@@ -198,10 +198,10 @@ def print_failures(out, reports: list[RunReport]) -> None:
         if err:
             line = Text("error    ", style=VERDICT_STYLE["error"])
             line.append(f"{report.paper} (experiment)  {one_line(shorten(err, 100))}")
-            out.print(line)
+            out.print(line, soft_wrap=True)
         for r in report.results:
             if r.verdict.value in ("failed", "error"):
-                out.print(claim_line(r, indent=""))
+                out.print(claim_line(r, indent=""), soft_wrap=True)
 
 
 def print_durations(out, reports: list[RunReport], n: int) -> None:

@@ -262,7 +262,7 @@ def diagnose(papers_dir: Path, runs_dir: Path, cache_dir: Path) -> Diagnosis:
     if absent:
         problems.append(
             Problem(
-                f"not installed: {', '.join(absent)}; the tests that need them are skipped",
+                f"extras not installed: {', '.join(absent)}; the tests that need them skip",
                 install_suite_command(),
             )
         )
