@@ -30,12 +30,12 @@ import repro.models.mlp as mlp
 import repro.scaling.facts_runs as facts_runs
 import repro.train as train_module
 from repro.lab.claims import Context, Measured, claim
-from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.scaling.approach3 import fit_approach3
 from repro.scaling.closed_form import LossSurface
 from repro.scaling.isoflop import fit_approach2, fit_parabola
 from repro.scaling.sweep import run_sweep
+from repro.study.plots import save_line_plot
 
 SWEEP_CODE = [zipf_facts, mlp, counting, train_module, facts_runs]
 
@@ -114,6 +114,60 @@ def six_nd_chinchilla(ctx: Context) -> Measured:
 def six_nd_gopher(ctx: Context) -> Measured:
     """6·280B·300B / 5.76e23."""
     return Measured(6 * 280e9 * 300e9 / GOPHER_BUDGET, {"six_nd": 6 * 280e9 * 300e9})
+
+
+# Table 4 shapes (layers, d_model, heads, key/value size); d_ff = 4·d_model, vocabulary 32,000 and
+# a 2,048-token context as in Gopher
+TABLE4 = {"chinchilla": (80, 8192, 64, 128), "gopher": (80, 16384, 128, 128)}
+VOCAB, SEQ_LEN = 32_000, 2048
+
+
+# [appendix-f]
+def appendix_f_flops_per_token(
+    n_layers: int, d_model: int, n_heads: int, kv_size: int, d_ff: int, vocab: int, seq_len: int
+) -> float:
+    """Training FLOPs per token counted op by op as App. F does (not 6N): embeddings, per layer
+    the Q/K/V projections, the QK logits, the softmax (3 ops per score), the softmax-weighted
+    values and the output projection, the two FFN matmuls, then the output logits; the backward
+    pass costs twice the forward. Returns (forward + backward) / seq_len."""
+    inner = n_heads * kv_size
+    embed = 2 * seq_len * vocab * d_model
+    attention = (
+        2 * 3 * seq_len * d_model * inner  # Q, K, V projections
+        + 2 * seq_len * seq_len * inner  # QK^T logits
+        + 3 * n_heads * seq_len * seq_len  # softmax
+        + 2 * seq_len * seq_len * inner  # softmax @ V
+        + 2 * seq_len * inner * d_model  # output projection
+    )
+    ffn = 2 * seq_len * (d_model * d_ff + d_ff * d_model)
+    logits = 2 * seq_len * d_model * vocab
+    forward = embed + n_layers * (attention + ffn) + logits
+    return 3 * forward / seq_len
+
+
+# [/appendix-f]
+
+
+def _appendix_f(model: str, tokens: float) -> Measured:
+    layers, d, heads, kv = TABLE4[model]
+    per_token = appendix_f_flops_per_token(layers, d, heads, kv, 4 * d, VOCAB, SEQ_LEN)
+    total = per_token * tokens
+    return Measured(
+        total / GOPHER_BUDGET,
+        {"flops": total, "per_token": per_token, "shape": TABLE4[model], "tokens": tokens},
+    )
+
+
+@claim("appendix-f-chinchilla")
+def appendix_f_chinchilla(ctx: Context) -> Measured:
+    """App. F's op-by-op count for Chinchilla's Table 4 shape on 1.4T tokens, over 5.76e23."""
+    return _appendix_f("chinchilla", 1.4e12)
+
+
+@claim("appendix-f-gopher")
+def appendix_f_gopher(ctx: Context) -> Measured:
+    """The same count for Gopher's Table 4 shape on 300B tokens, over 5.76e23."""
+    return _appendix_f("gopher", 300e9)
 
 
 def _at_gopher(surface: LossSurface) -> dict:
