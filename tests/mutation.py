@@ -94,6 +94,18 @@ def mutmut_section(module: str, tests: list[str]) -> str:
     )
 
 
+def name_module_as_mutmut_does(path: Path) -> None:
+    """A paper's repro.py is imported by the library under its own name (`paperlab_papers.<slug>`),
+    but mutmut names its mutants after the file path (`papers.<slug>.repro.…`) and activates a
+    mutant only in functions whose `__module__` is that name. Setting `__name__` at the top of
+    the copy (after `from __future__`) makes the two agree; the working tree is not touched."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    name = ".".join(path.relative_to(path.parents[2]).with_suffix("").parts)
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("from __future__")) + 1
+    lines.insert(at, f"__name__ = {name!r}  # tests/mutation.py: mutmut's module name\n")
+    path.write_text("".join(lines), encoding="utf-8")
+
+
 def results(work: Path) -> dict[str, str]:
     """mutant name → status (killed, survived, no tests, timeout, …)."""
     done = subprocess.run(
@@ -141,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp.name) / "repo"
     try:
         shutil.copytree(REPO, work, ignore=SKIP_COPY)
+        if module.startswith("papers/"):
+            name_module_as_mutmut_does(work / module)
         pyproject = work / "pyproject.toml"
         pyproject.write_text(pyproject.read_text(encoding="utf-8") + mutmut_section(module, tests))
         env = {
