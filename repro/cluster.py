@@ -53,7 +53,7 @@ def parse_executor(text: str | None) -> ExecutorSpec:
     text = (text or os.environ.get(EXECUTOR_ENV) or "local").strip()
     if text in ("local", "processes"):
         return ExecutorSpec(text)  # type: ignore[arg-type]
-    rest = next((text[len(p):] for p in ("dask://", "tcp://") if text.startswith(p)), text)
+    rest = next((text[len(p) :] for p in ("dask://", "tcp://") if text.startswith(p)), text)
     host, sep, port = rest.rpartition(":")
     if sep and host and "/" not in host and port.isdigit() and 0 < int(port) < 65536:
         return ExecutorSpec("dask", f"{host}:{port}")

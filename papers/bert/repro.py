@@ -26,9 +26,9 @@ from torch import Tensor
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters, param_count, preset_config
-from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.models.bert import Bert, BertConfig
+from repro.study.plots import save_line_plot
 from repro.train import lm_loss, train
 
 # Special tokens of our id space; every id from FIRST_REGULAR up is an ordinary token.

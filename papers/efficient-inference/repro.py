@@ -36,11 +36,11 @@ import torch
 from repro.bench.decode import bench_decode, memory_bandwidth
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import kv_cache_bytes_per_token
-from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.kv_cache import caches_for, generate
+from repro.study.plots import save_line_plot
 
 
 @dataclass(frozen=True)

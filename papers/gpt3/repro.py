@@ -32,9 +32,9 @@ from repro.lab.counting import (
     preset_config,
     training_flops,
 )
-from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.models.gpt import GPT, GPTConfig
+from repro.study.plots import save_line_plot
 from repro.train import lm_loss, train
 
 # --- Table 2.1 / Table D.1: parameter counts ----------------------------------------------
@@ -147,16 +147,23 @@ def residual_init_scaling(ctx: Context) -> Measured:
     matrices, in a 12-layer model (GPT-3 Small's depth, narrower)."""
     torch.manual_seed(ctx.seed)
     model = GPT(GPTConfig(n_layers=12, d_model=256, n_heads=4, vocab_size=1024, max_seq_len=256))
+    std_res, std_other = residual_init_stds(model)
+    return Measured(
+        std_res / std_other,
+        {"std_residual": std_res, "std_other": std_other, "1/sqrt(2L)": 1 / math.sqrt(24)},
+    )
+
+
+def residual_init_stds(model: GPT) -> tuple[float, float]:
+    """(std of the residual projections — attention output, FFN output —, std of the other
+    block matrices) of `model`'s weights as they are."""
     residual, other = [], []
     for name, p in model.named_parameters():
         if p.dim() == 2 and name.startswith("blocks."):
             (residual if name.endswith(("attn.wo.weight", "mlp.w2.weight")) else other).append(p)
     std_res = float(torch.cat([p.detach().flatten() for p in residual]).std())
     std_other = float(torch.cat([p.detach().flatten() for p in other]).std())
-    return Measured(
-        std_res / std_other,
-        {"std_residual": std_res, "std_other": std_other, "1/sqrt(2L)": 1 / math.sqrt(24)},
-    )
+    return std_res, std_other
 
 
 @claim("compute-175b")

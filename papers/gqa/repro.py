@@ -42,13 +42,13 @@ from torch import Tensor
 
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
-from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.attention import Attention, attention_mask
 from repro.nn.flash import flash_attention
 from repro.nn.kv_cache import caches_for
+from repro.study.plots import save_line_plot
 from repro.train import evaluate_lm, next_token_loss, train
 
 # --- 1. GQA interpolates between MHA and MQA --------------------------------------------------

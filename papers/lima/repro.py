@@ -40,9 +40,9 @@ from repro.align.pretrain import PretrainConfig, fresh_model, pretrained_model, 
 from repro.align.sft import SFTConfig, evaluate, masked_lm_loss, sft
 from repro.data.instructions import FAMILIES, Instances, InstructionWorld, answers
 from repro.lab.claims import Context, Measured, claim
-from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
+from repro.study.plots import save_line_plot
 
 # --- 1. the paper's own numbers: Table 1, §4.1, Fig. 1, §5 ------------------------------------
 

@@ -32,11 +32,11 @@ from repro.lab.counting import (
     preset_config,
     training_flops,
 )
-from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.models.gpt import GPT, GPTConfig
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.kv_cache import caches_for
+from repro.study.plots import save_line_plot
 from repro.train import evaluate_lm, train_lm
 
 # --- Table 2: parameter counts --------------------------------------------------------------

@@ -43,7 +43,6 @@ from repro.lab.counting import (
     mamba_projection_params,
     rms_norm_params,
 )
-from repro.study.plots import save_line_plot
 from repro.lab.settings import setting
 from repro.lab.threads import torch_threads
 from repro.models import mamba as mamba_module
@@ -52,6 +51,7 @@ from repro.models.mamba import MambaConfig, MambaLM
 from repro.nn import ssm
 from repro.nn.kv_cache import caches_for
 from repro.nn.ssm import selective_scan, selective_scan_ref
+from repro.study.plots import save_line_plot
 from repro.train import train
 
 CONTEXT = 2048  # the pretrained models' training context (§4.2.2)

@@ -36,11 +36,11 @@ from torch import Tensor, nn
 
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
-from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.lab.threads import torch_threads
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.norm import RMSNorm, layer_norm_ref, rms_norm_ref
+from repro.study.plots import save_line_plot
 from repro.train import evaluate_lm, train_lm
 
 

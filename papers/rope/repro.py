@@ -30,7 +30,6 @@ from torch import Tensor
 
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
-from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.positional import (
@@ -39,6 +38,7 @@ from repro.nn.positional import (
     rope_frequencies,
     sinusoidal_encoding,
 )
+from repro.study.plots import save_line_plot
 from repro.train import train_lm
 
 

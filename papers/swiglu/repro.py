@@ -29,10 +29,10 @@ from torch import nn
 
 from repro.data.markov import MarkovConfig, MarkovSource
 from repro.lab.claims import Context, Measured, claim
-from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.models.llama import Llama, LlamaConfig
 from repro.nn.ffn import FeedForward, GLUFeedForward, glu_hidden_dim, llama_hidden_dim
+from repro.study.plots import save_line_plot
 from repro.train import evaluate_lm, train_lm
 
 VARIANTS = ("relu", "gelu", "geglu", "swiglu")

@@ -29,10 +29,10 @@ from torch import Tensor
 from repro.data.tasks import BOS, SEP, reverse_task
 from repro.lab.claims import Context, Measured, claim
 from repro.lab.counting import build_preset, count_parameters, param_count, preset_config
-from repro.study.plots import save_line_plot
 from repro.lab.settings import check_head_split, setting
 from repro.models.transformer import Transformer, TransformerConfig
 from repro.nn.attention import attention, attention_ref
+from repro.study.plots import save_line_plot
 
 
 @dataclass(frozen=True)
