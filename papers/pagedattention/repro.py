@@ -244,7 +244,7 @@ def experiment(cfg: Config, ctx: Context) -> dict:
             },
             "block size B (tokens)",
             "KV slots wasted (%)",
-            "Seeded ShareGPT-like trace, OPT-13B budget: waste grows ~B/2 per sequence",
+            "Waste by block size (seeded ShareGPT-like trace, OPT-13B budget)",
             logx=True,
         )
     return metrics
