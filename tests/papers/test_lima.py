@@ -96,3 +96,28 @@ def test_sizes_without_the_judged_ones_are_refused_before_any_work():
         with pytest.raises(BadOption, match="must include"):
             make_config(LIMA, quick=True, overrides=(setting_,))
     make_config(LIMA, quick=True, overrides=("sizes=100,1000",))
+
+
+def test_app_b_pattern_fails_the_perplexity_claim() -> None:
+    """Control of perplexity-tracks-accuracy-here: a curve shaped like App. B's (perplexity
+    rising while accuracy rises) gives r > 0 and fails the claim's r ≤ −0.8, and so does a
+    curve whose perplexities are paired with the wrong epochs (no relation)."""
+    from types import SimpleNamespace
+
+    from repro.lab.claims import Context
+
+    claim = next(c for c in Library().get("lima").note.claims if c.id.startswith("perplexity"))
+    bound = claim.tolerance.range[1]
+    acc = [0.19, 0.45, 0.62, 0.74, 0.80, 0.84, 0.86, 0.87, 0.88, 0.88]
+
+    def r_of(ppl: list[float]) -> float:
+        curve = {"perplexity": ppl, "sampled_accuracy": acc, "accuracy": acc, "compliance": acc}
+        ctx = Context(config=SimpleNamespace(seeds=(0,)), _metrics={"epochs": curve})
+        return LIMA.perplexity_tracks_accuracy_here(ctx).value
+
+    toy = [3.2, 2.1, 1.7, 1.5, 1.35, 1.27, 1.22, 1.19, 1.17, 1.16]  # the toy's shape: falls
+    app_b = [3.2, 3.0, 3.1, 3.3, 3.6, 3.9, 4.3, 4.6, 5.0, 5.3]  # App. B's shape: rises
+    unrelated = [toy[i] for i in (5, 0, 8, 3, 9, 1, 6, 2, 7, 4)]  # epochs shuffled
+    assert r_of(toy) <= bound
+    assert r_of(app_b) > 0 > bound
+    assert r_of(unrelated) > bound
