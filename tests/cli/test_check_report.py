@@ -179,11 +179,13 @@ def test_keyword_expressions() -> None:
 
 
 def test_claim_without_a_paper_runs_only_the_papers_that_have_it(invoke, two_papers) -> None:
-    result = invoke("check", "--claim", "two-plus-two", "--json")
+    result = invoke("check", "--claim", "two-plus-two", "--json", "--jobs", "1")
     assert result.exit_code == 0
     assert result.stderr == "--claim two-plus-two: 1 paper (toy)\n"
     assert [r["paper"] for r in json.loads(result.stdout)] == ["toy"]
-    both = invoke("check", "--claim", "two-plus-two", "--claim", "slow-two", "--json")
+    both = invoke(
+        "check", "--claim", "two-plus-two", "--claim", "slow-two", "--json", "--jobs", "1"
+    )
     assert both.stderr == "--claim two-plus-two, slow-two: 2 papers (slow, toy)\n"
     assert [[c["id"] for c in r["claims"]] for r in json.loads(both.stdout)] == [
         ["slow-two"], ["two-plus-two"],
