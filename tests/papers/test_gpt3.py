@@ -51,3 +51,24 @@ def test_table_2_1_readings(gpt3):
     assert gpt3.n_params("gpt3-xl", n_heads=16) == 1_315_723_264
     assert gpt3.n_params("gpt3-13b", d_model=5120) == 12_853_386_240
     assert gpt3.n_params("gpt3-13b") == 12_936_488_380  # 5140 residual, 40 × 128 attention
+
+
+def test_unscaled_residual_init_fails_the_scaling_claim(gpt3):
+    """residual-init-scaling wants std(residual) / std(other) = 1/√24 ± 2% in a 12-layer GPT;
+    with the GPT-2 scaling undone (every matrix N(0, 0.02²)) the ratio is ≈ 1 and must fail."""
+    import math
+
+    from torch import nn
+
+    from repro.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layers=12, d_model=256, n_heads=4, vocab_size=1024, max_seq_len=256))
+    res, other = gpt3.residual_init_stds(model)
+    assert res / other == pytest.approx(1 / math.sqrt(24), rel=0.02)
+    for block in model.blocks:
+        for proj in (block.attn.wo, block.mlp.w2):
+            nn.init.normal_(proj.weight, std=0.02)  # the scaling switched off
+    res, other = gpt3.residual_init_stds(model)
+    assert abs(res / other / (1 / math.sqrt(24)) - 1) > 0.02
+    assert res / other == pytest.approx(1.0, rel=0.05)
