@@ -32,3 +32,48 @@ def test_swap_keeps_every_other_weight() -> None:
     assert rms_weights.keys() == ln_weights.keys()
     for k, v in rms_weights.items():
         assert torch.equal(v, ln_weights[k]), k
+
+
+def _claim_bounds(claim_id: str):
+    claim = next(c for c in Library().get("rmsnorm").note.claims if c.id == claim_id)
+    return claim.tolerance
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_norm_that_is_not_scale_invariant_fails_the_rescaling_claim(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control of rescaling-invariance-fp32: the claim's own measurement, with the module's ε
+    raised to 1 (the root then mixes a constant into the statistic, so δ·a no longer cancels),
+    moves the output by far more than the 2e-5 tolerance; the real module stays inside it."""
+    from repro.lab.claims import Context
+
+    tol = _claim_bounds("rescaling-invariance-fp32").abs
+    real = RMSNORM.rescaling_invariance_fp32(Context(seed=seed)).value
+    monkeypatch.setattr(RMSNORM, "RMSNorm", lambda c: RMSNorm(c, eps=1.0))
+    broken = RMSNORM.rescaling_invariance_fp32(Context(seed=seed)).value
+    assert real <= tol < 1000 * tol < broken
+
+
+def test_unigram_and_leaking_models_fail_the_learns_the_source_claim() -> None:
+    """Control of tiny-lm-learns-the-source: fed held-out losses of a model that learnt only
+    unigram statistics (loss = unigram entropy) or of one whose causal mask leaks (loss below
+    the entropy rate), the claim's value falls outside [0.4, 1.0]."""
+    from types import SimpleNamespace
+
+    from repro.lab.claims import Context
+
+    lo, hi = _claim_bounds("tiny-lm-learns-the-source").range
+    floor, unigram = 1.164, 2.751
+
+    def share(loss: float) -> float:
+        metrics = {
+            "loss_rmsnorm": [loss], "loss_layernorm": [loss],
+            "entropy_floor": floor, "unigram_entropy": unigram,
+        }  # fmt: skip
+        ctx = Context(config=SimpleNamespace(seeds=(0,)), _metrics=metrics)
+        return RMSNORM.tiny_lm_learns_the_source(ctx).value
+
+    assert lo <= share(1.65) <= hi  # a loss in the measured range passes
+    assert not lo <= share(unigram) <= hi  # unigram-only: 0
+    assert not lo <= share(floor - 0.3) <= hi  # below the entropy rate: > 1
