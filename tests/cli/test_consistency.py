@@ -130,7 +130,9 @@ def test_version_prints_the_commit(invoke) -> None:
     result = invoke("--version")
     assert result.exit_code == 0
     commit, dirty = git_commit()
-    assert commit, "the tests run from a git checkout"
+    if not commit:
+        assert "commit unknown (not a git checkout)" in result.stdout
+        return
     assert result.stdout.startswith("paperlab ")
     assert f", commit {commit[:12]}" in result.stdout
     assert result.stdout.endswith(" (with local changes)\n" if dirty else f"{commit[:12]}\n")
