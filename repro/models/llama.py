@@ -107,13 +107,17 @@ class LlamaBlock(nn.Module):
 
 
 class Llama(nn.Module):
-    """Token embedding, L blocks, final RMSNorm, untied output head; RoPE shared by all layers."""
+    """Token embedding, L blocks, final RMSNorm, untied output head; RoPE shared by all layers.
+
+    `block` is the layer class: Mixtral (`repro.models.mixtral`) is this model with MoE blocks."""
+
+    block: type[nn.Module] = LlamaBlock
 
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(self.block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)

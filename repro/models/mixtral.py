@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from repro.models.llama import Llama
 from repro.nn.attention import Attention, Backend, KVCacheLike
 from repro.nn.moe import MoEFeedForward, Routing
 from repro.nn.norm import RMSNorm
@@ -103,35 +104,11 @@ class MixtralBlock(nn.Module):
         return h + self.moe(self.ffn_norm(h))
 
 
-class Mixtral(nn.Module):
-    """Token embedding, L MoE blocks, final RMSNorm, untied output head; RoPE shared."""
+class Mixtral(Llama):
+    """LLaMA's model (embedding, blocks, final RMSNorm, untied head, shared RoPE) with every
+    block's FFN replaced by the sparse MoE (§2.1)."""
 
-    def __init__(self, cfg: MixtralConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(MixtralBlock(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-
-    def forward(
-        self, idx: Tensor, start_pos: int = 0, caches: list[KVCacheLike] | None = None
-    ) -> Tensor:
-        """idx (B, T) -> logits (B, T, V)."""
-        T = idx.shape[1]
-        if start_pos + T > self.cfg.max_seq_len:
-            raise ValueError(f"positions up to {start_pos + T} exceed {self.cfg.max_seq_len=}")
-        x = self.tok_embeddings(idx)  # (B, T, C)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, self.rope, None if caches is None else caches[i], start_pos)
-        return self.output(self.norm(x))  # (B, T, V)
+    block = MixtralBlock
 
     def routings(self) -> list[Routing]:
         """The last forward's routing of every layer."""
