@@ -188,3 +188,14 @@ def test_normalise_returns_the_shift_and_pair_agreement_with_k4() -> None:
     assert pair_agreement(scores, gold) == pytest.approx(4 / 5)
     assert pair_agreement(scores, torch.zeros(1, 4)) == 0.0  # nothing decided
     assert [p.tolist() for p in all_pairs(4)] == [[0, 0, 0, 1, 1, 2], [1, 2, 3, 2, 3, 3]]
+
+
+def test_pair_agreement_edge_cases_and_a_trunk_that_is_not_shared() -> None:
+    assert pair_agreement(torch.tensor([[2.0, 1.0]]), torch.tensor([[1.0, 0.0]])) == 1.0  # 1 pair
+    tied = torch.tensor([[1.0, 1.0, 0.0]])  # the RM ties a pair the gold decides: not agreement
+    assert pair_agreement(tied, torch.tensor([[2.0, 1.0, 0.0]])) == pytest.approx(2 / 3)
+    lm = _rm().lm
+    rm = RewardModel.from_lm(lm)
+    with torch.no_grad():
+        rm.lm.wte.weight.add_(1.0)  # training the reward model must leave the SFT model alone
+    assert not torch.equal(rm.lm.wte.weight, lm.wte.weight)
