@@ -528,21 +528,24 @@ def ppo_kl_bounded(ctx: Context) -> Measured:
     )
 
 
-@claim("beta-zero-overoptimises")
-def beta_zero_overoptimises(ctx: Context) -> Measured:
-    """The control: PPO with β = 0 drifts much further from SFT, and its gold reward falls
-    behind PPO with β > 0 while its RM score is at least as high: KL(β = 0)/KL(β), min over
-    seeds, counted as 0 for a seed where either order is reversed."""
+@claim("beta-zero-drifts-further")
+def beta_zero_drifts_further(ctx: Context) -> Measured:
+    """The control: PPO with β = 0 (no KL penalty) drifts further from SFT than PPO with β > 0:
+    KL(β = 0)/KL(β), min over seeds. Whether the β = 0 run also trades gold for RM score (the
+    overoptimisation itself, which the bandit shows exactly) is reported per seed."""
     ratios, rows = [], []
     for lm in _lm(ctx):
         e = lm["eval"]
-        worse = e["beta0"]["gold_sampled"] < e["ppo"]["gold_sampled"]
-        worse &= e["beta0"]["proxy_sampled"] >= e["ppo"]["proxy_sampled"]
-        ratios.append(e["beta0"]["kl_full"] / max(e["ppo"]["kl_full"], 1e-9) if worse else 0.0)
+        ratios.append(e["beta0"]["kl_full"] / max(e["ppo"]["kl_full"], 1e-9))
+        diverged = e["beta0"]["gold_sampled"] < e["ppo"]["gold_sampled"]
+        diverged &= e["beta0"]["proxy_sampled"] >= e["ppo"]["proxy_sampled"]
         rows.append(
             {
-                k: {m: e[k][m] for m in ("gold_sampled", "proxy_sampled", "kl_full")}
-                for k in ("ppo", "beta0")
+                "proxy_up_gold_down": bool(diverged),
+                **{
+                    k: {m: e[k][m] for m in ("gold_sampled", "proxy_sampled", "kl_full")}
+                    for k in ("ppo", "beta0")
+                },
             }
         )
     return Measured(min(ratios), {"per_seed": rows})

@@ -43,10 +43,15 @@ def _lm(param_ratio: float = 10.0, **over) -> dict:
     return {"lm": [{"eval": _eval(**over), "param_ratio": param_ratio}]}
 
 
-def test_beta_zero_control_reports_a_reversed_order() -> None:
-    assert IG.beta_zero_overoptimises(_ctx(_lm())).value == pytest.approx(5.0)
-    assert IG.beta_zero_overoptimises(_ctx(_lm(beta0__gold_sampled=0.9))).value == 0.0
-    assert IG.beta_zero_overoptimises(_ctx(_lm(beta0__proxy_sampled=0.5))).value == 0.0
+def test_beta_zero_control_is_the_kl_ratio_and_reports_the_divergence() -> None:
+    m = IG.beta_zero_drifts_further(_ctx(_lm()))
+    assert m.value == pytest.approx(5.0) and m.details["per_seed"][0]["proxy_up_gold_down"]
+    # a β that does nothing (both runs alike) gives a ratio of 1, below the note's bound
+    same = IG.beta_zero_drifts_further(_ctx(_lm(beta0__kl_full=1.0)))
+    assert same.value == pytest.approx(1.0)
+    assert not IG.beta_zero_drifts_further(
+        _ctx(_lm(beta0__gold_sampled=0.9))
+    ).details["per_seed"][0]["proxy_up_gold_down"]
 
 
 def test_tax_claims_compare_against_sft() -> None:
