@@ -71,7 +71,9 @@ def text_term(text: str) -> str:
 def _markdown():
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark", {"html": False, "typographer": False})
+    # No raw HTML, and no images: a note's `![x](https://…)` would make the offline page fetch
+    # (and a remote server learn of) every reader; it stays text.
+    return MarkdownIt("commonmark", {"html": False, "typographer": False}).disable("image")
 
 
 def _mathml_or_code(latex: str, display: bool) -> str:

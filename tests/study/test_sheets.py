@@ -347,3 +347,13 @@ def test_cheatsheet_has_every_part(runs_dir: Path) -> None:
     for part in ("5-minute spoken summary", "3 core contributions", "Key formula",
                  "Interview questions", "Answer framework"):  # fmt: skip
         assert text.count(part) == len(entries), part
+
+
+def test_note_markdown_makes_no_request_images_stay_text() -> None:
+    from repro.study.sheets import markdown_html
+
+    html = str(
+        markdown_html("see ![pixel](https://tracker.invalid/p.png) and [x](javascript:alert(1))")
+    )
+    assert "<img" not in html and "tracker.invalid" in html  # shown as text, never fetched
+    assert 'href="javascript:' not in html
