@@ -98,11 +98,16 @@ def name_module_as_mutmut_does(path: Path) -> None:
     """A paper's repro.py is imported by the library under its own name (`paperlab_papers.<slug>`),
     but mutmut names its mutants after the file path (`papers.<slug>.repro.…`) and activates a
     mutant only in functions whose `__module__` is that name. Setting `__name__` at the top of
-    the copy (after `from __future__`) makes the two agree; the working tree is not touched."""
+    the copy (after `from __future__`), and registering the module under it too (dataclasses
+    look their module up), makes the two agree; the working tree is not touched."""
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     name = ".".join(path.relative_to(path.parents[2]).with_suffix("").parts)
     at = next(i for i, ln in enumerate(lines) if ln.startswith("from __future__")) + 1
-    lines.insert(at, f"__name__ = {name!r}  # tests/mutation.py: mutmut's module name\n")
+    lines.insert(
+        at,
+        f"import sys as _sys; _sys.modules[{name!r}] = _sys.modules[__name__]; "
+        f"__name__ = {name!r}  # tests/mutation.py: mutmut's module name\n",
+    )
     path.write_text("".join(lines), encoding="utf-8")
 
 
