@@ -199,3 +199,24 @@ def test_pair_agreement_edge_cases_and_a_trunk_that_is_not_shared() -> None:
     with torch.no_grad():
         rm.lm.wte.weight.add_(1.0)  # training the reward model must leave the SFT model alone
     assert not torch.equal(rm.lm.wte.weight, lm.wte.weight)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_on_step_sees_every_step_and_the_seed_fixes_the_order(whole: bool) -> None:
+    g = torch.Generator().manual_seed(10)
+    N, K, S = 4, 3, 6
+    tokens = torch.randint(0, 12, (N, K, S), generator=g)
+    ranking = torch.stack([torch.randperm(K, generator=g) for _ in range(N)])
+    runs = []
+    for seed in (0, 0, 1):
+        rm, calls, progress = _rm(), [], []
+        cfg = RMConfig(batch=1, epochs=2, seed=seed, whole_prompts=whole)
+        losses = train_reward_model(
+            rm, tokens, ranking, cfg,
+            progress=lambda *a, _p=progress: _p.append(a),
+            on_step=lambda step, model, _c=calls, _rm=rm: _c.append((step, model is _rm)),
+        )  # fmt: skip
+        assert calls == [(i, True) for i in range(len(losses))]
+        assert progress and progress[-1][1:] == (len(losses), len(losses))
+        runs.append(losses)
+    assert runs[0] == runs[1] and runs[0] != runs[2]
