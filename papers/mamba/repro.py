@@ -51,7 +51,7 @@ from repro.models.mamba import MambaConfig, MambaLM
 from repro.nn import ssm
 from repro.nn.kv_cache import caches_for
 from repro.nn.ssm import selective_scan, selective_scan_ref
-from repro.study.plots import save_line_plot
+from repro.study.plots import save_heatmap, save_line_plot
 from repro.train import train
 
 CONTEXT = 2048  # the pretrained models' training context (§4.2.2)
@@ -349,27 +349,22 @@ def save_plots(
 
 def save_delta_heatmap(model: MambaLM, sequence: torch.Tensor, path: Path) -> None:
     """Δ of the first block, channels × positions, with the tokens on the x axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with torch.no_grad():
         delta = model.deltas(sequence[None])[0][0].T  # (D, L)
     labels = [
         "·" if t == PAD else ("▶" if t == SEP else str(t - tasks.FIRST_SYMBOL))
         for t in sequence.tolist()
     ]
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(labels)), 4))
-    im = ax.imshow(delta.log10().numpy(), aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel("token (· noise, digits data, ▶ marker)")
-    ax.set_ylabel("channel")
-    ax.set_title("log10 Δ in the first Mamba block over one selective-copy sequence")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, format="svg")
-    plt.close(fig)
+    save_heatmap(
+        path,
+        delta.log10().tolist(),
+        xlabel="token (· noise, digits data, ▶ marker)",
+        ylabel="channel",
+        title="log10 Δ in the first Mamba block over one selective-copy sequence "
+        "(look for: bright columns at the data tokens, dark at the noise)",
+        xticklabels=labels,
+        colorbar="log10 Δ",
+    )
 
 
 @claim("selective-copy")
