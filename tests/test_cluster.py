@@ -1,5 +1,9 @@
 """`--executor`: a sweep and `run --seeds` on a local 2-worker Dask cluster equal local runs;
-a killed worker's task is retried; a worker on other code is refused."""
+a killed worker's task is retried; a worker on other code is refused.
+
+The tests that start a cluster are marked slow (run them with `-m slow`): a 2-process
+LocalCluster inside an xdist worker once crashed that worker (a stray KeyboardInterrupt while
+the cluster shut down), which aborts the whole default run."""
 
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ def _points(n: int, steps: int = 30) -> list[dict]:
          "lr": 0.05, "device": "cpu"}
         for w in (4, 8, 16, 32)[:n]
     ]  # fmt: skip
+
+
+CLUSTER = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +91,7 @@ def test_the_fingerprint_changes_with_the_code(tmp_path: Path) -> None:
     assert cluster.code_fingerprint.__wrapped__(tmp_path) != before
 
 
+@CLUSTER
 def test_a_sweep_on_the_cluster_equals_the_local_sweep(
     dask_cluster, fresh_cache, tmp_path, monkeypatch
 ) -> None:
@@ -100,6 +108,7 @@ def test_a_sweep_on_the_cluster_equals_the_local_sweep(
     assert again == local
 
 
+@CLUSTER
 def test_a_worker_on_other_code_is_refused(dask_cluster) -> None:
     with distributed.Client(dask_cluster.scheduler_address) as client:
         executor = client.get_executor(pure=False)
@@ -108,6 +117,7 @@ def test_a_worker_on_other_code_is_refused(dask_cluster) -> None:
             future.result(timeout=60)
 
 
+@CLUSTER
 def test_a_killed_worker_does_not_lose_the_sweep(dask_cluster, fresh_cache, monkeypatch):
     points = _points(2, steps=400)
     local = run_sweep("cluster-kill", points, facts_runs.converged_run, CODE)
@@ -132,6 +142,7 @@ def test_a_killed_worker_does_not_lose_the_sweep(dask_cluster, fresh_cache, monk
     assert remote == local
 
 
+@CLUSTER
 def test_run_seeds_on_the_cluster_equals_local(dask_cluster, library_dir) -> None:
     args = ["run", "toy", "--quick", "--seeds", "0,5", "--json", "--no-save"]
     local = CliRunner().invoke(cli, args)
