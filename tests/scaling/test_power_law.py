@@ -183,3 +183,14 @@ def test_floor_fit_clamps_a_negative_floor_to_zero() -> None:
     pure = fit_power_law(x, y)  # with E = 0 the weighted fit is close to the log-log one
     assert fit.alpha == pytest.approx(pure.alpha, rel=0.1)
     assert fit.coef == pytest.approx(pure.coef, rel=0.2)
+
+
+@pytest.mark.parametrize(("alpha_range", "edge"), [((0.5, 2.0), 0.5), ((0.05, 0.2), 0.2)])
+def test_floor_fit_stops_at_the_edge_of_alpha_range(alpha_range: tuple, edge: float) -> None:
+    """A true α (0.35) outside the searched range: the best α is the range's end
+    itself, not the grid point next to it (the bracket's edge handling)."""
+    x = [10 ** (1 + 3 * i / 7) for i in range(8)]
+    y = [0.2 + 3.0 * v**-0.35 for v in x]
+    assert fit_power_law_with_floor(x, y, alpha_range=alpha_range).alpha == pytest.approx(
+        edge, abs=1e-9
+    )
