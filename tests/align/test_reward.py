@@ -217,6 +217,13 @@ def test_on_step_sees_every_step_and_the_seed_fixes_the_order(whole: bool) -> No
             on_step=lambda step, model, _c=calls, _rm=rm: _c.append((step, model is _rm)),
         )  # fmt: skip
         assert calls == [(i, True) for i in range(len(losses))]
-        assert progress and progress[-1][1:] == (len(losses), len(losses))
+        assert progress[-1] == (
+            "reward model" if whole else "reward model (pairs)",
+            len(losses),
+            len(losses),
+        )
         runs.append(losses)
     assert runs[0] == runs[1] and runs[0] != runs[2]
+    frozen = _rm()  # the configured learning rate is the one used: ~0 leaves the head at 0
+    train_reward_model(frozen, tokens, ranking, RMConfig(batch=2, lr=1e-12, whole_prompts=whole))
+    assert frozen.head.weight.abs().max() < 1e-9
