@@ -49,9 +49,9 @@ def test_beta_zero_control_is_the_kl_ratio_and_reports_the_divergence() -> None:
     # a β that does nothing (both runs alike) gives a ratio of 1, below the note's bound
     same = IG.beta_zero_drifts_further(_ctx(_lm(beta0__kl_full=1.0)))
     assert same.value == pytest.approx(1.0)
-    assert not IG.beta_zero_drifts_further(
-        _ctx(_lm(beta0__gold_sampled=0.9))
-    ).details["per_seed"][0]["proxy_up_gold_down"]
+    assert not IG.beta_zero_drifts_further(_ctx(_lm(beta0__gold_sampled=0.9))).details["per_seed"][
+        0
+    ]["proxy_up_gold_down"]
 
 
 def test_tax_claims_compare_against_sft() -> None:
