@@ -171,8 +171,8 @@ def validate(state: State, slugs: tuple[str, ...], as_json: bool, strict: bool) 
             paper.wiring_problems() + note_math_problems(paper.note_path, shown) + links
         ) + page_problems(paper, shown)  # ids, code: references, comparison rows
         warned[paper.slug] += bare_math_warnings(paper.note_path, shown)  # d_k outside $…$
-        if strict:
-            todo[paper.slug] = completeness_problems(paper)
+        if strict:  # a warning (bare math, a link to itself) keeps a note from complete
+            todo[paper.slug] = completeness_problems(paper) + warned[paper.slug]
     bad = {slug: problems for slug, problems in report.items() if problems}
     left = {slug: items for slug, items in todo.items() if items}
     if as_json:

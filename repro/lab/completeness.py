@@ -21,11 +21,9 @@ SOURCE_RE = re.compile(r"\d|§|abstract|introduction|conclusion|appendix|discuss
 MIN_QUESTIONS = 3  # the interview block: at least three questions with answers
 CONTROL_KINDS = "mechanism off, broken variant, untrained model"
 
-BareMath = Callable[[Paper], list[str]]
-
-
-def completeness_problems(paper: Paper, bare_math: BareMath | None = None) -> list[str]:
-    """The checklist of a valid note, located; empty when the note is complete."""
+def completeness_problems(paper: Paper) -> list[str]:
+    """The checklist of a valid note, located; empty when the note is complete. (`validate
+    --strict` adds the study side's warnings, e.g. bare math, which this layer cannot see.)"""
     note = paper.note
     shown = paper.display(paper.note_path)
     text = paper.note_path.read_text(encoding="utf-8")
@@ -44,8 +42,6 @@ def completeness_problems(paper: Paper, bare_math: BareMath | None = None) -> li
         if c.kind == "measured" and not c.control:
             what = f"measured claim {c.id!r} names no control that must lose"
             out.append(at(("claims", i, "control"), f"{what} ({CONTROL_KINDS})"))
-    if bare_math is not None:
-        out += bare_math(paper)
     return out
 
 
