@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from repro.cli.common import State, console, emit_json
+from repro.cli.common import State, console, emit_json, terminal_text
 from repro.lab.errors import BadOption
 from repro.study import drill
 from repro.study.drill import BEAT_LABELS, GRADES, Item, Quit, Skip
@@ -174,7 +174,7 @@ def _present(out, item: Item, index: int, total: int) -> None:
     if item.kind == "summary":
         out.print(Text(f"{item.prompt}: the 5-minute summary and its 3 contributions", "bold"))
     else:
-        out.print(Text(drill.plain(item.prompt), "bold"))
+        out.print(Text(_shown(item.prompt), "bold"))
 
 
 def _reveal(out, item: Item, outcome: dict, lang: str) -> None:
@@ -185,21 +185,21 @@ def _reveal(out, item: Item, outcome: dict, lang: str) -> None:
         tolerance = claim.tolerance_text or "±5% (cited: the note sets no tolerance)"
         out.print(Text.assemble("  ", mark, f": expected {claim.expected:g} {claim.unit}".rstrip(),
                                 f" ({tolerance})"))  # fmt: skip
-        out.print(Text(f"  {drill.plain(claim.statement)}", "dim"))
+        out.print(Text(f"  {_shown(claim.statement)}", "dim"))
         source = f"  {drill.provenance(claim)}; source: {claim.source}"
         if item.verdict:
             source += f"; latest check: {item.verdict}"
         out.print(Text(source, "dim"))
         return
-    out.print(Text(drill.plain(item.answer)))
+    out.print(Text(_shown(item.answer)))
     for text in item.contributions:
-        out.print(Text(f"  • {drill.plain(text)}"))
+        out.print(Text(f"  • {_shown(text)}"))
     for key, value in item.outline.items():
-        out.print(Text.assemble((f"  {labels[key]}: ", "bold"), drill.plain(value)))
+        out.print(Text.assemble((f"  {labels[key]}: ", "bold"), _shown(value)))
     if item.follow_ups:
         out.print(Text(f"  {labels['follow_ups']}:", "bold"))
         for text in item.follow_ups:
-            out.print(Text(f"    – {drill.plain(text)}"))
+            out.print(Text(f"    – {_shown(text)}"))
 
 
 def pool_of(state: State, slugs, must_know: bool, mode: str, lang: str) -> tuple[list, dict]:
@@ -227,7 +227,7 @@ def summary_table(out, result: drill.RoundResult, lang: str) -> None:
         table.add_column(col)
     for r in result.reviewed:
         over = ", ".join(f"{BEAT_LABELS[lang][n]} +{s - b:.0f} s" for n, b, s in r.beats if s > b)
-        first_line = drill.plain(r.item.prompt).splitlines()[0][:60]
+        first_line = _shown(r.item.prompt).splitlines()[0][:60]
         grade = f"{r.grade} {GRADES[r.grade]}"
         table.add_row(
             Text(f"{r.item.paper}: {first_line}"), grade, over or "—", f"{r.due:%F %H:%M}"
@@ -267,3 +267,9 @@ def show_stats(db: StudyDb, pool: list[Item], as_json: bool) -> None:
     for weak in data["weakest"]:
         out.print(Text(f"weak: {weak['paper']}: {weak['prompt'].splitlines()[0][:70]} "
                        f"({weak['retention']:.0%})"))  # fmt: skip
+
+
+def _shown(text: str) -> str:
+    """Note text for the terminal: math as Unicode, control characters as visible escapes
+    (the loader refuses them; this is the second layer, for notes from other folders)."""
+    return terminal_text(drill.plain(text))

@@ -95,8 +95,8 @@ def paper_items(paper: Paper, mode: Mode, lang: Lang, verdicts: dict[str, str]) 
         return [
             Item(
                 key=f"{paper.slug}:summary:summary", kind="summary", item_id="summary", order=0,
-                prompt=name, answer=view.summary, contributions=tuple(_texts(view.contributions)),
-                **base,
+                prompt=name, answer=view.summary,
+                contributions=tuple(str(c) for c in view.contributions), **base,
             )
         ]  # fmt: skip
     if mode == "numbers":
@@ -133,11 +133,6 @@ def paper_items(paper: Paper, mode: Mode, lang: Lang, verdicts: dict[str, str]) 
             )
         )  # fmt: skip
     return items
-
-
-def _texts(entries: Iterable[Any]) -> list[str]:
-    """Contributions as text, whether the schema holds strings or objects with `text`."""
-    return [e if isinstance(e, str) else e.text for e in entries]
 
 
 def plain(text: str) -> str:

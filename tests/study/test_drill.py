@@ -293,3 +293,25 @@ def test_no_or_a_damaged_database_leaves_the_site_without_study_rows(tmp_path: P
     (tmp_path / "bad.sqlite3").write_bytes(b"garbage" * 50)
     assert drill.due_summary(tmp_path / "bad.sqlite3", ["a"]) == {}
     assert (tmp_path / "bad.sqlite3").read_bytes() == b"garbage" * 50
+
+
+def test_the_round_writes_no_control_characters_to_the_terminal(study: Path) -> None:
+    """Second layer behind the loader: text reaching the screen has its controls escaped."""
+    from repro.cli.drill_round import _shown
+
+    assert _shown("ring \x07 the \x1b]0;bell\x07 $\\alpha$") == (
+        "ring \\x07 the \\x1b]0;bell\\x07 α"
+    )
+
+
+def test_a_summary_round_times_five_minutes_and_reveals_the_contributions(study: Path) -> None:
+    script = study / "s.txt"
+    script.write_text(f"clock {START.isoformat()}\nenter 320\ngrade 2\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["drill", "beta", "--summary", "--script", str(script)])
+    assert result.exit_code == 0, result.output
+    note = yaml.safe_load((study / "papers" / "beta" / "note.yaml").read_text(encoding="utf-8"))
+    first = note["contributions"][0]
+    assert (first["text"] if isinstance(first, dict) else first).split()[0] in result.output
+    assert "+20 s over" in result.output
+    (review,) = _reviews(study)
+    assert review["key"] == "beta:summary:summary" and review["beats"] == [["summary", 300, 320.0]]
