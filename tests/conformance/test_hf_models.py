@@ -28,32 +28,14 @@ TOL = dict(atol=1e-12, rtol=1e-12)
 NO_SPECIAL_TOKENS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """fp64, O(1) activations, norm gains ≠ 1 and biases ≠ 0, so every weight shows."""
-    g = torch.Generator().manual_seed(seed)
-    model.double()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=F64)
-            if "norm" in name.lower() or ".ln_" in name:
-                p.copy_((1 if name.endswith("weight") else 0) + 0.3 * noise)
-            elif "embed" in name or name.startswith(("transformer.wte", "transformer.wpe")):
-                p.copy_(noise)
-            elif p.dim() == 1:
-                p.copy_(0.1 * noise)
-            else:
-                p.copy_(noise / p.shape[0] ** 0.5)
-    return model.eval()
-
-
-def test_gpt2_lm_head_model():
+def test_gpt2_lm_head_model(randomise):
     C, L, H, V, T = 32, 2, 4, 50, 11
     hf_cfg = transformers.GPT2Config(
         n_layer=L, n_embd=C, n_head=H, vocab_size=V, n_positions=16, activation_function="gelu_new",
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
         **NO_SPECIAL_TOKENS,
     )  # fmt: skip
-    hf = _randomise(transformers.GPT2LMHeadModel(hf_cfg))
+    hf = randomise(transformers.GPT2LMHeadModel(hf_cfg))
     ours = GPT(GPTConfig(n_layers=L, d_model=C, n_heads=H, vocab_size=V, max_seq_len=16)).double()
     sd = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items()}
     mapped = {"wte.weight": sd["wte.weight"], "wpe.weight": sd["wpe.weight"]}
@@ -83,7 +65,7 @@ def test_gpt2_lm_head_model():
         torch.testing.assert_close(ours.eval()(idx), hf(idx).logits, **TOL)
 
 
-def test_bert_model_hidden_states_and_pooler():
+def test_bert_model_hidden_states_and_pooler(randomise):
     C, L, H, V, T = 32, 2, 4, 50, 10
     hf_cfg = transformers.BertConfig(
         vocab_size=V, hidden_size=C, num_hidden_layers=L, num_attention_heads=H,
@@ -91,7 +73,7 @@ def test_bert_model_hidden_states_and_pooler():
         layer_norm_eps=1e-12, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         **NO_SPECIAL_TOKENS,
     )  # fmt: skip
-    hf = _randomise(transformers.BertModel(hf_cfg, add_pooling_layer=True))
+    hf = randomise(transformers.BertModel(hf_cfg, add_pooling_layer=True))
     ours = Bert(
         BertConfig(n_layers=L, d_model=C, n_heads=H, vocab_size=V, max_seq_len=16, dropout=0.0)
     )
@@ -146,7 +128,7 @@ def _rms_norm_in_input_precision(self, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
-def test_llama_for_causal_lm(n_kv_heads: int):
+def test_llama_for_causal_lm(n_kv_heads: int, randomise):
     C, L, H, V, T, F = 32, 2, 4, 50, 11, 64
     D = C // H
     hf_cfg = transformers.LlamaConfig(
@@ -155,7 +137,7 @@ def test_llama_for_causal_lm(n_kv_heads: int):
         rms_norm_eps=1e-6, attention_bias=False, mlp_bias=False, tie_word_embeddings=False,
         **NO_SPECIAL_TOKENS,
     )  # fmt: skip
-    hf = _randomise(transformers.LlamaForCausalLM(hf_cfg))
+    hf = randomise(transformers.LlamaForCausalLM(hf_cfg))
     for m in hf.modules():
         if type(m).__name__ == "LlamaRMSNorm":
             m.forward = types.MethodType(_rms_norm_in_input_precision, m)

@@ -28,21 +28,6 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 NO_SPECIAL_TOKENS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    model.double()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=F64)
-            if "norm" in name.lower():
-                p.copy_(1 + 0.3 * noise)
-            elif "embed" in name:
-                p.copy_(noise)
-            else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
-    return model.eval()
-
-
 def _rms_in_input_precision(self, x: torch.Tensor) -> torch.Tensor:
     return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
 
@@ -71,7 +56,7 @@ def _experts(sd: dict, prefix: str, ours: str, F: int) -> dict:
     return out
 
 
-def test_mixtral_for_causal_lm():
+def test_mixtral_for_causal_lm(randomise):
     C, L, H, Hkv, V, T, F, N = 32, 2, 4, 2, 50, 11, 24, 6
     D = C // H
     hf_cfg = transformers.MixtralConfig(
@@ -81,7 +66,7 @@ def test_mixtral_for_causal_lm():
         experts_implementation="eager",
         **NO_SPECIAL_TOKENS,
     )  # fmt: skip
-    hf = _randomise(transformers.MixtralForCausalLM(hf_cfg))
+    hf = randomise(transformers.MixtralForCausalLM(hf_cfg))
     _patch_norms(hf)
     ours = Mixtral(
         MixtralConfig(n_layers=L, d_model=C, n_heads=H, n_kv_heads=Hkv, d_ff=F, n_experts=N,
@@ -131,7 +116,7 @@ def test_topk_aux_loss_equals_hf_load_balancing_loss():
     torch.testing.assert_close(ours, hf, atol=1e-6, rtol=1e-6)
 
 
-def test_deepseek_v2_for_causal_lm():
+def test_deepseek_v2_for_causal_lm(randomise):
     C, L, H, D, Dr, Lc, Lq, V, T = 32, 3, 4, 8, 4, 12, 20, 50, 11
     Fd, Fe, Ns, Nr, K = 40, 12, 2, 6, 3
     hf_cfg = transformers.DeepseekV2Config(
@@ -144,7 +129,7 @@ def test_deepseek_v2_for_causal_lm():
         rms_norm_eps=1e-6, tie_word_embeddings=False, experts_implementation="eager",
         **NO_SPECIAL_TOKENS,
     )  # fmt: skip
-    hf = _randomise(transformers.DeepseekV2ForCausalLM(hf_cfg))
+    hf = randomise(transformers.DeepseekV2ForCausalLM(hf_cfg))
     _patch_norms(hf)
     cfg = DeepSeekV2Config(
         n_layers=L, d_model=C, n_heads=H, head_dim=D, rope_dim=Dr, kv_rank=Lc, q_rank=Lq,
