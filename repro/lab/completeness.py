@@ -21,6 +21,7 @@ SOURCE_RE = re.compile(r"\d|§|abstract|introduction|conclusion|appendix|discuss
 MIN_QUESTIONS = 3  # the interview block: at least three questions with answers
 CONTROL_KINDS = "mechanism off, broken variant, untrained model"
 
+
 def completeness_problems(paper: Paper) -> list[str]:
     """The checklist of a valid note, located; empty when the note is complete. (`validate
     --strict` adds the study side's warnings, e.g. bare math, which this layer cannot see.)"""
