@@ -13,7 +13,6 @@ import click
 
 from repro.cli import bench, cache, checks, doctor, drill, notes, runs, sheet
 from repro.cli.common import State
-from repro.lab.doctor import version_text
 from repro.lab.errors import NoteError, PaperlabError, one_line
 from repro.lab.library import PAPERS_ENV, check_checkout
 
@@ -39,6 +38,8 @@ class PaperlabGroup(click.Group):
 
 def _print_version(ctx: click.Context, _param: click.Parameter, wanted: bool) -> None:
     if wanted:
+        from repro.lab.doctor import version_text
+
         click.echo(version_text())
         ctx.exit()
 

@@ -6,15 +6,18 @@ import click
 
 from repro.cli.common import (
     DEVICE,
+    State,
+    complete_slugs,
     console,
     emit_json,
+    pass_state,
     progress_bar,
 )
 
 
 @click.group()
 def bench() -> None:
-    """Performance tables (attention, KV-cache and speculative decoding, selective scan)."""
+    """Performance tables (attention, KV-cache and speculative decoding, selective scan, CLI)."""
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
@@ -329,3 +332,45 @@ def bench_scan_cmd(ls_text, repeats, memory, decode_tokens, as_json):
         f"{d['gpt_kv_bytes_at_end']:,}",
     )
     console().print(dec)
+
+
+@bench.command("cli")
+@click.option(
+    "--slug", shell_complete=complete_slugs,
+    help="The paper `show` shows (default: lora, else the library's first).",
+)  # fmt: skip
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
+@pass_state
+def bench_cli_cmd(state: State, slug: str | None, repeats: int, as_json: bool) -> None:
+    """`list` and `show` in fresh processes, note cache cold and warm: median wall and CPU s."""
+    from repro.bench.cli import bench_cli
+
+    slugs = state.library.slugs()
+    if slug is None:
+        slug = "lora" if "lora" in slugs else (slugs[0] if slugs else "")
+    paper = state.library.get(slug)  # an unknown slug is one `Error:` line, before any run
+    with progress_bar(not as_json) as progress:
+        out = bench_cli(state.library.root, paper.slug, repeats, lambda i, n: progress("cli", i, n))
+    out["papers"] = len(slugs)
+    if as_json:
+        emit_json(out)
+        return
+    from rich.table import Table
+
+    table = Table(
+        title=f"{len(slugs)} papers: fresh processes, median of {repeats}", title_justify="left"
+    )
+    for col in ("command", "note cache", "wall s", "CPU s", "min wall s"):
+        table.add_column(col, justify="left" if col in ("command", "note cache") else "right")
+    for r in out["rows"]:
+        table.add_row(
+            r["command"], r["note_cache"], f"{r['wall_s']:.3f}", f"{r['cpu_s']:.3f}",
+            f"{r['wall_min_s']:.3f}",
+        )  # fmt: skip
+    console().print(table)
+    click.echo(
+        f"Python {out['python']}; CPU s is user + sys of the command's process, steadier than "
+        "wall time on a busy machine; cold: an empty note cache for every run.",
+        err=True,
+    )

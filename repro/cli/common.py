@@ -119,7 +119,7 @@ def complete_claims(ctx: click.Context, param: click.Parameter, incomplete: str)
         ids = set()
         for paper in library.select(tuple(named)):
             try:
-                ids.update(c.id for c in paper.note.claims)
+                ids.update(c.id for c in paper.summary.claims)
             except NoteError:
                 continue
     except PaperlabError:
@@ -179,10 +179,9 @@ def emit_json(data: object) -> None:
 def status_summary(paper: Paper, runs_dir: Path) -> dict:
     from repro.lab.runner import latest_results
 
-    note = paper.note
     latest = latest_results(runs_dir, paper.slug)
     counts: dict[str, int] = {}
-    for c in note.claims:
+    for c in paper.summary.claims:
         if c.kind == "cited":
             verdict = "cited"
         else:

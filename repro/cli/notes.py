@@ -31,9 +31,10 @@ from repro.lab.format import plural
 def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
     """Papers in the library with the status of their claims."""
     rows = []
+    runs_dir = state.runs_dir
     for slug, paper in state.library.papers.items():
         try:
-            note = paper.note
+            note = paper.summary  # the note cache's: no YAML, no pydantic when it is warm
         except NoteError as exc:  # keep listing; show the first problem
             more = len(exc.problems) - 1
             first = exc.problems[0] + (f" (+{plural(more, 'more problem')})" if more else "")
@@ -48,7 +49,7 @@ def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
                 "year": note.year,
                 "priority": note.priority,
                 "tags": note.tags,
-                "claims": status_summary(paper, state.runs_dir),
+                "claims": status_summary(paper, runs_dir),
             }
         )
     if as_json:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from repro.lab.claims import CLAIM_ATTR, ClaimSpec
 from repro.lab.errors import (
@@ -25,8 +26,11 @@ from repro.lab.errors import (
     UnknownPaper,
     WiringError,
 )
-from repro.lab.note import Note, load_note
 from repro.lab.textfile import TextFileError, read_text_file
+
+if TYPE_CHECKING:  # the schema imports pydantic: loaded when a note is, not with the library
+    from repro.lab.note import Note
+    from repro.lab.notecache import NoteSummary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAPERS_ENV = "PAPERLAB_PAPERS"
@@ -72,7 +76,19 @@ class Paper:
 
     @cached_property
     def note(self) -> Note:
+        """The note, read and validated in full (NoteError listing every problem)."""
+        from repro.lab.note import load_note
+
         return load_note(self.note_path, self.display(self.note_path))
+
+    @cached_property
+    def summary(self) -> NoteSummary:
+        """What listings, aliases and links need of the note (title, year, tags, claim ids …),
+        from the note cache when its entry was made from the note's current text, else from a
+        full load (see repro.lab.notecache). NoteError like `note` for a note that does not load."""
+        from repro.lab.notecache import note_summary
+
+        return note_summary(self.note_path, self.display(self.note_path))
 
     def claim_ids_in_code(self) -> dict[str, int]:
         """`@claim("id")` decorations in repro.py, read without importing it: id -> line."""
@@ -182,7 +198,7 @@ class Library:
         aliases = {}
         for slug, paper in self.papers.items():
             try:
-                aliases.update({a: slug for a in paper.note.aliases})
+                aliases.update({a: slug for a in paper.summary.aliases})
             except NoteError:
                 continue  # a broken note is reported when it is used, not when others are
         return aliases

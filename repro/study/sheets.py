@@ -209,7 +209,7 @@ def _related(paper: Paper, library: Library | None, link: Callable[[Paper], str]
     for slug in paper.note.related:
         try:
             other = library.get(slug) if library is not None else None
-            title = other.note.title if other is not None else ""
+            title = other.summary.title if other is not None else ""  # the note cache's
         except (UnknownPaper, NoteError):
             other, title = None, ""
         out.append(Related(slug, title, link(other) if other is not None else ""))
@@ -221,7 +221,7 @@ def paper_sheet(
     runs_dir: Path,
     lang: Lang = "en",
     library: Library | None = None,
-    link: Callable[[Paper], str] = lambda other: other.note.url,
+    link: Callable[[Paper], str] = lambda other: other.summary.url,
 ) -> PaperSheet:
     """One paper's sheet data: the note in `lang`, its latest results, run and plots.
 

@@ -1,0 +1,272 @@
+"""The note cache: what listings show of each note, so `list` imports neither YAML nor pydantic.
+
+Loading a note (strict YAML, then the pydantic schema) is most of what `paperlab list` costs: the
+schema's import alone takes longer than everything else the command does. So each note that
+loads is summarised (`NoteSummary`: title, year, priority, tags, aliases, URL, claim ids and
+kinds) into `<cache>/notes/<hash of its path>.json`, and the next listing reads the summary.
+
+An entry is used only when everything it was made from is unchanged:
+
+- the note's path, size and `mtime_ns`, and the SHA-256 of its text (read with the same checks
+  as a full load: a regular file of at most 1 MiB, UTF-8): an edit changes the hash even where
+  it keeps the size and the file system's clock did not tick;
+- the loader: a hash of the source of the modules that read and validate notes, so an edit of
+  the schema or the YAML rules recomputes every entry;
+- the entry itself: a regular file (not a symlink, FIFO or device) of JSON with exactly the
+  expected shape; every string is checked again for the control characters the loader refuses.
+
+An entry that fails the checks is ignored and rewritten from a full load; one that is damaged
+(not JSON, the wrong shape, a symlink or FIFO) also gives one warning line (logger
+`repro.lab.notecache`), like the result cache. Entries are JSON, so reading one never runs
+code. `validate`, `check`, `show` and `sheet` read notes in full: only listing-level facts come
+from here. The cache is a speed-up, never a requirement: a cache folder that cannot be written
+means no caching, not an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from repro.lab.errors import NoteError, one_line
+from repro.lab.textfile import TextFileError, read_text_file
+
+FORMAT = 1  # the layout of an entry; the loader hash covers everything else
+KIND = "note-summary"
+MAX_ENTRY_BYTES = 256 * 1024  # a summary is a few kB
+# The modules whose code decides what a note loads to (this one: what a summary holds).
+LOADER_MODULES = ("note.py", "strict_yaml.py", "textfile.py", "notecache.py")
+
+# What the schema (repro.lab.note) allows, restated for checking an entry without pydantic;
+# tests/lab/test_notecache.py keeps the two equal.
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
+YEAR_RANGE = (1950, 2100)
+PRIORITIES = ("must-know", "core", "further")
+CLAIM_KINDS = ("derived", "measured", "cited")
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # = strict_yaml.CONTROL
+
+
+class DamagedEntry(ValueError):
+    """An entry that is not what this module writes."""
+
+
+@dataclass(frozen=True)
+class ClaimSummary:
+    id: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class NoteSummary:
+    """The facts of a note that listings, aliases and links need."""
+
+    title: str
+    year: int | None
+    priority: str
+    tags: tuple[str, ...]
+    aliases: tuple[str, ...]
+    url: str
+    claims: tuple[ClaimSummary, ...]
+
+    @classmethod
+    def of(cls, note) -> NoteSummary:
+        """The summary of a loaded `repro.lab.note.Note`."""
+        return cls(
+            title=note.title,
+            year=note.year,
+            priority=note.priority,
+            tags=tuple(note.tags),
+            aliases=tuple(note.aliases),
+            url=note.url,
+            claims=tuple(ClaimSummary(c.id, c.kind) for c in note.claims),
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "title": self.title,
+            "year": self.year,
+            "priority": self.priority,
+            "tags": list(self.tags),
+            "aliases": list(self.aliases),
+            "url": self.url,
+            "claims": [[c.id, c.kind] for c in self.claims],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> NoteSummary:
+        """The summary `to_json` wrote; DamagedEntry for anything else."""
+        if not isinstance(data, dict) or set(data) != set(_FIELDS):
+            raise DamagedEntry("not a note summary")
+        year = data["year"]
+        if year is not None and (
+            type(year) is not int or not YEAR_RANGE[0] <= year <= YEAR_RANGE[1]
+        ):
+            raise DamagedEntry("year")
+        if data["priority"] not in PRIORITIES:
+            raise DamagedEntry("priority")
+        claims = _list(data["claims"], "claims")
+        if not all(isinstance(c, list) and len(c) == 2 for c in claims):
+            raise DamagedEntry("claims")
+        ids = [_slug(c[0], "claim id") for c in claims]
+        if len(set(ids)) != len(ids) or not all(c[1] in CLAIM_KINDS for c in claims):
+            raise DamagedEntry("claims")
+        url = _text(data["url"], "url")
+        if not url.startswith(("http://", "https://")):
+            raise DamagedEntry("url")
+        return cls(
+            title=_text(data["title"], "title"),
+            year=year,
+            priority=data["priority"],
+            tags=tuple(_text(t, "tag") for t in _list(data["tags"], "tags", at_least=1)),
+            aliases=tuple(_slug(a, "alias") for a in _list(data["aliases"], "aliases")),
+            url=url,
+            claims=tuple(ClaimSummary(cid, kind) for cid, kind in claims),
+        )
+
+
+_FIELDS = ("title", "year", "priority", "tags", "aliases", "url", "claims")
+
+
+def _list(value: object, what: str, at_least: int = 0) -> list:
+    if not isinstance(value, list) or len(value) < at_least:
+        raise DamagedEntry(what)
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or CONTROL.search(value):
+        raise DamagedEntry(what)
+    return value
+
+
+def _slug(value: object, what: str) -> str:
+    if not isinstance(value, str) or not SLUG_RE.fullmatch(value):
+        raise DamagedEntry(what)
+    return value
+
+
+# --- where entries live and what they are checked against ----------------------------------
+
+
+@cache
+def loader_version() -> str:
+    """SHA-256 over the source of LOADER_MODULES: any edit of the loader invalidates entries."""
+    h = hashlib.sha256(f"{KIND}/{FORMAT}".encode())
+    here = Path(__file__).parent
+    for name in LOADER_MODULES:
+        h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return h.hexdigest()
+
+
+def entry_path(note_path: Path) -> Path:
+    """The entry of the note at `note_path` (its absolute path, hashed, names it)."""
+    from repro.lab.cache import cache_root
+
+    absolute = os.path.abspath(note_path)
+    return cache_root() / "notes" / (hashlib.sha256(absolute.encode()).hexdigest()[:32] + ".json")
+
+
+def _warn(entry: Path, why: str) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "note cache entry %s %s; rebuilding it", one_line(str(entry)), why
+    )
+
+
+def _read_entry(entry: Path) -> dict | None:
+    """The JSON object at `entry`; None when there is none, or it is damaged (warned)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(entry, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symlink planted at the entry's name
+        why = "is a symlink" if os.path.islink(entry) else f"cannot be read ({exc.strerror})"
+        _warn(entry, why)
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            _warn(entry, "is not a regular file")
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_ENTRY_BYTES + 1)
+    except OSError as exc:
+        _warn(entry, f"cannot be read ({exc.strerror})")
+        return None
+    finally:
+        os.close(fd)
+    try:
+        if len(data) > MAX_ENTRY_BYTES:
+            raise DamagedEntry("too large")
+        record = json.loads(data)
+        if not isinstance(record, dict):
+            raise DamagedEntry("not a JSON object")
+    except ValueError as exc:  # DamagedEntry, JSONDecodeError, UnicodeDecodeError
+        _warn(entry, f"is damaged ({type(exc).__name__})")
+        return None
+    return record
+
+
+def _write_entry(entry: Path, record: dict) -> None:
+    """Write `record` at `entry` atomically (never through a symlink); silently not at all
+    when the cache folder cannot be written."""
+    import tempfile
+
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{entry.stem}-", suffix=".tmp", dir=entry.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, ensure_ascii=True)
+        os.replace(tmp, entry)  # replaces a planted symlink itself, not what it points at
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# --- the summary of one note ----------------------------------------------------------------
+
+
+def note_summary(note_path: Path, display_path: str) -> NoteSummary:
+    """The summary of the note at `note_path`: from its entry when that was made from this very
+    text by this loader, else from a full load (which writes the entry).
+
+    Raises NoteError, with the positions a full load gives, for a note that does not load
+    (those are not cached: a broken note is loaded, and reported, every time)."""
+    try:
+        info = os.stat(note_path)
+        text = read_text_file(note_path, display_path)
+    except OSError as exc:
+        raise NoteError([f"{display_path}:1:1: cannot read: {exc.strerror or exc}"]) from None
+    except TextFileError as exc:
+        raise NoteError([one_line(str(exc))]) from None
+    key = {
+        "format": FORMAT,
+        "kind": KIND,
+        "loader": loader_version(),
+        "path": os.path.abspath(note_path),
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }
+    entry = entry_path(note_path)
+    record = _read_entry(entry)
+    if record is not None and all(record.get(k) == v for k, v in key.items()):
+        try:
+            return NoteSummary.from_json(record.get("summary"))
+        except DamagedEntry as exc:
+            _warn(entry, f"is damaged ({exc})")
+    from repro.lab.note import parse_note
+
+    summary = NoteSummary.of(parse_note(text, display_path))  # the text that was hashed
+    _write_entry(entry, {**key, "summary": summary.to_json()})
+    return summary

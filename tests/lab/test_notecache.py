@@ -1,0 +1,268 @@
+"""The note cache: a hit is what a fresh load gives; any change, damage or oddity rebuilds it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import repro.lab.note as note_module
+from paperlab import cli
+from repro.lab import notecache, strict_yaml
+from repro.lab.errors import NoteError
+from repro.lab.library import Library
+from repro.lab.note import Claim, Note, load_note
+from repro.lab.notecache import NoteSummary, entry_path, note_summary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cache_dir(library_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("PAPERLAB_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture
+def toy(library_dir: Path, cache_dir: Path) -> Path:
+    return library_dir / "toy" / "note.yaml"
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The display paths of the full loads note_summary makes (a hit makes none)."""
+    calls: list[str] = []
+    real = note_module.parse_note
+
+    def counted(text: str, display_path: str) -> Note:
+        if display_path != "fresh":  # the test's own loads
+            calls.append(display_path)
+        return real(text, display_path)
+
+    monkeypatch.setattr(note_module, "parse_note", counted)
+    return calls
+
+
+def fresh(path: Path) -> NoteSummary:
+    return NoteSummary.of(load_note(path, "fresh"))
+
+
+def test_a_hit_equals_a_fresh_load_and_parses_nothing(toy: Path, parses: list[str]) -> None:
+    first = note_summary(toy, "toy")
+    assert parses == ["toy"] and entry_path(toy).is_file()
+    again = note_summary(toy, "toy")
+    assert parses == ["toy"]  # the entry was used
+    assert again == first == fresh(toy)
+    assert again.title == "Toy: a paper for tests" and again.aliases == ("toy-alias",)
+    assert {c.id for c in again.claims} >= {"two-plus-two", "bleu"}
+
+
+def test_every_paper_of_the_library_round_trips(cache_dir: Path) -> None:
+    library = Library(REPO / "papers")
+    for paper in library.papers.values():
+        built = note_summary(paper.note_path, paper.slug)
+        assert note_summary(paper.note_path, paper.slug) == built == fresh(paper.note_path)
+
+
+def test_an_edit_of_the_same_size_and_mtime_is_seen(toy: Path, parses: list[str]) -> None:
+    note_summary(toy, "toy")
+    before = os.stat(toy)
+    text = toy.read_text()
+    toy.write_text(text.replace('title: "Toy:', 'title: "Tay:'))
+    os.utime(toy, ns=(before.st_atime_ns, before.st_mtime_ns))  # as if the clock did not tick
+    assert os.stat(toy).st_size == before.st_size
+    assert note_summary(toy, "toy").title == "Tay: a paper for tests"
+    assert len(parses) == 2
+
+
+def test_a_new_mtime_rebuilds_the_entry(toy: Path, parses: list[str]) -> None:
+    note_summary(toy, "toy")
+    os.utime(toy, ns=(0, os.stat(toy).st_mtime_ns + 10**9))
+    assert note_summary(toy, "toy") == fresh(toy)
+    assert len(parses) == 2
+    assert json.loads(entry_path(toy).read_text())["mtime_ns"] == os.stat(toy).st_mtime_ns
+    note_summary(toy, "toy")
+    assert len(parses) == 2  # rebuilt once, then used
+
+
+def test_another_loader_version_rebuilds_without_a_warning(
+    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    note_summary(toy, "toy")
+    record = json.loads(entry_path(toy).read_text())
+    entry_path(toy).write_text(json.dumps({**record, "loader": "0" * 64}))
+    with caplog.at_level(logging.WARNING):
+        assert note_summary(toy, "toy") == fresh(toy)
+    assert len(parses) == 2 and caplog.records == []  # an upgrade, not damage
+
+
+DAMAGE = {
+    "truncated": lambda raw: raw[: len(raw) // 2],
+    "not JSON": lambda raw: b"\x80\x81 not json",
+    "empty": lambda raw: b"",
+    "a list": lambda raw: b"[1, 2]",
+    "no summary": lambda raw: json.dumps(
+        {k: v for k, v in json.loads(raw).items() if k != "summary"}
+    ).encode(),
+    "a year as text": lambda raw: _edit_summary(raw, year="2021"),
+    "a bool as year": lambda raw: _edit_summary(raw, year=True),
+    "claims as a dict": lambda raw: _edit_summary(raw, claims={"a": "b"}),
+    "an unknown claim kind": lambda raw: _edit_summary(raw, claims=[["x", "guessed"]]),
+    "an escape in the title": lambda raw: _edit_summary(raw, title="Toy\x1b]0;pwned\x07"),
+    "a C1 control in a tag": lambda raw: _edit_summary(raw, tags=["a\x9bb"]),
+    "an extra field": lambda raw: _edit_summary(raw, extra=1),
+    "a javascript url": lambda raw: _edit_summary(raw, url="javascript:alert(1)"),
+}
+
+
+def _edit_summary(raw: bytes, **changes) -> bytes:
+    record = json.loads(raw)
+    record["summary"] = {**record["summary"], **changes}
+    return json.dumps(record).encode()
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_entry_is_ignored_with_one_warning_and_rebuilt(
+    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    note_summary(toy, "toy")
+    entry = entry_path(toy)
+    entry.write_bytes(DAMAGE[damage](entry.read_bytes()))
+    with caplog.at_level(logging.WARNING, logger="repro.lab.notecache"):
+        assert note_summary(toy, "toy") == fresh(toy)
+    assert len(parses) == 2
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(f"note cache entry {entry} ")
+    assert warning.getMessage().endswith("; rebuilding it")
+    note_summary(toy, "toy")
+    assert len(parses) == 2  # the rebuilt entry is used
+
+
+def test_a_symlinked_entry_is_not_trusted(
+    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    note_summary(toy, "toy")
+    entry = entry_path(toy)
+    elsewhere = tmp_path / "planted.json"
+    elsewhere.write_bytes(entry.read_bytes())  # a good entry, but reached through a link
+    entry.unlink()
+    entry.symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING, logger="repro.lab.notecache"):
+        assert note_summary(toy, "toy") == fresh(toy)
+    assert len(parses) == 2
+    assert "is a symlink" in caplog.records[0].getMessage()
+    assert not entry.is_symlink() and entry.is_file()  # replaced by a real entry
+    assert elsewhere.read_bytes() == entry.read_bytes()  # the link's target was not written
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_entry_does_not_hang(
+    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = entry_path(toy)
+    entry.parent.mkdir(parents=True)
+    os.mkfifo(entry)
+    with caplog.at_level(logging.WARNING, logger="repro.lab.notecache"):
+        assert note_summary(toy, "toy") == fresh(toy)
+    assert "is not a regular file" in caplog.records[0].getMessage()
+    assert entry.is_file()
+
+
+def test_an_entry_of_another_note_is_not_used(
+    toy: Path, library_dir: Path, parses: list[str]
+) -> None:
+    other = library_dir / "other" / "note.yaml"
+    other.parent.mkdir()
+    other.write_text(toy.read_text().replace('title: "Toy:', 'title: "Other:'))
+    note_summary(toy, "toy")
+    entry_path(other).write_bytes(entry_path(toy).read_bytes())  # swapped in
+    assert note_summary(other, "other").title == "Other: a paper for tests"
+    assert len(parses) == 2
+
+
+def test_a_broken_note_is_reported_every_time_and_not_cached(toy: Path, parses: list[str]) -> None:
+    toy.write_text("title: [unclosed\n")
+    for _ in range(2):
+        with pytest.raises(NoteError, match=r"^toy:2:1: invalid YAML"):
+            note_summary(toy, "toy")
+    assert len(parses) == 2 and not entry_path(toy).exists()
+    toy.unlink()
+    with pytest.raises(NoteError, match="toy:1:1: cannot read"):
+        note_summary(toy, "toy")
+
+
+def test_an_unwritable_cache_is_no_cache(
+    toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path / "a-file"))
+    assert note_summary(toy, "toy") == note_summary(toy, "toy") == fresh(toy)
+
+
+def test_the_entry_checks_restate_the_schema() -> None:
+    assert notecache.SLUG_RE.pattern == note_module.SLUG_RE.strip("^$")
+    assert notecache.YEAR_RANGE == note_module.YEAR_RANGE
+    assert typing.get_args(Note.model_fields["priority"].annotation) == notecache.PRIORITIES
+    assert typing.get_args(Claim.model_fields["kind"].annotation) == notecache.CLAIM_KINDS
+    assert notecache.CONTROL.pattern == strict_yaml.CONTROL.pattern
+    url = Note.model_fields["url"].metadata
+    assert any(getattr(m, "pattern", None) == r"^https?://" for m in url)
+    for name in notecache.LOADER_MODULES:
+        assert (REPO / "repro" / "lab" / name).is_file()
+    assert re.fullmatch(r"[0-9a-f]{64}", notecache.loader_version())
+
+
+def test_validate_reads_the_note_not_the_cache(library_dir: Path, cache_dir: Path) -> None:
+    """A forged entry (matching the note's hash and stat) makes `list` show a broken note as
+    fine, but `validate` and `show` load the note itself and report it."""
+    runner = CliRunner()
+    toy = library_dir / "toy" / "note.yaml"
+    assert runner.invoke(cli, ["list", "--json"]).exit_code == 0  # writes the entry
+    good = json.loads(entry_path(toy).read_text())
+    toy.write_text(toy.read_text().replace("priority: core", "priority: urgent"))
+    info = os.stat(toy)
+    forged = {
+        **good,
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "sha256": hashlib.sha256(toy.read_bytes()).hexdigest(),
+    }
+    entry_path(toy).write_text(json.dumps(forged))
+    assert json.loads(runner.invoke(cli, ["list", "--json"]).stdout)[0]["priority"] == "core"
+    validate = runner.invoke(cli, ["validate", "toy"])
+    assert validate.exit_code == 2 and "priority: Input should be" in validate.stderr
+    assert runner.invoke(cli, ["show", "toy", "--json"]).exit_code == 2
+
+
+def test_a_warm_list_imports_neither_yaml_nor_pydantic(library_dir: Path, cache_dir: Path) -> None:
+    script = """
+import sys
+from paperlab import cli
+try:
+    cli.main(["list"], prog_name="paperlab", standalone_mode=False)
+except SystemExit:
+    pass
+print(sorted(m for m in ("pydantic", "yaml", "jinja2", "torch") if m in sys.modules))
+"""
+    command = [sys.executable, "-c", script]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    cold = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert cold.returncode == 0, cold.stderr
+    assert cold.stdout.strip().splitlines()[-1] == "['pydantic', 'yaml']"  # a full load
+    warm = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert warm.returncode == 0, warm.stderr
+    assert "Toy: a paper for tests" in warm.stdout
+    assert warm.stdout.strip().splitlines()[-1] == "[]"
