@@ -374,6 +374,11 @@ def rope_on_compressed_breaks_absorption(ctx: Context) -> Measured:
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = (
+        "the experiment counts KV-cache bytes from the dimensions and plots a tiny fp64 MLA; "
+        "nothing in it is worth a GPU"
+    )
     tokens: tuple[int, ...] = setting(
         (1024, 4096, 16384, 131072), "context lengths T for the cache table and plot", min=1
     )

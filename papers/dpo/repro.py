@@ -193,6 +193,11 @@ def gradient_closed_form(ctx: Context) -> Measured:
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = (
+        "exact bandit sums and tiny policies that repro.align builds and samples on the CPU, "
+        "one thread being fastest at these widths"
+    )
     # the exact bandit (repro.align.bandit: 64 prompts × 32 responses, all sums exact)
     bandit_betas: tuple[float, ...] = setting(
         (1.0, 0.3), "β values of the exact bandit", min=0, min_exclusive=True

@@ -45,6 +45,8 @@ from repro.study.plots import save_line_plot
 
 @dataclass(frozen=True)
 class Config:
+    # --device reaches the timing checks; the experiment runs on the CPU
+    CPU_EXPERIMENT = "greedy decoding with the cache against recomputing the prefix, for exactness"
     # exactness: greedy generation from tiny decoders, with and without the cache
     exact_batch: int = setting(4, "prompts (B prompts)", min=1)
     exact_prompt_len: int = setting(8, "prompt tokens (T0)", min=1)

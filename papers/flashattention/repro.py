@@ -35,6 +35,11 @@ from repro.nn.flash import flash_attention
 
 @dataclass(frozen=True)
 class Config:
+    # --device reaches the timing checks; the experiment runs on the CPU
+    CPU_EXPERIMENT = (
+        "the tiled kernel against an fp64 reference, the simulated IO and the peak memory of "
+        "fresh processes"
+    )
     # exactness: a length that is a multiple of neither tile, a head dim that is not a power of 2
     exact_shape: tuple[int, ...] = setting(
         (2, 3, 97, 40), "shape of the exactness check ((B, H, N, d))", min=1

@@ -199,6 +199,11 @@ def kv_cache_shrinks(ctx: Context) -> Measured:
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = (
+        "the MHA checkpoint, its conversion (random initialisation from a CPU generator) and "
+        "uptraining use CPU tensors, one thread being fastest at this width"
+    )
     # the Markov source: order 2, so the next token depends on the previous one through attention
     vocab_size: int = setting(16, "vocabulary size (V)", min=2)
     order: int = setting(2, "Markov order: tokens of context that set the next", min=1)

@@ -48,6 +48,11 @@ from repro.study.plots import save_line_plot
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = (
+        "tiny policies and value models that repro.align builds and samples on the CPU, one "
+        "thread being fastest at these widths"
+    )
     # SFT: InstructGPT's quick recipe on the shared cached base (PretrainConfig())
     sft_examples: int = setting(1000, "demonstrations for SFT", min=1)
     sft_epochs: int = setting(2, "SFT epochs", min=1)

@@ -60,6 +60,11 @@ from repro.study.plots import save_line_plot
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = (
+        "exact bandit sums and tiny reward models and policies that repro.align builds and "
+        "samples on the CPU, one thread being fastest at these widths"
+    )
     # the small model is the shared pretrained model of `repro.align.pretrain` (PretrainConfig());
     # the big one is wider, and pretrained for the same steps on as many segments of the same
     # text, in longer rows: its context holds `shots` solved exchanges and the query

@@ -132,6 +132,11 @@ BACKEND = "sdpa"
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = (
+        "SFT of a 2-layer model on (32, 11) sequences, built and sampled on the CPU, one "
+        "thread being fastest at this size"
+    )
     continued_pretraining: int = setting(
         800,
         "steps pretraining InstructGPT's 800-step base further (the hypothesis needs a base "

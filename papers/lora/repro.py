@@ -46,6 +46,11 @@ CLAIM_RANK = 4  # the rank whose accuracy the `lora-recovers-full-ft` claim judg
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = (
+        "teacher, student and LoRA runs of (256, 128) matrices with data from CPU generators, "
+        "one thread being fastest at this size"
+    )
     # the teacher–student task (inputs x ~ N(0, I_X))
     d_in: int = setting(32, "input width (X)", min=1)
     teacher_hidden: int = setting(16, "hidden units of the teacher", min=1)

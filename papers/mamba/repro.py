@@ -59,6 +59,11 @@ CONTEXT = 2048  # the pretrained models' training context (§4.2.2)
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = (
+        "the selective-copy models and their evaluation sets are built on the CPU and scanned "
+        "step by step, one thread being fastest at these widths"
+    )
     # the selective-copying task (App. E.1 uses L = 4096, M = 16, 16 tokens, D = 64, 2 layers)
     noise_len: int = setting(16, "noise slots L (the sequence is L + 2M long)", min=1)
     n_data: int = setting(2, "data tokens M to copy", min=1)

@@ -296,8 +296,8 @@ def max_load(model: Mixtral) -> float:
 
 
 def train_moe(cfg: Config, data: Tensor, test: Tensor, alpha: float, bias: float, ctx: Context):
-    torch.manual_seed(ctx.seed)  # the same initial weights for every run
-    model = _model(cfg, bias)
+    torch.manual_seed(ctx.seed)  # the same initial weights for every run, on any device
+    model = _model(cfg, bias).to(ctx.device)
     loads: list[float] = []
 
     def loss_fn(step: int) -> Tensor:
@@ -324,8 +324,8 @@ def _experiment(cfg: Config, ctx: Context) -> dict:
     source = MarkovSource(MarkovConfig(vocab_size=cfg.vocab_size, order=cfg.order))
     g = torch.Generator().manual_seed(ctx.seed)
     data = source.sample(cfg.steps * cfg.batch, cfg.seq_len + 1, g)
-    data = data.view(cfg.steps, cfg.batch, cfg.seq_len + 1)  # (steps, B, T + 1)
-    test = source.sample(cfg.eval_sequences, cfg.seq_len + 1, g)  # (B_eval, T + 1)
+    data = data.view(cfg.steps, cfg.batch, cfg.seq_len + 1).to(ctx.device)  # (steps, B, T + 1)
+    test = source.sample(cfg.eval_sequences, cfg.seq_len + 1, g).to(ctx.device)  # (B_eval, T + 1)
     runs = {
         "with_aux": train_moe(cfg, data, test, cfg.alpha, cfg.router_bias, ctx),
         "without_aux": train_moe(cfg, data, test, 0.0, cfg.router_bias, ctx),

@@ -47,6 +47,8 @@ OPT_13B = dict(n_layers=40, d_model=5120, n_heads=40, head_dim=128, max_len=2048
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = "the experiment simulates a block allocator and scheduler in Python; no tensor work"
     requests: int = setting(200, "requests in the seeded trace", min=10)
     block_sizes: tuple[int, ...] = setting((8, 16, 32, 64, 128), "block sizes swept", min=1)
     budget_slots: int = setting(15728, "KV budget in token slots (OPT-13B, 12 GiB)", min=2048)

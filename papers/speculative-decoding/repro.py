@@ -60,6 +60,11 @@ from repro.train import evaluate_lm, train_lm
 
 @dataclass(frozen=True)
 class Config:
+    # --device: this paper runs on the CPU (see repro.lab.settings)
+    CPU_ONLY = (
+        "token-by-token sampling from a CPU generator; the claims count target calls, which "
+        "no device changes"
+    )
     # exactness: two random tiny GPTs, every outcome of the loop enumerated
     enum_vocab: int = setting(3, "vocabulary of the enumerated GPTs (V^N outcomes)", min=2, max=6)
     enum_new_tokens: int = setting(3, "tokens generated in the enumeration", min=2, max=5)

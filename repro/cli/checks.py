@@ -105,6 +105,25 @@ def _executor_option(fn):
     )(wrapper)  # fmt: skip
 
 
+def device_notes(reports: list, device: str) -> list[str]:
+    """`note:` lines for the papers that did not run (all) on `device`: one line for every
+    CPU-only paper together, one for each paper whose experiment runs on the CPU by design."""
+    only = [r.paper for r in reports if r.environment.get("device_limit") == "CPU_ONLY"]
+    if len(only) == 1:
+        (report,) = (r for r in reports if r.paper == only[0])
+        lines = [f"note: {report.environment['device_note']}"]
+    elif only:
+        lines = [f"note: {plural(len(only), 'paper')} run on the CPU only (--device {device} not "
+                 f"used; `paperlab settings SLUG` says why): {', '.join(only)}"]  # fmt: skip
+    else:
+        lines = []
+    return lines + [
+        f"note: {r.environment['device_note']}"
+        for r in reports
+        if r.environment.get("device_limit") == "CPU_EXPERIMENT"
+    ]
+
+
 def _save_failed(reports: list) -> bool:
     """After the results are printed: one `Error:` line per run that could not be saved."""
     failed = [r for r in reports if r.save_error]
@@ -161,6 +180,8 @@ def run(
             threads=threads,
             confirmed=yes,
         )
+    for line in device_notes([report], device):
+        click.echo(line, err=True)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -264,6 +285,8 @@ def check(
     finally:
         if isinstance(reporter, CheckReporter):
             reporter.close()
+    for line in device_notes(reports, device):
+        click.echo(line, err=True)
     if as_json:
         emit_json([r.to_json() for r in reports])
     else:
@@ -286,7 +309,7 @@ def settings(state: State, slug: str, as_json: bool) -> None:
     """The experiment settings `run --set KEY=VALUE` accepts: type, range, quick and full value."""
     from rich.markup import escape
 
-    from repro.lab.settings import as_set_value, describe_settings
+    from repro.lab.settings import as_set_value, describe_settings, device_limit
 
     paper = state.library.get(slug)
     presets = getattr(paper.module(), "PRESETS", None)
@@ -294,6 +317,13 @@ def settings(state: State, slug: str, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
+    limit = device_limit(presets["full"] if presets else getattr(paper.module(), "Config", None))
+    if limit is not None:  # on stderr: the table stays the settings alone
+        if limit[0] == "CPU_ONLY":
+            click.echo(f"{paper.slug} runs on the CPU only: {one_line(limit[1])}", err=True)
+        else:
+            click.echo(f"{paper.slug} runs its experiment on the CPU ({one_line(limit[1])}); "
+                       "--device reaches its timing checks", err=True)  # fmt: skip
     if not rows:
         click.echo(f"{paper.slug} has no experiment settings", err=True)
         return

@@ -34,7 +34,7 @@ from repro.lab.errors import BadOption
 from repro.lab.format import format_number
 from repro.lab.library import REPO_ROOT, Paper
 from repro.lab.runs import new_stamp, partial_dir, publish, remove_stale_partials
-from repro.lab.settings import config_problems, is_parallel
+from repro.lab.settings import config_problems, device_limit, is_parallel
 from repro.lab.threads import torch_threads
 
 RUNS_ENV = "PAPERLAB_RUNS"
@@ -557,6 +557,7 @@ def _run_paper(
     device = resolve_device(device)
     module = paper.module()
     cfg = make_config(module, quick, overrides, confirmed=confirmed)
+    device, device_notes = _device_for(paper, module, cfg, device)
     tmp, save_error = _start_partial(runs_dir, paper.slug) if runs_dir is not None else (None, "")
     ctx = Context(
         config=cfg,
@@ -600,6 +601,7 @@ def _run_paper(
         )
         if failure:
             report.environment["experiment_error"] = failure
+        report.environment.update(device_notes)
         if tmp is not None:
             try:
                 report.run_dir = _save(report, tmp, quick, overrides)
@@ -609,6 +611,26 @@ def _run_paper(
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _device_for(paper: Paper, module: Any, cfg: Any, device: str) -> tuple[str, dict]:
+    """The device a paper runs on, and what to record and say when it is not the one asked
+    for: a `CPU_ONLY` paper runs on the CPU; a `CPU_EXPERIMENT` one gets the device for its
+    timing checks (see repro.lab.settings)."""
+    limit = device_limit(cfg if cfg is not None else getattr(module, "Config", None))
+    if limit is None or device == "cpu":
+        return device, {}
+    kind, why = limit
+    if kind == "CPU_ONLY":
+        note = f"{paper.slug} runs on the CPU only: {why} (--device {device} not used)"
+        used = "cpu"
+    else:
+        note = (
+            f"{paper.slug}: the experiment runs on the CPU ({why}); --device {device} reaches its "
+            "timing checks"
+        )
+        used = device
+    return used, {"device_requested": device, "device_limit": kind, "device_note": note}
 
 
 def environment(device: str, seed: int) -> dict:

@@ -6,6 +6,12 @@ A paper's `Config` writes `hidden: int = setting(64, "hidden width", min=1)`. Th
 must not be empty; one declared `distinct` (sweep points: budgets, widths, seeds) may not list a
 point twice. A `parallel` setting (worker processes) is not an amount of work: it is bounded by
 `MAX_WORKERS` here and by the CPU count when it runs (`worker_count`), never by the work estimate.
+
+`--device` reaches a paper's code as `ctx.device`. A paper whose code cannot use it says so, and
+why, with a plain class attribute of its `Config` (not a field, so not a setting):
+`CPU_ONLY = "why"`: the whole paper runs on the CPU (the runner gives it `ctx.device == "cpu"`
+and says so in one line); `CPU_EXPERIMENT = "why"`: the experiment works on the CPU by design,
+and `--device` reaches its timing checks. See `device_limit`.
 """
 
 from __future__ import annotations
@@ -53,6 +59,21 @@ def setting(
         "choices": tuple(choices) if choices is not None else None,
     }
     return dataclasses.field(default=default, metadata={_META: meta})
+
+
+DEVICE_LIMITS = ("CPU_ONLY", "CPU_EXPERIMENT")
+
+
+def device_limit(config: Any) -> tuple[str, str] | None:
+    """(`CPU_ONLY` or `CPU_EXPERIMENT`, the reason) as a paper's `Config` (class or instance)
+    declares it; None when `--device` reaches the whole paper (or it has no settings)."""
+    for name in DEVICE_LIMITS:
+        reason = getattr(config, name, None)
+        if reason is not None:
+            if not isinstance(reason, str) or not reason.strip():
+                raise TypeError(f"Config.{name} must be the reason, as text")
+            return name, reason
+    return None
 
 
 def setting_help(field: dataclasses.Field) -> str:
