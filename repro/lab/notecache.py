@@ -3,33 +3,35 @@
 Loading a note (strict YAML, then the pydantic schema) is most of what `paperlab list` costs: the
 schema's import alone takes longer than everything else the command does. So each note that
 loads is summarised (`NoteSummary`: title, year, priority, tags, aliases, URL, claim ids and
-kinds) into `<cache>/notes/<hash of its path>.json`, and the next listing reads the summary.
+kinds) into an entry of the verified cache (repro.lab.cache), `<cache>/notes/<key>/`, the key
+hashing the note's absolute path, and the next listing reads the summary.
 
 An entry is used only when everything it was made from is unchanged:
 
+- the entry verifies as every cache entry does: a real folder of regular files (no symlink, no
+  FIFO) whose `entry.json` names this kind and key and holds the SHA-256 of `summary.json`;
 - the note's path, size and `mtime_ns`, and the SHA-256 of its text (read with the same checks
   as a full load: a regular file of at most 1 MiB, UTF-8): an edit changes the hash even where
   it keeps the size and the file system's clock did not tick;
 - the loader: a hash of the source of the modules that read and validate notes, so an edit of
-  the schema or the YAML rules recomputes every entry;
-- the entry itself: a regular file (not a symlink, FIFO or device) of JSON with exactly the
-  expected shape; every string is checked again for the control characters the loader refuses.
+  the schema or the YAML rules rebuilds every entry;
+- the summary: JSON (reading it never runs code) of exactly the expected shape, every string
+  checked again for the control characters the loader refuses.
 
-An entry that fails the checks is ignored and rewritten from a full load; one that is damaged
-(not JSON, the wrong shape, a symlink or FIFO) also gives one warning line (logger
-`repro.lab.notecache`), like the result cache. Entries are JSON, so reading one never runs
-code. `validate`, `check`, `show` and `sheet` read notes in full: only listing-level facts come
-from here. The cache is a speed-up, never a requirement: a cache folder that cannot be written
-means no caching, not an error.
+An entry made from other inputs is rebuilt from a full load; one that fails verification or is
+damaged (not JSON, the wrong shape) also gives one warning line (logger `repro.lab.notecache`),
+like any cache entry. `validate`, `check`, `show` and `sheet` read the notes themselves: only
+listing facts (and the titles and URLs of related papers) come from here. The cache is a
+speed-up, never a requirement: a cache folder that cannot be written means no caching.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -37,11 +39,13 @@ from pathlib import Path
 from repro.lab.errors import NoteError, one_line
 from repro.lab.textfile import TextFileError, read_text_file
 
-FORMAT = 1  # the layout of an entry; the loader hash covers everything else
-KIND = "note-summary"
+FORMAT = 1  # the layout of a record; the loader hash covers everything else
+KIND = "notes"  # the cache's folder of note entries
+PAYLOAD = "summary.json"
 MAX_ENTRY_BYTES = 256 * 1024  # a summary is a few kB
 # The modules whose code decides what a note loads to (this one: what a summary holds).
 LOADER_MODULES = ("note.py", "strict_yaml.py", "textfile.py", "notecache.py")
+LOADER_LIBRARIES = ("pydantic", "yaml")
 
 # What the schema (repro.lab.note) allows, restated for checking an entry without pydantic;
 # tests/lab/test_notecache.py keeps the two equal.
@@ -156,81 +160,93 @@ def _slug(value: object, what: str) -> str:
 
 @cache
 def loader_version() -> str:
-    """SHA-256 over the source of LOADER_MODULES: any edit of the loader invalidates entries."""
+    """SHA-256 over the source of LOADER_MODULES and the version files of the libraries they
+    validate with: an edit of the loader, or another pydantic or PyYAML, rebuilds every entry.
+    (The libraries are found, not imported: importing pydantic is what the cache saves.)"""
     h = hashlib.sha256(f"{KIND}/{FORMAT}".encode())
     here = Path(__file__).parent
-    for name in LOADER_MODULES:
-        h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    files = [here / name for name in LOADER_MODULES]
+    for package in LOADER_LIBRARIES:
+        spec = importlib.util.find_spec(package)
+        folder = Path(spec.origin).parent if spec is not None and spec.origin else None
+        files += [folder / "__init__.py", folder / "version.py"] if folder else []
+    for path in files:
+        try:
+            h.update(str(path).encode() + b"\0" + path.read_bytes())
+        except OSError:
+            h.update(str(path).encode() + b"\0missing")
     return h.hexdigest()
 
 
 def entry_path(note_path: Path) -> Path:
-    """The entry of the note at `note_path` (its absolute path, hashed, names it)."""
+    """The cache entry (a folder) of the note at `note_path`, named by its absolute path."""
     from repro.lab.cache import cache_root
 
     absolute = os.path.abspath(note_path)
-    return cache_root() / "notes" / (hashlib.sha256(absolute.encode()).hexdigest()[:32] + ".json")
+    return cache_root() / KIND / hashlib.sha256(absolute.encode()).hexdigest()[:16]
 
 
 def _warn(entry: Path, why: str) -> None:
     import logging
 
     logging.getLogger(__name__).warning(
-        "note cache entry %s %s; rebuilding it", one_line(str(entry)), why
+        "note cache entry %s/%s %s; rebuilding it", KIND, one_line(entry.name), why
     )
 
 
 def _read_entry(entry: Path) -> dict | None:
-    """The JSON object at `entry`; None when there is none, or it is damaged (warned)."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(entry, flags)
-    except FileNotFoundError:
+    """The record in `entry`; None when there is none, or it is damaged (warned)."""
+    from repro.lab.cache import entry_problem
+
+    if not os.path.lexists(entry):
         return None
-    except OSError as exc:  # ELOOP: a symlink planted at the entry's name
-        why = "is a symlink" if os.path.islink(entry) else f"cannot be read ({exc.strerror})"
-        _warn(entry, why)
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            _warn(entry, "is not a regular file")
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_ENTRY_BYTES + 1)
-    except OSError as exc:
-        _warn(entry, f"cannot be read ({exc.strerror})")
-        return None
-    finally:
-        os.close(fd)
-    try:
-        if len(data) > MAX_ENTRY_BYTES:
-            raise DamagedEntry("too large")
-        record = json.loads(data)
-        if not isinstance(record, dict):
-            raise DamagedEntry("not a JSON object")
-    except ValueError as exc:  # DamagedEntry, JSONDecodeError, UnicodeDecodeError
-        _warn(entry, f"is damaged ({type(exc).__name__})")
-        return None
-    return record
+    why = entry_problem(entry, KIND, entry.name)  # regular files whose SHA-256 match its record
+    if why is None:
+        try:
+            with open(entry / PAYLOAD, "rb") as f:  # verified a regular file just now
+                data = f.read(MAX_ENTRY_BYTES + 1)
+            if len(data) > MAX_ENTRY_BYTES:
+                raise DamagedEntry("too large")
+            record = json.loads(data)
+            if isinstance(record, dict):
+                return record
+            why = "is damaged (not a JSON object)"
+        except (OSError, ValueError) as exc:  # DamagedEntry, JSONDecodeError, UnicodeDecodeError
+            why = f"is damaged ({type(exc).__name__})"
+    _warn(entry, why)
+    return None
 
 
 def _write_entry(entry: Path, record: dict) -> None:
-    """Write `record` at `entry` atomically (never through a symlink); silently not at all
-    when the cache folder cannot be written."""
+    """Replace `entry` with one holding `record`, atomically: a reader sees the old entry, none,
+    or the new one. Silently nothing when the cache folder cannot be written."""
+    import shutil
     import tempfile
 
+    from repro.lab import cache
+
+    prefix = f".{entry.name}-{os.getpid()}-"  # what cache.remove_stale cleans after a kill
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{entry.stem}-", suffix=".tmp", dir=entry.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=entry.parent))
     except OSError:
         return
+    old = None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, ensure_ascii=True)
-        os.replace(tmp, entry)  # replaces a planted symlink itself, not what it points at
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        (tmp / PAYLOAD).write_text(json.dumps(record, ensure_ascii=True), encoding="utf-8")
+        cache._write_manifest(tmp, KIND, entry.name)
+        if os.path.lexists(entry):
+            if os.path.islink(entry) or not os.path.isdir(entry):
+                os.unlink(entry)  # a planted link or file goes, never what a link points at
+            else:
+                old = Path(tempfile.mkdtemp(prefix=prefix, dir=entry.parent))
+                os.rename(entry, old / "entry")
+        os.rename(tmp, entry)
+    except OSError:  # a full disk, or another process wrote the entry first: fine either way
+        shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # --- the summary of one note ----------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import typing
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 import repro.lab.note as note_module
 from paperlab import cli
-from repro.lab import notecache, strict_yaml
+from repro.lab import cache, notecache, strict_yaml
 from repro.lab.errors import NoteError
 from repro.lab.library import Library
 from repro.lab.note import Claim, Note, load_note
@@ -57,9 +58,22 @@ def fresh(path: Path) -> NoteSummary:
     return NoteSummary.of(load_note(path, "fresh"))
 
 
+def payload(note: Path) -> Path:
+    return entry_path(note) / notecache.PAYLOAD
+
+
+def rewrite(note: Path, data: bytes, *, sign: bool) -> None:
+    """Replace the entry's summary; `sign`: record its new SHA-256, as a forger would."""
+    payload(note).write_bytes(data)
+    if sign:
+        (entry_path(note) / cache.MANIFEST).unlink()
+        cache._write_manifest(entry_path(note), "notes", entry_path(note).name)
+
+
 def test_a_hit_equals_a_fresh_load_and_parses_nothing(toy: Path, parses: list[str]) -> None:
     first = note_summary(toy, "toy")
-    assert parses == ["toy"] and entry_path(toy).is_file()
+    assert parses == ["toy"] and payload(toy).is_file()
+    assert cache.entry_problem(entry_path(toy), "notes", entry_path(toy).name) is None
     again = note_summary(toy, "toy")
     assert parses == ["toy"]  # the entry was used
     assert again == first == fresh(toy)
@@ -90,7 +104,7 @@ def test_a_new_mtime_rebuilds_the_entry(toy: Path, parses: list[str]) -> None:
     os.utime(toy, ns=(0, os.stat(toy).st_mtime_ns + 10**9))
     assert note_summary(toy, "toy") == fresh(toy)
     assert len(parses) == 2
-    assert json.loads(entry_path(toy).read_text())["mtime_ns"] == os.stat(toy).st_mtime_ns
+    assert json.loads(payload(toy).read_text())["mtime_ns"] == os.stat(toy).st_mtime_ns
     note_summary(toy, "toy")
     assert len(parses) == 2  # rebuilt once, then used
 
@@ -99,8 +113,8 @@ def test_another_loader_version_rebuilds_without_a_warning(
     toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     note_summary(toy, "toy")
-    record = json.loads(entry_path(toy).read_text())
-    entry_path(toy).write_text(json.dumps({**record, "loader": "0" * 64}))
+    record = json.loads(payload(toy).read_text())
+    rewrite(toy, json.dumps({**record, "loader": "0" * 64}).encode(), sign=True)
     with caplog.at_level(logging.WARNING):
         assert note_summary(toy, "toy") == fresh(toy)
     assert len(parses) == 2 and caplog.records == []  # an upgrade, not damage
@@ -131,51 +145,72 @@ def _edit_summary(raw: bytes, **changes) -> bytes:
     return json.dumps(record).encode()
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["as damaged", "with a new record"])
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_entry_is_ignored_with_one_warning_and_rebuilt(
-    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture, damage: str
+    toy: Path,
+    parses: list[str],
+    caplog: pytest.LogCaptureFixture,
+    damage: str,
+    signed: bool,
 ) -> None:
+    """Unsigned, the entry's record catches the change; re-signed (a forger recomputing the
+    SHA-256), the checks of the summary itself do."""
     note_summary(toy, "toy")
-    entry = entry_path(toy)
-    entry.write_bytes(DAMAGE[damage](entry.read_bytes()))
+    rewrite(toy, DAMAGE[damage](payload(toy).read_bytes()), sign=signed)
     with caplog.at_level(logging.WARNING, logger="repro.lab.notecache"):
         assert note_summary(toy, "toy") == fresh(toy)
     assert len(parses) == 2
     (warning,) = caplog.records
-    assert warning.getMessage().startswith(f"note cache entry {entry} ")
+    assert warning.getMessage().startswith(f"note cache entry notes/{entry_path(toy).name} ")
     assert warning.getMessage().endswith("; rebuilding it")
+    assert ("SHA-256 differs" in warning.getMessage()) is not signed
     note_summary(toy, "toy")
     assert len(parses) == 2  # the rebuilt entry is used
 
 
-def test_a_symlinked_entry_is_not_trusted(
-    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture, tmp_path: Path
+@pytest.mark.parametrize("what", ["the entry", "its summary"])
+def test_a_symlink_is_not_trusted(
+    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture, tmp_path: Path, what: str
 ) -> None:
     note_summary(toy, "toy")
     entry = entry_path(toy)
-    elsewhere = tmp_path / "planted.json"
-    elsewhere.write_bytes(entry.read_bytes())  # a good entry, but reached through a link
-    entry.unlink()
-    entry.symlink_to(elsewhere)
+    target = entry if what == "the entry" else payload(toy)
+    elsewhere = tmp_path / "planted"
+    os.rename(target, elsewhere)  # a good entry (or summary), but reached through a link
+    target.symlink_to(elsewhere)
     with caplog.at_level(logging.WARNING, logger="repro.lab.notecache"):
         assert note_summary(toy, "toy") == fresh(toy)
     assert len(parses) == 2
-    assert "is a symlink" in caplog.records[0].getMessage()
-    assert not entry.is_symlink() and entry.is_file()  # replaced by a real entry
-    assert elsewhere.read_bytes() == entry.read_bytes()  # the link's target was not written
+    assert re.search("is a symlink|not a regular file", caplog.records[0].getMessage())
+    assert not entry.is_symlink() and not payload(toy).is_symlink()  # a real entry again
+    assert cache.entry_problem(entry, "notes", entry.name) is None
+    assert elsewhere.exists()  # what the link pointed at is left alone
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-def test_a_fifo_entry_does_not_hang(
-    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("what", ["the entry", "its summary"])
+def test_a_fifo_does_not_hang(
+    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture, what: str
 ) -> None:
-    entry = entry_path(toy)
-    entry.parent.mkdir(parents=True)
-    os.mkfifo(entry)
+    note_summary(toy, "toy")
+    target = entry_path(toy) if what == "the entry" else payload(toy)
+    if what == "the entry":
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    os.mkfifo(target)
     with caplog.at_level(logging.WARNING, logger="repro.lab.notecache"):
         assert note_summary(toy, "toy") == fresh(toy)
-    assert "is not a regular file" in caplog.records[0].getMessage()
-    assert entry.is_file()
+    assert re.search("is not a folder|not a regular file", caplog.records[0].getMessage())
+    assert payload(toy).is_file()
+
+
+def test_the_cache_commands_see_note_entries(toy: Path, cache_dir: Path) -> None:
+    note_summary(toy, "toy")
+    assert cache.verify(cache_dir) == (1, [])
+    assert [(k.kind, k.entries) for k in cache.summary(cache_dir)] == [("notes", 1)]
+    assert cache.clear(cache_dir, "notes")[0] == 1 and not entry_path(toy).exists()
 
 
 def test_an_entry_of_another_note_is_not_used(
@@ -185,9 +220,10 @@ def test_an_entry_of_another_note_is_not_used(
     other.parent.mkdir()
     other.write_text(toy.read_text().replace('title: "Toy:', 'title: "Other:'))
     note_summary(toy, "toy")
-    entry_path(other).write_bytes(entry_path(toy).read_bytes())  # swapped in
+    note_summary(other, "other")
+    rewrite(other, payload(toy).read_bytes(), sign=True)  # toy's summary, swapped in
     assert note_summary(other, "other").title == "Other: a paper for tests"
-    assert len(parses) == 2
+    assert parses == ["toy", "other", "other"]  # rebuilt: the record names another path
 
 
 def test_a_broken_note_is_reported_every_time_and_not_cached(toy: Path, parses: list[str]) -> None:
@@ -195,7 +231,7 @@ def test_a_broken_note_is_reported_every_time_and_not_cached(toy: Path, parses: 
     for _ in range(2):
         with pytest.raises(NoteError, match=r"^toy:2:1: invalid YAML"):
             note_summary(toy, "toy")
-    assert len(parses) == 2 and not entry_path(toy).exists()
+    assert len(parses) == 2 and not os.path.lexists(entry_path(toy))
     toy.unlink()
     with pytest.raises(NoteError, match="toy:1:1: cannot read"):
         note_summary(toy, "toy")
@@ -228,7 +264,7 @@ def test_validate_reads_the_note_not_the_cache(library_dir: Path, cache_dir: Pat
     runner = CliRunner()
     toy = library_dir / "toy" / "note.yaml"
     assert runner.invoke(cli, ["list", "--json"]).exit_code == 0  # writes the entry
-    good = json.loads(entry_path(toy).read_text())
+    good = json.loads(payload(toy).read_text())
     toy.write_text(toy.read_text().replace("priority: core", "priority: urgent"))
     info = os.stat(toy)
     forged = {
@@ -237,7 +273,7 @@ def test_validate_reads_the_note_not_the_cache(library_dir: Path, cache_dir: Pat
         "mtime_ns": info.st_mtime_ns,
         "sha256": hashlib.sha256(toy.read_bytes()).hexdigest(),
     }
-    entry_path(toy).write_text(json.dumps(forged))
+    rewrite(toy, json.dumps(forged).encode(), sign=True)
     assert json.loads(runner.invoke(cli, ["list", "--json"]).stdout)[0]["priority"] == "core"
     validate = runner.invoke(cli, ["validate", "toy"])
     assert validate.exit_code == 2 and "priority: Input should be" in validate.stderr
