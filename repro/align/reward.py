@@ -188,8 +188,10 @@ def normalise_to_demonstrations(rm: RewardModel, demo_tokens: Tensor) -> float:
 
 def pair_agreement(scores: Tensor, gold: Tensor) -> float:
     """Share of pairs (within a prompt) with different gold reward that the scores order like the
-    gold. scores, gold (N, K)."""
+    gold. scores, gold (N, K). Signs are compared, not the product ds·dg, which underflows to 0
+    for tiny gaps (and would count an agreeing pair as a tie)."""
     i, j = all_pairs(scores.shape[1])
     ds, dg = scores[:, i] - scores[:, j], gold[:, i] - gold[:, j]  # (N, C(K,2))
     decided = dg != 0
-    return ((ds * dg > 0) & decided).sum().item() / max(1, decided.sum().item())
+    agree = (ds.sign() == dg.sign()) & decided
+    return agree.sum().item() / max(1, decided.sum().item())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -227,3 +228,41 @@ def test_on_step_sees_every_step_and_the_seed_fixes_the_order(whole: bool) -> No
     frozen = _rm()  # the configured learning rate is the one used: ~0 leaves the head at 0
     train_reward_model(frozen, tokens, ranking, RMConfig(batch=2, lr=1e-12, whole_prompts=whole))
     assert frozen.head.weight.abs().max() < 1e-9
+
+
+def _pair_agreement_ref(scores: torch.Tensor, gold: torch.Tensor) -> float:
+    """A plain loop over prompts and pairs, comparing orders, not products."""
+    agree = decided = 0
+    for s, r in zip(scores.tolist(), gold.tolist(), strict=True):
+        for a in range(len(s)):
+            for b in range(a + 1, len(s)):
+                if r[a] != r[b]:
+                    decided += 1
+                    agree += (s[a] > s[b]) == (r[a] > r[b]) and s[a] != s[b]
+    return agree / max(1, decided)
+
+
+def test_pair_agreement_reads_only_the_orders_at_any_scale() -> None:
+    """A positive rescaling of the scores or of the gold changes no order, so not the agreement:
+    also where the gaps' product (tiny·tiny, tiny·huge) or quotient would under- or overflow."""
+    g = torch.Generator().manual_seed(11)
+    scores = torch.randn(6, 5, generator=g)
+    gold = torch.randn(6, 5, generator=g).round()  # lopsided, with ties in the gold
+    want = _pair_agreement_ref(scores, gold)
+    assert 0.2 < want < 0.8  # neither all nor nothing: a real test
+    assert pair_agreement(scores, gold) == pytest.approx(want)
+    for a, b in [(1e-25, 1e-25), (1e-25, 1e25), (1e25, 1e-25), (1e-30, 1.0), (1.0, 1e30)]:
+        assert pair_agreement(a * scores, b * gold) == pytest.approx(want), (a, b)
+
+
+@pytest.mark.gpu
+def test_scores_on_the_gpu_match_the_cpu() -> None:
+    """The positions are made on the tokens' device (a CPU `arange` would not meet CUDA weights)."""
+    rm = _rm().eval()
+    with torch.no_grad():
+        rm.head.weight.normal_(generator=torch.Generator().manual_seed(12))
+    idx = torch.randint(0, 12, (3, 7), generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        want = rm(idx, per_token=True)
+        got = copy.deepcopy(rm).cuda()(idx.cuda(), per_token=True).cpu()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
