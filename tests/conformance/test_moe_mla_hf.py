@@ -91,6 +91,9 @@ def test_mixtral_for_causal_lm(randomise):
     ours.load_state_dict(mapped, strict=True)
     positions = torch.arange(16)[None]
     cos, sin = hf.model.rotary_emb(torch.zeros(1, 16, D, dtype=F64), positions)
+    # HF's Mixtral default rope_theta is 1e6, as in the released config: our table must agree
+    # before HF's fp32 one replaces it (so that only the layouts are compared below)
+    torch.testing.assert_close(cos[0, :, : D // 2], ours.rope.cos, atol=1e-6, rtol=0)
     ours.rope.cos.copy_(cos[0, :, : D // 2])
     ours.rope.sin.copy_(sin[0, :, : D // 2])
     idx = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(1))

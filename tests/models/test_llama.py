@@ -164,10 +164,11 @@ def _causal_attention(q, k, v):
     return out
 
 
-def _llama_ref(model: Llama, idx: torch.Tensor) -> torch.Tensor:
-    """§2.2: h = x + attn(rmsnorm(x)); out = h + swiglu(rmsnorm(h)); final RMSNorm; output."""
+def _llama_ref(model: Llama, idx: torch.Tensor, eps: float = 1e-6, base: float = 10000.0):
+    """§2.2: h = x + attn(rmsnorm(x)); out = h + swiglu(rmsnorm(h)); final RMSNorm; output.
+    eps and the RoPE base default to Meta's code; a test that sets others passes them here."""
     cfg, sd = model.cfg, model.state_dict()
-    H, Hkv, D, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 1e-6  # eps of Meta's code
+    H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     B, T = idx.shape
     x = sd["tok_embeddings.weight"][idx]  # (B, T, C)
     for i in range(cfg.n_layers):
@@ -176,7 +177,8 @@ def _llama_ref(model: Llama, idx: torch.Tensor) -> torch.Tensor:
         q = (a @ p["attention.wq.weight"].T).view(B, T, H, D).transpose(1, 2)
         k = (a @ p["attention.wk.weight"].T).view(B, T, Hkv, D).transpose(1, 2)
         v = (a @ p["attention.wv.weight"].T).view(B, T, Hkv, D).transpose(1, 2)
-        y = _causal_attention(_rope(q), _rope(k), v).transpose(1, 2).reshape(B, T, H * D)
+        y = _causal_attention(_rope(q, base), _rope(k, base), v).transpose(1, 2)
+        y = y.reshape(B, T, H * D)
         h = x + y @ p["attention.wo.weight"].T
         f = _rms_norm(h, p["ffn_norm.weight"], eps)
         gate = f @ p["feed_forward.w1.weight"].T
@@ -194,6 +196,24 @@ def test_forward_matches_the_papers_equations_in_fp64(n_kv_heads: int):
     model = _randomise(Llama(cfg)).eval()
     idx = torch.randint(0, 50, (2, 9))
     torch.testing.assert_close(model(idx), _llama_ref(model, idx), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+def test_forward_honours_a_non_default_rope_base_and_norm_eps(n_kv_heads: int):
+    """Mixtral (RoPE base 1e6, eps 1e-5) and LLaMA-3 (base 5e5) are this model with other
+    constants: the config's rope_base and norm_eps must reach every layer. Here a base of 500
+    and an eps of 0.05 (both far enough from the defaults to show), against the equations."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=n_kv_heads, vocab_size=50,
+                      max_seq_len=16, rope_base=500.0, norm_eps=0.05)  # fmt: skip
+    model = _randomise(Llama(cfg)).eval()
+    with torch.no_grad():  # small activations, so eps is not negligible beside mean(a²)
+        model.tok_embeddings.weight.mul_(0.2)
+    idx = torch.randint(0, 50, (2, 9))
+    want = _llama_ref(model, idx, eps=0.05, base=500.0)
+    torch.testing.assert_close(model(idx), want, atol=1e-12, rtol=1e-12)
+    for eps, base in ((1e-6, 500.0), (0.05, 10000.0)):  # either constant dropped is seen
+        assert (model(idx) - _llama_ref(model, idx, eps=eps, base=base)).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from repro.models.mixtral import (
     mixtral_param_count,
 )
 from repro.nn.kv_cache import caches_for, generate
+from repro.nn.norm import RMSNorm
 
 CONVENTIONS = [(a, e) for a in (False, True) for e in (True, False)]
 
@@ -88,3 +90,24 @@ def test_forward_routes_every_layer_and_cached_decoding_matches():
     cached = generate(model, idx[:, :5], 10, use_cache=True)
     plain = generate(model, idx[:, :5], 10, use_cache=False)
     assert torch.equal(cached, plain)
+
+
+@pytest.mark.parametrize(
+    "cfg", [MixtralConfig(), MixtralConfig(rope_base=500.0, norm_eps=0.25)], ids=["tiny", "odd"]
+)
+def test_rope_base_and_norm_eps_reach_the_built_modules(cfg):
+    """Mixtral's constants differ from LLaMA's (RoPE base 1e6, eps 1e-5): the shared RoPE table
+    is cos/sin(m·base^(−2i/D)) written out with math.pow, and every RMSNorm has the config's
+    eps (the two attention/FFN norms of each block and the final one)."""
+    model = Mixtral(dataclasses.replace(cfg, max_seq_len=24))
+    D = cfg.head_dim
+    angles = torch.tensor(
+        [[m * math.pow(cfg.rope_base, -2 * i / D) for i in range(D // 2)] for m in range(24)],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(model.rope.cos.double(), angles.cos(), atol=1e-9, rtol=0)
+    torch.testing.assert_close(model.rope.sin.double(), angles.sin(), atol=1e-9, rtol=0)
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
+    assert len(norms) == 2 * cfg.n_layers + 1
+    assert all(n.eps == cfg.norm_eps for n in norms)
+    assert MIXTRAL_8X7B.rope_base == 1e6 and MIXTRAL_8X7B.norm_eps == 1e-5

@@ -88,6 +88,23 @@ def test_top_k_keeps_only_the_k_largest():
     assert int(sample_next(logits)) == 1  # temperature 0: argmax
 
 
+@pytest.mark.parametrize("temperature,top_k", [(0.5, None), (2.0, None), (0.7, 3)])
+def test_sampling_frequencies_follow_softmax_of_logits_over_temperature(temperature, top_k):
+    """sample_next draws from softmax(logits / T) restricted to the top k, at T ≠ 1 (T = 1
+    cannot tell logits / T from logits · T), counted over many draws of one batch of rows."""
+    logits = torch.tensor([[1.0, 0.2, -0.5, 0.9, -2.0], [0.0, 0.3, 0.6, -0.4, 0.1]])
+    n = 20_000
+    g = torch.Generator().manual_seed(0)
+    draws = sample_next(logits.repeat(n, 1), temperature, top_k, generator=g).view(n, 2)
+    for row in range(2):
+        kept = logits[row].clone().double()
+        if top_k is not None:
+            kept[kept.argsort(descending=True)[top_k:]] = float("-inf")
+        want = torch.softmax(kept / temperature, -1)
+        freq = torch.bincount(draws[:, row], minlength=5).double() / n
+        assert (freq - want).abs().max() < 0.015, (row, freq, want)
+
+
 def test_cache_stores_only_kv_heads():
     model = tiny(1)
     caches = caches_for(model.cfg, batch=3, max_seq_len=S_MAX)

@@ -233,3 +233,103 @@ def test_real_anki_import_keeps_review_history(two_papers: Path, tmp_path: Path)
         )
     finally:
         col.close()
+
+
+# --- what each note carries: GUID, model, fields, tags, deck -------------------------------
+
+
+def _collection(apkg: Path, tmp_path: Path) -> tuple[list[tuple], dict, dict]:
+    """(guid, mid, fields, tags) of every note, the models and the decks, from the package."""
+    with zipfile.ZipFile(apkg) as z:
+        z.extract("collection.anki2", tmp_path)
+    db = sqlite3.connect(tmp_path / "collection.anki2")
+    try:
+        notes = db.execute("select guid, mid, flds, tags from notes").fetchall()
+        models, decks = db.execute("select models, decks from col").fetchone()
+    finally:
+        db.close()
+    return notes, json.loads(models), json.loads(decks)
+
+
+def test_guids_and_deck_ids_follow_the_stable_recipe(two_papers: Path, tmp_path: Path) -> None:
+    """A card's GUID is genanki's hash of ("paperlab", slug, language, key) and a deck's id a
+    31-bit SHA-1 prefix of its name, computed here from the recipe: an export that hashed
+    anything else (a position, another order of the parts) would orphan every review history."""
+    import hashlib
+
+    import genanki
+
+    papers = list(Library(two_papers).papers.values())
+    out = tmp_path / "deck.apkg"
+    write_apkg(papers, out, "zh")
+    notes, _, decks = _collection(out, tmp_path)
+    want = {
+        genanki.guid_for("paperlab", p.slug, "zh", c.key)
+        for p in papers
+        for c in paper_cards(p, "zh")
+    }
+    assert {guid for guid, *_ in notes} == want
+    for p in papers:
+        name = f"paperlab::zh::{p.slug}"
+        deck_id = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) >> 1
+        assert decks[str(deck_id)]["name"] == name
+
+
+def test_each_note_has_its_model_fields_and_tags(two_papers: Path, tmp_path: Path) -> None:
+    """Cloze cards use the cloze note type (and only they do); the fields are front, back, the
+    paper's title (escaped) and the source; the tags name the paper, its priority, the kind and
+    the language, and `paperlab::must-know` only on a must-know paper's cards."""
+    from html import escape
+
+    note = two_papers / "lora" / "note.yaml"
+    text = note.read_text(encoding="utf-8")
+    title = re.search(r"(?m)^title: (.*)$", text).group(1).strip("\"'")
+    note.write_text(text.replace(title, title + " <b> & co", 1), encoding="utf-8")
+    library = Library(two_papers)
+    papers = list(library.papers.values())
+    out = tmp_path / "deck.apkg"
+    write_apkg(papers, out)
+    notes, models, _ = _collection(out, tmp_path)
+    by_guid = {
+        card_guid(p.slug, c.key): (p, c) for p in papers for c in paper_cards(p)
+    }  # the recipe itself is pinned by the test above
+    assert len(by_guid) == len(notes)
+    priorities = {p.note.priority for p in papers}
+    assert "must-know" in priorities and len(priorities) > 1, "both kinds of paper are needed"
+    for guid, mid, flds, tags in notes:
+        paper, card = by_guid[guid]
+        model = models[str(mid)]
+        assert (model["type"] == 1) == (card.kind == "cloze"), card.key
+        assert flds.split("\x1f") == [card.front, card.back, escape(paper.note.title), card.source]
+        tags = set(tags.split())
+        assert {paper.slug, paper.note.priority, card.kind, "lang::en"} <= tags
+        assert ("paperlab::must-know" in tags) == (paper.note.priority == "must-know")
+        assert "untranslated" not in tags
+    lora = library.get("lora")
+    assert "&lt;b&gt; &amp; co" in escape(lora.note.title)
+
+
+def test_tsv_columns_are_guid_front_back_deck_tags(two_papers: Path) -> None:
+    """The TSV's header names its GUID, deck and tags columns; every row must put them there."""
+    import csv
+    import io
+
+    import genanki
+
+    paper = Library(two_papers).get("transformer")
+    tsv = render_tsv([paper], "zh")
+    lines = tsv.split("\n", 5)
+    assert lines[:5] == [
+        "#separator:tab", "#html:true", "#guid column:1", "#deck column:4", "#tags column:5"
+    ]  # fmt: skip
+    rows = list(csv.reader(io.StringIO(lines[5]), delimiter="\t"))
+    cards = paper_cards(paper, "zh")
+    assert len(rows) == len(cards)
+    for row, card in zip(rows, cards, strict=True):
+        assert len(row) == 5
+        guid, front, back, deck, tags = row
+        assert guid == genanki.guid_for("paperlab", "transformer", "zh", card.key)
+        assert (front, back, deck) == (card.front, card.back, "paperlab::zh::transformer")
+        tagset = set(tags.split())
+        assert {"transformer", card.kind, "lang::zh"} <= tagset
+        assert ("untranslated" in tagset) == (not card.translated)

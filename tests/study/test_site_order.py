@@ -1,0 +1,153 @@
+"""The site's orderings and links on hand-made notes where the orders disagree.
+
+In the real library the oldest papers are also the must-know ones and the ones the others
+build on, so the index test (tests/study/test_sheets.py) would pass an order by year alone.
+Here priority, year and the `related` links pull in different directions, so each rule of
+repro/study/site.py decides the outcome on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+from repro.study.site import (
+    TABLES,
+    Link,
+    Nav,
+    PageExtras,
+    comparisons,
+    css_string,
+    display_name,
+    grouped,
+    link_neighbours,
+    reading_path,
+    site_order,
+)
+
+
+def sheet(slug, year, priority="core", topic="architecture", related=(), compare=(), **note):
+    n = SimpleNamespace(
+        year=year, priority=priority, topic=topic, related=list(related), compare=list(compare),
+        title=note.get("title", slug.upper()), short_title=note.get("short_title"),
+        zh=note.get("zh"),
+    )  # fmt: skip
+    s = SimpleNamespace(slug=slug, note=n)
+    s.extras = PageExtras(display_name(n), [], [], {}, [], Nav())
+    return s
+
+
+def slugs(sheets) -> list[str]:
+    return [s.slug for s in sheets]
+
+
+def test_groups_in_topic_order_must_know_first_then_by_year() -> None:
+    sheets = [
+        sheet("old-core", 2017, "core"),
+        sheet("new-must", 2023, "must-know"),
+        sheet("old-further", 2015, "further"),
+        sheet("mid-core", 2020, "core"),
+        sheet("eff", 2019, "core", topic="efficiency"),
+        sheet("misc", 2010, "must-know", topic=None),
+        sheet("align", 2022, "further", topic="alignment"),
+        sheet("train", 2021, "core", topic="training"),
+    ]
+    groups = grouped(sheets)
+    assert [t for t, _ in groups] == [
+        "architecture",
+        "training",
+        "alignment",
+        "efficiency",
+        "other",
+    ]
+    assert slugs(groups[0][1]) == ["new-must", "old-core", "mid-core", "old-further"]
+    assert slugs(site_order(sheets)) == [
+        "new-must", "old-core", "mid-core", "old-further", "train", "align", "eff", "misc"
+    ]  # fmt: skip
+
+
+def test_reading_path_puts_what_a_paper_builds_on_first_whatever_its_priority() -> None:
+    """A must-know paper waits for the older `further` paper it builds on; a `related` link to
+    a newer paper is not a dependency; among the papers ready, must-know first, then oldest."""
+    sheets = [
+        sheet("base", 2015, "further"),
+        sheet("star", 2023, "must-know", related=["base", "later"]),  # `later` is newer: no wait
+        sheet("later", 2024, "core", related=["star"]),
+        sheet("side", 2016, "core"),
+        sheet("early-star", 2018, "must-know"),
+        sheet("two", 2022, "core", related=["side", "base", "unknown"]),
+    ]
+    path = reading_path(sheets)
+    order = slugs(step.sheet for step in path)
+    assert sorted(order) == sorted(slugs(sheets))  # every paper once
+    assert order == ["early-star", "side", "base", "star", "two", "later"]
+    after = {step.sheet.slug: slugs(step.after) for step in path}
+    assert after == {
+        "early-star": [], "side": [], "base": [], "star": ["base"],
+        "two": ["base", "side"], "later": ["star"],
+    }  # fmt: skip
+
+
+def _row(table: str, row: str, claim=None, **cells):
+    return SimpleNamespace(table=table, row=row, claim=claim, cells=cells)
+
+
+def test_comparison_tables_need_two_notes_and_keep_column_order() -> None:
+    heads = TABLES["attention-heads"]
+    sheets = [
+        sheet("gqa", 2023, compare=[_row("attention-heads", "GQA", "c1", quality="q",
+                                         **{"kv-heads": "G"})]),
+        sheet("mqa", 2019, compare=[_row("attention-heads", "MQA", **{"kv-cache": "1/H"})]),
+        sheet("rope", 2021, compare=[_row("positions", "RoPE", where="q, k")]),
+        sheet("odd", 2020, compare=[_row("no-such-table", "x")]),
+    ]  # fmt: skip
+    (table,) = comparisons(sheets, "zh")  # `positions` has one note only
+    assert table.key == "attention-heads" and table.title == heads.title["zh"]
+    assert table.headers == [h["zh"] for _, h in heads.columns]
+    assert [(r.name, r.sheet.slug, r.claim) for r in table.rows] == [
+        ("MQA", "mqa", None), ("GQA", "gqa", "c1")
+    ]  # oldest first  # fmt: skip
+    keys = [k for k, _ in heads.columns]
+    assert table.rows[0].cells == ["" if k != "kv-cache" else "1/H" for k in keys]
+    assert table.rows[1].cells == [{"kv-heads": "G", "quality": "q"}.get(k, "") for k in keys]
+
+
+def test_neighbour_links_follow_the_site_order_and_name_the_other_language() -> None:
+    sheets = [
+        sheet("c", 2019, "core", short_title="C-name"),
+        sheet("a", 2017, "must-know"),
+        sheet("b", 2018, "core", topic="training"),
+    ]
+    ordered = link_neighbours(sheets, ".html", Link("English", ".."))
+    assert slugs(ordered) == ["a", "c", "b"]
+    navs = {s.slug: s.extras.nav for s in ordered}
+    assert navs["a"].prev is None and navs["a"].next == Link("C-name", "c.html")
+    assert navs["c"].prev == Link("A", "a.html") and navs["c"].next == Link("B", "b.html")
+    assert navs["b"].next is None and navs["b"].prev == Link("C-name", "c.html")
+    assert all(n.index == "index.html" for n in navs.values())
+    assert navs["b"].other_lang == Link("English", "../b.html")
+    plain = [sheet("x", 2020)]
+    assert link_neighbours(plain, ".md")[0].extras.nav.other_lang is None
+
+
+def test_display_names_prefer_the_short_title_in_each_language() -> None:
+    zh = SimpleNamespace(short_title="旋转位置编码")
+    assert display_name(sheet("r", 2021, short_title="RoPE", zh=zh).note, "zh") == "旋转位置编码"
+    assert display_name(sheet("r", 2021, short_title="RoPE", zh=zh).note, "en") == "RoPE"
+    assert display_name(sheet("r", 2021, title="Long Title").note, "zh") == "Long Title"
+
+
+def _css_unescape(quoted: str) -> str:
+    """A CSS string's value: hex escapes `\\hh ` decoded (the only escapes css_string writes)."""
+    assert quoted[0] == quoted[-1] == '"'
+    return re.sub(r"\\([0-9a-f]{1,6}) ", lambda m: chr(int(m.group(1), 16)), quoted[1:-1])
+
+
+def test_css_string_cannot_close_the_string_or_the_style_element() -> None:
+    for text in ('a"b', "x</style><script>", "back\\slash", "line\nbreak", "注意力 · RoPE", "';}"):
+        out = css_string(text)
+        inner = out[1:-1]
+        assert not set(inner) & set("\"'<>\n;{}"), out
+        assert re.fullmatch(r'"([^\\]|\\[0-9a-f]{1,6} )*"', out), out  # only hex escapes
+        assert _css_unescape(out) == text
+    assert css_string("LoRA (2021)") == '"LoRA (2021)"'  # plain names pass unchanged
