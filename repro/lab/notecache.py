@@ -198,7 +198,9 @@ def _read_entry(entry: Path) -> dict | None:
     """The record in `entry`; None when there is none, or it is damaged (warned)."""
     from repro.lab.cache import entry_problem
 
-    if not os.path.lexists(entry):
+    try:
+        before = os.lstat(entry)
+    except OSError:
         return None
     why = entry_problem(entry, KIND, entry.name)  # regular files whose SHA-256 match its record
     if why is None:
@@ -213,8 +215,16 @@ def _read_entry(entry: Path) -> dict | None:
             why = "is damaged (not a JSON object)"
         except (OSError, ValueError) as exc:  # DamagedEntry, JSONDecodeError, UnicodeDecodeError
             why = f"is damaged ({type(exc).__name__})"
-    _warn(entry, why)
+    if _same_file(entry, before):  # not a rewrite by another process while this one read it
+        _warn(entry, why)
     return None
+
+
+def _same_file(path: Path, before: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(os.lstat(path), before)
+    except OSError:
+        return False
 
 
 def _write_entry(entry: Path, record: dict) -> None:

@@ -302,3 +302,23 @@ print(sorted(m for m in ("pydantic", "yaml", "jinja2", "torch") if m in sys.modu
     assert warm.returncode == 0, warm.stderr
     assert "Toy: a paper for tests" in warm.stdout
     assert warm.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_entry_rewritten_while_it_is_read_is_a_miss_without_a_warning(
+    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process replacing the entry mid-check (its files vanish under the reader) is
+    not damage: the reader loads the note and says nothing."""
+    note_summary(toy, "toy")
+
+    def replaced_meanwhile(folder: Path, kind: str, key: str) -> str | None:
+        moved = folder.with_name(".elsewhere")
+        os.rename(folder, moved)  # the writer moves the old entry away …
+        shutil.copytree(moved, folder)  # … and renames its new one in
+        shutil.rmtree(moved)
+        return "files differ from its record"
+
+    monkeypatch.setattr(cache, "entry_problem", replaced_meanwhile)
+    with caplog.at_level(logging.WARNING, logger="repro.lab.notecache"):
+        assert note_summary(toy, "toy") == fresh(toy)
+    assert caplog.records == [] and len(parses) == 2
