@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -205,10 +206,7 @@ def _read_entry(entry: Path) -> dict | None:
     why = entry_problem(entry, KIND, entry.name)  # regular files whose SHA-256 match its record
     if why is None:
         try:
-            with open(entry / PAYLOAD, "rb") as f:  # verified a regular file just now
-                data = f.read(MAX_ENTRY_BYTES + 1)
-            if len(data) > MAX_ENTRY_BYTES:
-                raise DamagedEntry("too large")
+            data = _read_regular(entry / PAYLOAD)  # verified just now, but may be swapped since
             record = json.loads(data)
             if isinstance(record, dict):
                 return record
@@ -218,6 +216,23 @@ def _read_entry(entry: Path) -> dict | None:
     if _same_file(entry, before):  # not a rewrite by another process while this one read it
         _warn(entry, why)
     return None
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of the regular file at `path`, opened without following a link or waiting on
+    a FIFO; DamagedEntry for anything else."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DamagedEntry("not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_ENTRY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_ENTRY_BYTES:
+        raise DamagedEntry("too large")
+    return data
 
 
 def _same_file(path: Path, before: os.stat_result) -> bool:

@@ -322,3 +322,20 @@ def test_an_entry_rewritten_while_it_is_read_is_a_miss_without_a_warning(
     with caplog.at_level(logging.WARNING, logger="repro.lab.notecache"):
         assert note_summary(toy, "toy") == fresh(toy)
     assert caplog.records == [] and len(parses) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_summary_swapped_for_a_fifo_after_its_check_does_not_hang(
+    toy: Path, parses: list[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    note_summary(toy, "toy")
+
+    def verified_then_swapped(folder: Path, kind: str, key: str) -> str | None:
+        payload(toy).unlink()
+        os.mkfifo(payload(toy))
+        return None
+
+    monkeypatch.setattr(cache, "entry_problem", verified_then_swapped)
+    with caplog.at_level(logging.WARNING, logger="repro.lab.notecache"):
+        assert note_summary(toy, "toy") == fresh(toy)
+    assert "is damaged (DamagedEntry)" in caplog.records[0].getMessage()
