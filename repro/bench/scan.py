@@ -29,9 +29,14 @@ import torch.nn.functional as F
 
 from repro.lab.threads import torch_threads
 from repro.nn.attention import attention_ref
-from repro.nn.ssm import selective_scan, selective_scan_ref
+from repro.nn.ssm import selective_scan, selective_scan_chunked, selective_scan_ref
 
-IMPLS = ("scan_loop", "scan_parallel", "sdpa", "naive")
+IMPLS = ("scan_loop", "scan_parallel", "scan_chunked", "sdpa", "naive")
+SCANS = {
+    "scan_loop": selective_scan_ref,
+    "scan_parallel": selective_scan,
+    "scan_chunked": selective_scan_chunked,
+}
 SCAN_FLOPS_PER_ELEMENT = 9  # per (b, t, d, n): exp and Δ·A (2), Δ·B·u (2), a·h + b (2), C·h (2), +1
 
 
@@ -72,8 +77,7 @@ def _inputs(impl: str, L: int, B: int, D: int, N: int, seed: int = 0) -> Callabl
         delta = F.softplus(torch.randn(B, L, D, generator=g) - 3)  # (B, L, D)
         A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(D, 1)  # S4D-real (D, N)
         Bt, Ct = torch.randn(B, L, N, generator=g), torch.randn(B, L, N, generator=g)
-        scan = selective_scan_ref if impl == "scan_loop" else selective_scan
-        return lambda: scan(u, delta, A, Bt, Ct, torch.ones(D), z)
+        return lambda: SCANS[impl](u, delta, A, Bt, Ct, torch.ones(D), z)
     q, k, v = (torch.randn(B, 1, L, D, generator=g) for _ in range(3))  # (B, H, L, Dh)
     if impl == "sdpa":
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)

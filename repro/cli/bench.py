@@ -258,21 +258,54 @@ def bench_speculative_cmd(new_tokens, gammas_text, prompt_len, draft_layers, dev
     "ls_text",
     default="512,1024,2048,4096,8192",
     show_default=True,
-    help="Sequence lengths (comma-separated).",
+    help="Sequence lengths (comma-separated) of the scan-vs-attention table.",
+)
+@click.option(
+    "--width-l",
+    "width_ls_text",
+    default="256,1024,2048",
+    show_default=True,
+    help="Sequence lengths of the tables at Mamba's width (d_model 256) and against HF.",
 )
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--memory", is_flag=True, help="Also measure peak extra memory (fresh processes).")
 @click.option("--decode-tokens", default=512, show_default=True, type=click.IntRange(129))
+@click.option(
+    "--hf/--no-hf",
+    default=True,
+    show_default=True,
+    help="Time Hugging Face's Mamba beside ours (needs the [conformance] extra).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
-def bench_scan_cmd(ls_text, repeats, memory, decode_tokens, as_json):
-    """Selective scan (loop, parallel) vs SDPA and naive attention over L; recurrent decoding."""
+def bench_scan_cmd(ls_text, width_ls_text, repeats, memory, decode_tokens, hf, as_json):
+    """Selective scans (loop, parallel, chunked) vs attention over L; the scans at Mamba's
+    width and, weights copied, against Hugging Face's Mamba; recurrent decoding."""
+    import importlib.util
+
     from repro.bench.scan import IMPLS, bench_decode_recurrent, bench_scan, peak_memory
 
     lengths = _int_list(ls_text, "--l")
+    width_lengths = _int_list(width_ls_text, "--width-l")
+    hf_missing = hf and importlib.util.find_spec("transformers") is None
     with progress_bar(not as_json) as progress:
         out = bench_scan(
             lengths, repeats=repeats, progress=lambda i, n: progress("scan benchmark", i, n)
         )
+        out["width"] = bench_scan(
+            width_lengths,
+            impls=WIDTH_SCANS,
+            D=2 * 256,
+            repeats=repeats,
+            progress=lambda i, n: progress("scans at Mamba's width", i, n),
+        )
+        if hf and not hf_missing:
+            from repro.bench.mamba_hf import bench_vs_hf
+
+            out["hf"] = bench_vs_hf(
+                width_lengths,
+                repeats=repeats,
+                progress=lambda i, n: progress("Mamba vs Hugging Face", i, n),
+            )
         if memory:
             out["memory"] = [
                 {"L": L, "impl": impl, "extra_bytes": peak_memory(impl, L)}
@@ -296,12 +329,25 @@ def bench_scan_cmd(ls_text, repeats, memory, decode_tokens, as_json):
     table.add_column("L", justify="right")
     for impl in IMPLS:
         table.add_column(f"{impl} ms", justify="right")
+    table.add_column("loop / chunked", justify="right")
     for L in lengths:
         ms = {r["impl"]: r["ms"] for r in out["rows"] if r["L"] == L}
-        table.add_row(str(L), *(f"{ms[impl]:.1f}" for impl in IMPLS))
+        table.add_row(
+            str(L),
+            *(f"{ms[impl]:.1f}" for impl in IMPLS),
+            f"{ms['scan_loop'] / ms['scan_chunked']:.2f}×",
+        )
     if len(lengths) > 1:
-        table.add_row("exponent", *(f"{out['exponents'][impl]:.2f}" for impl in IMPLS))
+        table.add_row("exponent", *(f"{out['exponents'][impl]:.2f}" for impl in IMPLS), "")
     console().print(table)
+    console().print(_width_table(out["width"]))
+    if "hf" in out:
+        console().print(_hf_table(out["hf"]))
+    elif hf_missing:
+        console().print(
+            "Hugging Face's Mamba not timed: transformers is missing "
+            "(pip install -e '.[conformance]')"
+        )
     if memory:
         mem = Table(title="peak extra memory of one forward (MB)", title_justify="left")
         mem.add_column("L", justify="right")
@@ -332,6 +378,54 @@ def bench_scan_cmd(ls_text, repeats, memory, decode_tokens, as_json):
         f"{d['gpt_kv_bytes_at_end']:,}",
     )
     console().print(dec)
+
+
+WIDTH_SCANS = ("scan_loop", "scan_chunked")
+
+
+def _width_table(width: dict):
+    from rich.table import Table
+
+    table = Table(
+        title=f"the selective scan alone at Mamba's width (d_model 256): D={width['D']} "
+        f"N={width['N']}, CPU time, 1 thread, fp32, B=1",
+        title_justify="left",
+    )
+    for col in ("L", "loop ms", "chunked ms", "loop / chunked"):
+        table.add_column(col, justify="right")
+    for L in sorted({r["L"] for r in width["rows"]}):
+        ms = {r["impl"]: r["ms"] for r in width["rows"] if r["L"] == L}
+        loop, chunked = ms["scan_loop"], ms["scan_chunked"]
+        table.add_row(str(L), f"{loop:.1f}", f"{chunked:.1f}", f"{loop / chunked:.2f}×")
+    return table
+
+
+def _hf_table(hf: dict):
+    from rich.table import Table
+
+    table = Table(
+        title=f"Mamba forward, d_model {hf['d_model']}, {hf['n_layers']} layers, weights copied "
+        "to Hugging Face's MambaForCausalLM (its pure-PyTorch path): CPU time, 1 thread, fp32, "
+        "B=1",
+        title_justify="left",
+    )
+    for col in (
+        "L", "HF ms", "loop ms", "chunked ms", "HF / chunked", "loop / chunked",
+        "max |Δlogit| loop", "max |Δlogit| chunked",
+    ):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in hf["rows"]:
+        table.add_row(
+            str(r["L"]),
+            f"{r['hf_ms']:.0f}",
+            f"{r['loop_ms']:.0f}",
+            f"{r['chunked_ms']:.0f}",
+            f"{r['hf_ms'] / r['chunked_ms']:.2f}×",
+            f"{r['loop_ms'] / r['chunked_ms']:.2f}×",
+            f"{r['loop_max_abs_diff']:.1e}",
+            f"{r['chunked_max_abs_diff']:.1e}",
+        )
+    return table
 
 
 @bench.command("cli")

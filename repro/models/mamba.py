@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repro.nn.norm import RMSNorm
-from repro.nn.ssm import selective_scan, selective_scan_ref
+from repro.nn.ssm import selective_scan, selective_scan_chunked, selective_scan_ref
 
-Scan = Literal["loop", "parallel"]
+Scan = Literal["loop", "parallel", "chunked"]
+SCANS = {"loop": selective_scan_ref, "parallel": selective_scan, "chunked": selective_scan_chunked}
 State = tuple[Tensor, Tensor]  # (conv state (B, D, K−1), SSM state (B, D, N))
 
 
@@ -75,6 +76,8 @@ class MambaConfig:
     padded_vocab_size: int = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.scan not in SCANS:
+            raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {self.scan!r}")
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
         m = self.pad_vocab_size_multiple
@@ -145,8 +148,7 @@ class MambaBlock(nn.Module):
         x = F.silu(x)  # (B, L, D)
         delta, Bt, Ct = self.ssm_params(x)
         A = -torch.exp(self.A_log)  # (D, N)
-        scan = selective_scan if self.cfg.scan == "parallel" else selective_scan_ref
-        y, _ = scan(x, delta, A, Bt, Ct, self.D, z)  # (B, L, D)
+        y, _ = SCANS[self.cfg.scan](x, delta, A, Bt, Ct, self.D, z)  # (B, L, D)
         out = self.out_proj(y)  # (B, L, C)
         return (out, delta) if return_delta else out
 

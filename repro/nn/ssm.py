@@ -17,9 +17,15 @@ B̄ = (ΔA)⁻¹(exp(ΔA) − 1)·ΔB. Per channel and state the two differ by t
 Theorem 1.
 
 The recurrence h_t = Ā_t h_{t-1} + B̄_t x_t is linear in h, so it is a scan with the associative
-operator (a₁, b₁) ∘ (a₂, b₂) = (a₁a₂, a₂b₁ + b₂). `selective_scan_ref` runs it as a loop (the
-specification, fine on a CPU for tiny models); `selective_scan` runs a chunked parallel scan
-(O(L log K) work, depth O(log L)), differentiable by autograd.
+operator (a₁, b₁) ∘ (a₂, b₂) = (a₁a₂, a₂b₁ + b₂). Three ways to run it, all differentiable by
+autograd and equal up to rounding:
+- `selective_scan_ref`, a loop over time: the specification.
+- `selective_scan`, a Hillis–Steele parallel scan (O(L log K) work, depth O(log L)): the shape
+  of the GPU kernel's scan (§3.3), not fast on a CPU.
+- `selective_scan_chunked`, work-efficient on a CPU: inside a chunk of K steps the cumulative
+  log-decay is a `cumsum`, so every position's state is a few vectorised tensor ops; only the
+  chunk-end states are carried sequentially (the chunked form of Mamba-2's SSD, Dao & Gu 2024,
+  arXiv:2405.21060 §6, here with Mamba-1's per-(channel, state) decays).
 """
 
 from __future__ import annotations
@@ -32,6 +38,15 @@ from torch import Tensor
 
 Discretization = Literal["simplified", "zoh"]
 CHUNK = 32  # K: positions scanned in parallel inside one chunk
+# selective_scan_chunked: the longest chunk, the elements one group of chunks may hold (about
+# 512 KiB of fp32, so a group's intermediates stay in cache: a tensor above glibc's mmap
+# threshold is page-faulted in on every allocation, which made whole-sequence tensors several
+# times slower per element), and the largest log-decay |Σ ΔA| allowed over one chunk. The chunk's
+# exponents are centred on its middle, so exp(±S) stays within exp(±60) ≈ 1.1e±26: finite in
+# fp32 for |B̄x| < 3e12, and a normal float at the small end.
+CHUNK_MAX = 64
+GROUP_ELEMENTS = 1 << 17
+LOG_DECAY_BOUND = 120.0
 
 
 def discretize(
@@ -152,3 +167,108 @@ def selective_scan(
     A_bar = A_bar.expand_as(bx)
     h_seq = linear_scan(A_bar, bx, h0, chunk)  # (B, L, D, N)
     return _readout(h_seq, Ct, u, D, z), h_seq[:, -1]
+
+
+def safe_chunk(delta: Tensor, A: Tensor, longest: int = CHUNK_MAX) -> int:
+    """The longest power-of-two chunk ≤ `longest` whose log-decay stays within the bound.
+
+    The log-decay over a chunk is S = A·ΣΔ per channel and state (A ≤ 0), so its size is largest
+    for the channel's most negative A: the bound is checked on max_n |A[d, n]| · Σ_chunk Δ for
+    every batch row, channel and chunk, from one prefix sum of Δ (fp64, so that differences of
+    long sums stay exact). Returns 1 when even two steps exceed it.
+    """
+    with torch.no_grad():
+        rate = delta.detach().double() * A.detach().double().abs().amax(-1)  # (B, L, D)
+        L = rate.shape[1]
+        prefix = F.pad(torch.cumsum(rate, 1), (0, 0, 1, 0))  # (B, L + 1, D)
+        K = 1 << max(0, min(longest, L).bit_length() - 1)
+        while K > 1:
+            ends = torch.arange(K, L + K, K).clamp(max=L)  # the last chunk may be shorter
+            starts = torch.arange(0, L, K)
+            if (prefix[:, ends] - prefix[:, starts]).amax() <= LOG_DECAY_BOUND:
+                break
+            K //= 2
+    return K
+
+
+def _time_last(x: Tensor, L: int, n_chunks: int, K: int) -> Tensor:
+    """(B, L, X) → (B, X, C, K): time padded with zeros to C·K and split into chunks."""
+    x = F.pad(x.transpose(1, 2), (0, n_chunks * K - L)).contiguous()  # pad keeps the transpose
+    return x.reshape(*x.shape[:2], n_chunks, K)
+
+
+def selective_scan_chunked(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    Bt: Tensor,
+    Ct: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    h0: Tensor | None = None,
+    discretization: Discretization = "simplified",
+    chunk: int = CHUNK_MAX,
+) -> tuple[Tensor, Tensor]:
+    """Same contract as `selective_scan_ref`, computed chunk by chunk with cumulative sums.
+
+    Inside a chunk with start state h₀ and log-decay S_t = A·Σ_{k≤t} Δ_k since that start,
+    h_t = exp(S_t)·(h₀ + Σ_{s≤t} exp(−S_s) B̄_s x_s): one cumsum of Δ, one exp, one cumsum of the
+    weighted inputs and a few products, over a whole group of chunks at once. The chunk ends are
+    then carried sequentially (h₀ of a chunk is the last state of the previous one). Work is
+    O(B·L·D·N) like the loop's, in ~10 vectorised ops per group instead of ~3 per time step.
+
+    Guard: exp(−S) grows as the state decays. Exponents are measured from the chunk's middle
+    (S − S_K/2, free because S factorises as A times a sum of Δ), and `safe_chunk` shortens the
+    chunks until |S_K| ≤ LOG_DECAY_BOUND everywhere, so no factor leaves exp(±60). When one step
+    alone exceeds the bound (chunks of 1), its decay, below exp(−120), is clamped to exp(−120).
+    `chunk` is the longest chunk to use; padding at the end has Δ = 0, which keeps the state.
+    """
+    Bsz, L, Dch = u.shape
+    N = A.shape[-1]
+    K = safe_chunk(delta, A, chunk)
+    n_chunks = -(-L // K)
+    per_group = max(1, GROUP_ELEMENTS // (Bsz * Dch * N * K))
+
+    A5 = A[None, :, :, None, None]  # (1, D, N, 1, 1)
+    dt = _time_last(delta, L, n_chunks, K)  # (B, D, C, K)
+    du = _time_last(delta * u, L, n_chunks, K)
+    uu = _time_last(u, L, n_chunks, K)
+    if Bt.dim() == 3:  # selective: (B, L, N) → (B, 1, N, C, K)
+        B5, C5 = (_time_last(m, L, n_chunks, K).unsqueeze(1) for m in (Bt, Ct))
+    else:  # LTI: (D, N) → (1, D, N, 1, 1)
+        B5, C5 = Bt[None, :, :, None, None], Ct[None, :, :, None, None]
+
+    h = u.new_zeros(Bsz, Dch, N) if h0 is None else h0.to(u.dtype)
+    ys = []
+    for c0 in range(0, n_chunks, per_group):
+        g = slice(c0, c0 + per_group)
+        B_g = B5[:, :, :, g] if B5.shape[3] > 1 else B5
+        C_g = C5[:, :, :, g] if C5.shape[3] > 1 else C5
+        csum = torch.cumsum(dt[:, :, g], -1)  # Σ Δ since the chunk's start: (B, D, G, K)
+        S = (csum - csum[..., -1:] / 2)[:, :, None] * A5  # S_t − S_K/2: (B, D, N, G, K)
+        if K == 1:
+            S = S.clamp(min=-LOG_DECAY_BOUND / 2)
+        decay = torch.exp(S)  # exp(S_t − S_K/2)
+        if discretization == "simplified":
+            bx = du[:, :, None, g] * B_g  # B̄x = Δ·B·x
+        elif discretization == "zoh":
+            bx = torch.expm1(dt[:, :, None, g] * A5) / A5 * B_g * uu[:, :, None, g]
+        else:
+            raise ValueError(
+                f"discretization must be 'simplified' or 'zoh', got {discretization!r}"
+            )
+        w = torch.cumsum(bx / decay, -1)  # Σ_{s≤t} exp(S_K/2 − S_s) B̄_s x_s
+        half = decay[..., -1]  # exp(S_K/2): (B, D, N, G)
+        end_local = half * w[..., -1]  # the chunk's last state from a zero start
+        starts = []
+        for k in range(half.shape[-1]):  # the chunk ends, in order
+            starts.append(h)
+            h = half[..., k] * half[..., k] * h + end_local[..., k]
+        h_seq = decay * (w + (half * torch.stack(starts, -1)).unsqueeze(-1))  # (B, D, N, G, K)
+        ys.append((h_seq * C_g).sum(2))  # y_t = C_t h_t: (B, D, G, K)
+    y = torch.cat(ys, 2).reshape(Bsz, Dch, n_chunks * K)[..., :L].transpose(1, 2)
+    if D is not None:
+        y = y + u * D
+    if z is not None:
+        y = y * F.silu(z)
+    return y, h

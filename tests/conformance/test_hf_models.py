@@ -175,3 +175,21 @@ def test_llama_for_causal_lm(n_kv_heads: int, randomise):
     idx = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx), hf(idx).logits, **TOL)
+
+
+@pytest.mark.parametrize("scan", ["loop", "chunked"])
+def test_mamba_for_causal_lm(scan: str, randomise) -> None:
+    """Mamba against `MambaForCausalLM`'s pure-PyTorch path, weights copied by
+    `repro.bench.mamba_hf.to_hf`. fp32: HF casts A and B̄ to fp32 inside its scan whatever the
+    model's dtype, so fp64 would not be compared like for like."""
+    from repro.bench.mamba_hf import to_hf
+    from repro.models.mamba import MambaConfig, MambaLM
+
+    cfg = MambaConfig(d_model=16, n_layers=2, vocab_size=37, pad_vocab_size_multiple=8, scan=scan)
+    model = randomise(MambaLM(cfg)).float()
+    hf = to_hf(model)
+    idx = torch.randint(0, 37, (2, 45), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = hf(idx).logits, model(idx)
+    assert want.shape == got.shape == (2, 45, 40)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

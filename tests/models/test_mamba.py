@@ -89,13 +89,23 @@ def test_step_equals_forward(selective: bool, scan: str, L: int) -> None:
     assert ((steps - full).abs().max() / full.abs().max()).item() <= 1e-5
 
 
-def test_loop_and_parallel_forward_agree_in_fp64() -> None:
+@pytest.mark.parametrize("scan", ["parallel", "chunked"])
+def test_loop_and_parallel_forward_agree_in_fp64(scan: str) -> None:
     torch.manual_seed(2)
     loop = MambaLM(MambaConfig(vocab_size=11)).double()
-    par = MambaLM(MambaConfig(vocab_size=11, scan="parallel")).double()
+    par = MambaLM(MambaConfig(vocab_size=11, scan=scan)).double()
     par.load_state_dict(loop.state_dict())
+    with torch.no_grad():  # trained-looking Δ: the init's is small enough for one chunk
+        for p in par.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    loop.load_state_dict(par.state_dict())
     idx = torch.randint(0, 11, (2, 70))
     torch.testing.assert_close(par(idx), loop(idx), rtol=0, atol=1e-10)
+
+
+def test_unknown_scan_is_refused() -> None:
+    with pytest.raises(ValueError, match="scan must be one of loop, parallel, chunked"):
+        MambaConfig(scan="fast")
 
 
 def test_generation_with_the_state_equals_recomputing() -> None:

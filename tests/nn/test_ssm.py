@@ -7,7 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repro.nn.ssm import discretize, linear_scan, selective_scan, selective_scan_ref
+from repro.nn import ssm
+from repro.nn.ssm import (
+    LOG_DECAY_BOUND,
+    discretize,
+    linear_scan,
+    safe_chunk,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_ref,
+)
 
 f64 = torch.float64
 
@@ -61,7 +70,7 @@ def _unrolled(u, delta, A, Bt, Ct, D, h0, zoh: bool = False, z=None):
 @pytest.mark.parametrize("selective", [True, False])
 @pytest.mark.parametrize("zoh", [False, True])
 @pytest.mark.parametrize("gated", [True, False])
-@pytest.mark.parametrize("scan", [selective_scan_ref, selective_scan])
+@pytest.mark.parametrize("scan", [selective_scan_ref, selective_scan, selective_scan_chunked])
 def test_scans_equal_the_unrolled_sum(selective: bool, zoh: bool, gated: bool, scan) -> None:
     """Every argument Mamba's block passes (D, z, h0, both discretisations), against Python
     floats: a D·u skip moved after the SiLU(z) gate, or a gate on the wrong tensor, fails here."""
@@ -136,7 +145,7 @@ def test_linear_scan_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda a, b, h0: linear_scan(a, b, h0, chunk=2), (a, b, h0))
 
 
-@pytest.mark.parametrize("scan", [selective_scan_ref, selective_scan])
+@pytest.mark.parametrize("scan", [selective_scan_ref, selective_scan, selective_scan_chunked])
 def test_initial_state_continues_a_split_sequence(scan) -> None:
     """Scanning x₁‖x₂ equals scanning x₁, then x₂ from x₁'s final state: what decoding relies on."""
     u, delta, A, Bt, Ct, D, z, _ = _inputs(2, 40, 3, 4)
@@ -173,3 +182,121 @@ def test_loop_is_usable_in_fp32_and_matches_fp64() -> None:
     y64, _ = selective_scan_ref(u, delta, A, Bt, Ct, D, z, h0)
     y32, _ = selective_scan(*(t.float() for t in (u, delta, A, Bt, Ct, D, z, h0)))
     torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
+
+
+# --- the chunked scan: cumulative log-decays inside chunks, a sequential pass over chunk ends ---
+
+
+def _mamba_like(Bsz: int, L: int, D: int, N: int, seed: int = 0, dt_shift: float = -3.0):
+    """fp32 inputs at the scale of Mamba's block: Δ = softplus(· − 3) (≈ 0.05, a heavy upper
+    tail), S4D-real A = −(1 … N), unit-variance x, z, B, C."""
+    g = torch.Generator().manual_seed(seed)
+    u, z = torch.randn(Bsz, L, D, generator=g), torch.randn(Bsz, L, D, generator=g)
+    delta = F.softplus(torch.randn(Bsz, L, D, generator=g) + dt_shift)
+    A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(D, 1)
+    Bt, Ct = torch.randn(Bsz, L, N, generator=g), torch.randn(Bsz, L, N, generator=g)
+    h0 = torch.randn(Bsz, D, N, generator=g)
+    return u, delta, A, Bt, Ct, torch.randn(D, generator=g), z, h0
+
+
+@pytest.fixture(params=[1 << 17, 96], ids=["one-group", "many-groups"])
+def group_elements(request, monkeypatch) -> int:
+    """Small inputs fit one group of chunks; 96 elements per group forces several groups, the
+    last one partial, so the carry between groups is exercised too."""
+    monkeypatch.setattr(ssm, "GROUP_ELEMENTS", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("L", [1, 2, 7, 31, 32, 33, 97])
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("selective", [True, False])
+@pytest.mark.parametrize("zoh", [False, True])
+def test_chunked_scan_equals_loop_fp64(
+    L: int, with_h0: bool, selective: bool, zoh: bool, group_elements: int
+) -> None:
+    u, delta, A, Bt, Ct, D, z, h0 = _inputs(3, L, 4, 3, selective, seed=L)
+    h0 = h0 if with_h0 else None
+    disc = "zoh" if zoh else "simplified"
+    y_ref, h_ref = selective_scan_ref(u, delta, A, Bt, Ct, D, z, h0, disc)
+    for chunk in (1, 2, 5, 64):
+        y, h = selective_scan_chunked(u, delta, A, Bt, Ct, D, z, h0, disc, chunk=chunk)
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+        torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-10)
+
+
+def test_chunked_scan_gradients_equal_loop_gradients(group_elements: int) -> None:
+    inputs = [t.requires_grad_() for t in _inputs(2, 37, 3, 2, seed=5)]
+    u, delta, A, Bt, Ct, D, z, h0 = inputs
+    w = torch.randn(2, 37, 3, dtype=f64)
+    grads = []
+    for scan in (selective_scan_ref, lambda *a: selective_scan_chunked(*a, chunk=4)):
+        y, h = scan(u, delta, A, Bt, Ct, D, z, h0)
+        grads.append(torch.autograd.grad((y * w).sum() + (h * h).sum(), inputs))
+    for g_ref, g_chunked in zip(*grads, strict=True):
+        torch.testing.assert_close(g_chunked, g_ref, rtol=0, atol=1e-10)
+
+
+def test_chunked_scan_gradcheck(group_elements: int) -> None:
+    inputs = [t.requires_grad_() for t in _inputs(1, 6, 2, 2, seed=7)]
+    assert torch.autograd.gradcheck(
+        lambda *a: selective_scan_chunked(*a, chunk=4), tuple(inputs), atol=1e-8
+    )
+
+
+@pytest.mark.parametrize(("L", "dt_shift"), [(1024, -3.0), (300, 0.0), (300, 2.0)])
+def test_chunked_scan_fp32_within_1e5_of_the_fp64_loop(L: int, dt_shift: float) -> None:
+    """The issue's bar: ≤ 1e−5 (relative to the output's scale) against the fp64 loop, at the
+    width of one layer and at decays large enough that the guard must shorten the chunks
+    (Δ ≈ 0.7 and 2 with |A| up to 16: a chunk of 64 would reach exp(±700))."""
+    args = _mamba_like(2, L, 32, 16, seed=int(L + dt_shift), dt_shift=dt_shift)
+    y64, h64 = selective_scan_ref(*(t.double() for t in args))
+    y32, h32 = selective_scan_chunked(*args)
+    assert torch.isfinite(y32).all() and torch.isfinite(h32).all()
+    assert (y32.double() - y64).abs().max() <= 1e-5 * y64.abs().max()
+    assert (h32.double() - h64).abs().max() <= 1e-5 * h64.abs().max()
+    if dt_shift >= 0:
+        assert safe_chunk(args[1], args[2]) < ssm.CHUNK_MAX  # the guard did act
+
+
+def _largest_chunk_log_decay(delta: torch.Tensor, A: torch.Tensor, K: int) -> float:
+    """max over batch rows, channels, states and chunks of |A|·ΣΔ, with Python floats."""
+    Bsz, L, D = delta.shape
+    worst = 0.0
+    for b in range(Bsz):
+        for d in range(D):
+            a = max(abs(x) for x in A[d].tolist())
+            for start in range(0, L, K):
+                worst = max(worst, a * sum(delta[b, start : start + K, d].tolist()))
+    return worst
+
+
+@pytest.mark.parametrize("dt_shift", [-3.0, 0.0, 1.0, 3.0])
+def test_safe_chunk_is_the_longest_power_of_two_within_the_bound(dt_shift: float) -> None:
+    _, delta, A, *_ = _mamba_like(2, 150, 5, 16, seed=3, dt_shift=dt_shift)
+    A = A * torch.linspace(0.2, 1.0, 5)[:, None]  # channels with different largest |A|
+    K = safe_chunk(delta, A, longest=64)
+    assert K & (K - 1) == 0 and 1 <= K <= 64
+    if K > 1:
+        assert _largest_chunk_log_decay(delta, A, K) <= LOG_DECAY_BOUND
+    if K < 64:
+        assert _largest_chunk_log_decay(delta, A, 2 * K) > LOG_DECAY_BOUND
+
+
+def test_safe_chunk_respects_a_shorter_limit_and_short_sequences() -> None:
+    _, delta, A, *_ = _mamba_like(1, 10, 3, 4, dt_shift=-6.0)
+    assert safe_chunk(delta, A, longest=4) == 4
+    assert safe_chunk(delta, A, longest=64) == 8  # the largest power of two ≤ L = 10
+
+
+def test_chunked_scan_survives_a_step_beyond_the_bound() -> None:
+    """One step with Δ|A| = 1000 (the state is wiped: exp(−1000) = 0 in any float): chunks of 1,
+    the clamped decay, and still the loop's answer, with no inf or nan."""
+    u, delta, A, Bt, Ct, D, z, h0 = _mamba_like(1, 40, 4, 8, seed=2)
+    delta[0, 17, 2] = 1000.0 / 8
+    K = safe_chunk(delta, A)
+    assert K == 1
+    y64, h64 = selective_scan_ref(*(t.double() for t in (u, delta, A, Bt, Ct, D, z, h0)))
+    y32, h32 = selective_scan_chunked(u, delta, A, Bt, Ct, D, z, h0)
+    assert torch.isfinite(y32).all()
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h32.double(), h64, rtol=1e-5, atol=1e-5)

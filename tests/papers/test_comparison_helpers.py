@@ -51,25 +51,26 @@ def test_mamba_step_vs_forward_reports_a_broken_step(monkeypatch: pytest.MonkeyP
     assert not bad["generation_identical"]
 
 
+@pytest.mark.parametrize("scan_name", ["selective_scan", "selective_scan_chunked"])
 def test_mamba_scan_equivalence_reports_a_wrong_parallel_scan(
-    monkeypatch: pytest.MonkeyPatch,
+    scan_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mamba = paper("mamba")
     ctx = Context(config=mamba.Config(), seed=0)
     assert mamba.scan_equivalence(ctx).value < 1e-9
-    right = mamba.selective_scan
+    right = getattr(mamba, scan_name)
 
     def skip_after_gate(u, delta, A, Bt, Ct, D=None, z=None, h0=None, **kw):
         y, h = right(u, delta, A, Bt, Ct, None, z, h0, **kw)
         return y + u * D, h  # D·u added after the SiLU(z) gate instead of before
 
-    monkeypatch.setattr(mamba, "selective_scan", skip_after_gate)
+    monkeypatch.setattr(mamba, scan_name, skip_after_gate)
     assert mamba.scan_equivalence(ctx).value > 1e-2
 
     def lost_h0(u, delta, A, Bt, Ct, D=None, z=None, h0=None, **kw):
         return right(u, delta, A, Bt, Ct, D, z, None, **kw)
 
-    monkeypatch.setattr(mamba, "selective_scan", lost_h0)
+    monkeypatch.setattr(mamba, scan_name, lost_h0)
     assert mamba.scan_equivalence(ctx).value > 1e-2
 
 
