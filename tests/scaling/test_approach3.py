@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from repro.scaling.approach3 import fit_approach3, huber, predicted_log_loss
+from repro.scaling.approach3 import fit_approach3, hoffmann_grid, huber, predicted_log_loss
 from repro.scaling.closed_form import LossSurface
 from repro.scaling.lbfgs import batched_lbfgs
 
@@ -105,3 +105,57 @@ def test_batched_lbfgs_solves_independent_problems() -> None:
     assert torch.allclose(x[:, 0], c, atol=1e-5)
     assert torch.allclose(x[:, 1], c**2, atol=1e-4)
     assert (fx < 1e-10).all()
+
+
+def _mean_huber_ref(s: LossSurface, n: list, d: list, loss: list) -> tuple[float, list]:
+    """The objective in plain fp64: math.log of E + A/N^α + B/D^β, the Huber loss written out;
+    and the residuals."""
+    residuals = [
+        math.log(s.loss(ni, di)) - math.log(li) for ni, di, li in zip(n, d, loss, strict=True)
+    ]
+    delta = 1e-3
+    value = sum(
+        0.5 * r * r if abs(r) <= delta else delta * (abs(r) - 0.5 * delta) for r in residuals
+    ) / len(residuals)
+    return value, residuals
+
+
+def test_reported_objective_is_the_mean_huber_loss_of_the_reported_surface() -> None:
+    """The objective recomputed independently for the surface the fit returns, on noisy
+    lopsided data after a short run: residuals on both sides of δ, and sizes, tokens and losses
+    read at full precision. A float32 grid gives the same fit: its points are converted, not
+    the iterations run in float32. `max_iter` = 0 returns the grid point of lowest objective."""
+    other = LossSurface(E=0.8, A=5000.0, B=300.0, alpha=0.35, beta=0.3)
+    n, d, loss = _isoflop_points(other, 0.003, seed=2)
+    rows = [[9.0, 6.0, -0.375, 0.375, 0.3125], [8.0, 5.5, -0.25, 0.328125, 0.28125]]
+    grid = torch.tensor(rows, dtype=torch.float64)  # exact in float32 too
+    fit = fit_approach3(n, d, loss, grid=grid, max_iter=15)
+    assert fit_approach3(n, d, loss, grid=grid.float(), max_iter=15) == fit  # run in float64
+    ref, residuals = _mean_huber_ref(fit.surface, n, d, loss)
+    assert min(map(abs, residuals)) < 1e-3 < max(map(abs, residuals))
+    assert fit.objective == pytest.approx(ref, rel=1e-9)
+
+    surfaces = [
+        LossSurface(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=al, beta=be)
+        for a, b, e, al, be in rows
+    ]
+    values = [_mean_huber_ref(s, n, d, loss)[0] for s in surfaces]
+    best = values.index(min(values))
+    assert best == 1  # not the first row
+    start = fit_approach3(n, d, loss, grid=grid, max_iter=0)
+    assert start.surface == surfaces[best]
+    assert start.objective == pytest.approx(values[best], rel=1e-9)
+    assert fit.objective < start.objective
+
+
+def test_starting_grid_is_the_papers() -> None:
+    """App. D.2: α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25}, every
+    combination once, as (a, b, e, α, β) rows in float64 (L-BFGS then runs in float64)."""
+    import numpy as np
+
+    grid = hoffmann_grid()
+    assert grid.dtype == torch.float64
+    ab, e, exps = np.arange(0, 26, 5.0), np.arange(-1, 1.01, 0.5), np.arange(0, 2.01, 0.5)
+    want = np.stack(np.meshgrid(ab, ab, e, exps, exps, indexing="ij"), -1).reshape(-1, 5)
+    assert grid.shape == (4500, 5)
+    assert sorted(map(tuple, grid.tolist())) == sorted(map(tuple, want.tolist()))
