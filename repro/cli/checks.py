@@ -379,6 +379,8 @@ def _run_seeds(state, paper, seeds_text, quick, overrides, yes, device, no_save,
         return report.results
 
     spreads = seed_spreads(paper.note.claims, seeds, run_one)
+    for line in device_notes(reports[:1], device):  # the same for every seed
+        click.echo(line, err=True)
     if as_json:
         emit_json({"paper": paper.slug, "seeds": seeds, "claims": [s.to_json() for s in spreads]})
     else:

@@ -103,6 +103,23 @@ def test_run_says_it_in_one_line_and_still_runs(
     assert json.loads(result.stdout)["metrics"]["device"] == "cpu"
 
 
+def test_run_seeds_says_it_once(toy: Path, library_dir: Path, any_device: None) -> None:
+    declare(toy, 'CPU_ONLY = "sums of two numbers"')
+    result = CliRunner().invoke(
+        cli, ["run", "toy", "--device", "cuda", "--no-save", "--seeds", "0,1", "--json"]
+    )
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: toy runs on the CPU only: sums of two numbers (--device cuda not used)"]
+
+
+def test_check_says_it_too(toy: Path, library_dir: Path, any_device: None) -> None:
+    declare(toy, 'CPU_ONLY = "sums of two numbers"')
+    result = CliRunner().invoke(cli, ["check", "toy", "--device", "cuda", "--no-save", "--json"])
+    assert result.exit_code == 1  # the toy's failing claims
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: toy runs on the CPU only: sums of two numbers (--device cuda not used)"]
+
+
 def test_check_names_every_cpu_only_paper_in_one_line() -> None:
     def report(slug: str, limit: str | None) -> RunReport:
         env = {"device_limit": limit, "device_note": f"{slug}: why"} if limit else {}
