@@ -105,6 +105,30 @@ def test_sampling_frequencies_follow_softmax_of_logits_over_temperature(temperat
         assert (freq - want).abs().max() < 0.015, (row, freq, want)
 
 
+@torch.no_grad()
+def test_generate_samples_the_first_token_from_softmax_over_temperature():
+    """`generate` passes its temperature and top-k to the sampler: the first new token of many
+    copies of one prompt follows softmax(logits / 0.5) over the top 4 of the model's logits."""
+    model = tiny(2)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0)  # spread logits, so T = 0.5 and T = 2 differ clearly
+    prompt = torch.randint(0, V, (1, 4), generator=torch.Generator().manual_seed(3))
+    logits = model(prompt)[0, -1].double()  # (V,)
+    kept = torch.full_like(logits, float("-inf"))
+    top = logits.topk(4).indices
+    kept[top] = logits[top]
+    want = torch.softmax(kept / 0.5, -1)
+    assert 0.1 < want.max() < 0.9  # not one-hot: the temperature shapes the draws
+    assert (torch.softmax(kept * 0.5, -1) - want).abs().max() > 0.1  # logits · T: far off
+    n = 8000
+    out = generate(
+        model, prompt.repeat(n, 1), 1, temperature=0.5, top_k=4,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    freq = torch.bincount(out[:, -1], minlength=V).double() / n
+    assert (freq - want).abs().max() < 0.02
+
+
 def test_cache_stores_only_kv_heads():
     model = tiny(1)
     caches = caches_for(model.cfg, batch=3, max_seq_len=S_MAX)

@@ -83,6 +83,20 @@ def test_gqa_group_claims_follow_the_librarys_head_to_group_map(
     assert gqa.gqa_wrong_group_map_differs(ctx).value < 1e-10
 
 
+def test_gqa_group_claim_counts_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the FlashAttention call with small tiles broken (its kv heads reversed): the claim
+    takes the worst path, so one wrong path is enough to fail it."""
+    gqa = paper("gqa")
+    real = gqa.flash_attention
+
+    def reversed_heads(q, k, v, causal=False, **kw):
+        return real(q, k.flip(1), v.flip(1), causal=causal, **kw)
+
+    monkeypatch.setattr(gqa, "flash_attention", reversed_heads)  # the module's direct call only
+    m = gqa.gqa_groups_match_per_group_reference(Context(seed=0))
+    assert m.value > 1e-3
+
+
 def test_gqa_random_conversion_draws_fresh_gpt_init() -> None:
     """The `random` method of Fig. 4: new key/value projections from GPT's N(0, 0.02²), zero
     biases, nothing of the checkpoint's heads left; its level and width are the init's."""
@@ -149,15 +163,43 @@ def test_mixtral_dispatch_claim_reports_a_wrong_sparse_path(
     assert m.value > 1e-3 * m.details["max_abs_output"]
 
 
-@pytest.mark.parametrize("break_", [_wrong_experts, _no_shared], ids=["experts", "shared"])
-def test_deepseekmoe_dispatch_claim_reports_a_wrong_sparse_path(
-    break_, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _deepseekmoe_sees(break_, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = paper("deepseek-v2")
     ctx = Context(seed=0)
     assert ds.deepseekmoe_dispatch_equals_dense(ctx).value < 1e-12
     monkeypatch.setattr(ds, "MoEFeedForward", break_(ds.MoEFeedForward))
     m = ds.deepseekmoe_dispatch_equals_dense(ctx)
+    assert m.value > 1e-3 * m.details["max_abs_output"]
+
+
+def test_deepseekmoe_dispatch_claim_reports_wrong_experts(monkeypatch: pytest.MonkeyPatch):
+    _deepseekmoe_sees(_wrong_experts, monkeypatch)
+
+
+def test_deepseekmoe_dispatch_claim_reports_dropped_shared_experts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _deepseekmoe_sees(_no_shared, monkeypatch)
+
+
+def test_mixtral_dispatch_claim_reports_gates_left_unnormalised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sparse path gated by the raw softmax at the top 2 (DeepSeek's gates), the dense
+    reference by Mixtral's renormalised ones: the claim must see the difference."""
+    mixtral = paper("mixtral")
+    real = mixtral.MoEFeedForward
+
+    class RawGates(real):
+        def forward(self, x):
+            self.router.normalize = False
+            try:
+                return super().forward(x)
+            finally:
+                self.router.normalize = True
+
+    monkeypatch.setattr(mixtral, "MoEFeedForward", RawGates)
+    m = mixtral.dispatch_equals_dense(Context(seed=0))
     assert m.value > 1e-3 * m.details["max_abs_output"]
 
 
@@ -203,6 +245,34 @@ def test_mla_decode_claim_reports_a_cache_that_forgets(monkeypatch: pytest.Monke
     assert m.value > 1e-3 and m.details["naive_cached_vs_full"] > 1e-3
 
 
+def test_mla_prefill_claim_reports_a_wrong_score_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = paper("deepseek-v2")
+    real = ds.MultiHeadLatentAttention
+
+    class HeadDimScale(real):  # 1/√D instead of Eq. 46's 1/√(D + Dr), absorbed path only
+        def forward_absorbed(self, x, cache=None, start_pos=0):
+            self.scale = self.cfg.head_dim**-0.5
+            try:
+                return super().forward_absorbed(x, cache, start_pos)
+            finally:
+                self.scale = (self.cfg.head_dim + self.cfg.rope_dim) ** -0.5
+
+    monkeypatch.setattr(ds, "MultiHeadLatentAttention", HeadDimScale)
+    assert ds.naive_equals_absorbed_prefill(Context(seed=0)).value > 1e-3
+
+
+def test_mla_decode_claim_reports_corrupted_cached_latents(monkeypatch: pytest.MonkeyPatch):
+    ds = paper("deepseek-v2")
+    real = ds.LatentKVCache
+
+    class HalfLatents(real):  # the cache stores c^KV at half its value
+        def update(self, pos, c, k_rope):
+            return super().update(pos, 0.5 * c, k_rope)
+
+    monkeypatch.setattr(ds, "LatentKVCache", HalfLatents)
+    assert ds.naive_equals_absorbed_decode(Context(seed=0)).value > 1e-3
+
+
 # --- PagedAttention: the exactness claim sees a kernel that misreads the table ---------------
 
 
@@ -223,6 +293,83 @@ def test_paged_exactness_reports_a_kernel_that_drops_the_last_token(
 
     monkeypatch.setattr(pa, "paged_attention", short)
     assert exactness(0)["max_abs_diff"] > 1e-3
+
+
+def test_paged_exactness_reports_a_kernel_without_the_causal_mask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pa = paper("pagedattention")
+    real = pa.paged_attention
+    monkeypatch.setattr(pa, "paged_attention", lambda q, c, t, causal=True: real(q, c, t, False))
+    assert pa._exactness.__wrapped__(0)["max_abs_diff"] > 1e-3
+
+
+# --- second breaks of the comparisons in tests/papers/test_comparison_helpers.py -----------
+
+
+def test_rope_norm_claim_reports_a_rotation_that_scales(monkeypatch: pytest.MonkeyPatch) -> None:
+    rope = paper("rope")
+    real = rope.RotaryEmbedding
+
+    class Scaled(real):
+        def forward(self, x, start_pos=0):
+            return 1.01 * super().forward(x, start_pos)
+
+    monkeypatch.setattr(rope, "RotaryEmbedding", Scaled)
+    assert rope.rotation_preserves_norm(Context(seed=0)).value > 1e-3
+
+
+def test_rope_offset_claim_reports_a_shear(monkeypatch: pytest.MonkeyPatch) -> None:
+    rope = paper("rope")
+    real = rope.RotaryEmbedding
+
+    class Skewed(real):  # sin((m + 1)θ) beside cos(mθ): no longer R_m, no longer relative
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.sin = torch.roll(self.sin, -1, dims=0)
+
+    monkeypatch.setattr(rope, "RotaryEmbedding", Skewed)
+    assert rope.scores_depend_on_offset_only(Context(seed=0)).value > 1e-3
+
+
+@pytest.mark.parametrize("n_kv_heads", [8, 1])
+def test_gqa_reference_comparison_reports_a_layer_that_sees_the_future(
+    n_kv_heads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gqa = paper("gqa")
+    real = gqa.Attention
+
+    class NotCausal(real):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.causal = False
+
+    monkeypatch.setattr(gqa, "Attention", NotCausal)
+    r = gqa.grouped_vs_reference(n_kv_heads, seed=0)
+    assert r["max_abs_diff"] > 1e-3 * r["max_abs_output"]
+
+
+def test_kv_cache_exactness_reports_a_cache_missing_its_newest_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ei = paper("efficient-inference")
+    real = ei.caches_for
+
+    def lagging(*args, **kwargs):  # each step attends over the prefix without its own key
+        caches = real(*args, **kwargs)
+        for c in caches:
+
+            def update(pos, k, v, _update=c.update):
+                pk, pv = _update(pos, k, v)
+                return pk[:, :, :-1], pv[:, :, :-1]
+
+            c.update = update
+        return caches
+
+    monkeypatch.setattr(ei, "caches_for", lagging)
+    cfg = ei.Config(exact_batch=2, exact_prompt_len=4, exact_new_tokens=6)
+    bad = ei._exactness(cfg, Context(seed=0))
+    assert all(r["max_logit_diff"] > 1e-3 for r in bad.values())
 
 
 # --- RMSNorm: the "differs" claim measures what Eq. 2 and Eq. 4 predict ----------------------
@@ -300,3 +447,20 @@ def test_measured_alpha_is_the_mean_beta_over_the_sampled_positions() -> None:
     want = sum(betas) / len(betas)
     assert 0.1 < want < 0.9
     assert sd.measured_alpha(target, draft, tokens, start) == pytest.approx(want, abs=1e-12)
+
+
+def test_swiglu_variants_are_four_different_functions() -> None:
+    """Given the same weights, the ReLU and GELU FFNs differ, and so do GEGLU and SwiGLU: an
+    experiment whose variants collapsed to one activation would compare a model with itself."""
+    sw = paper("swiglu")
+    x = torch.randn(3, 4, 16, dtype=torch.float64)
+    out = {}
+    for v in sw.VARIANTS:
+        torch.manual_seed(0)
+        ffn = sw.ffn(v, 16, 24).double()
+        with torch.no_grad():
+            for p in ffn.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+            out[v] = ffn(x)
+    for a, b in (("relu", "gelu"), ("geglu", "swiglu"), ("gelu", "geglu")):
+        assert (out[a] - out[b]).abs().max() > 1e-2, (a, b)

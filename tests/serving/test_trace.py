@@ -49,3 +49,22 @@ def test_preemption_under_pressure_and_refusal_of_impossible_requests() -> None:
     assert s.preemptions > 0
     with pytest.raises(ValueError, match="never fit"):
         simulate([Request(60, 10)], 48, 4, max_len=128)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.2])
+def test_lognormal_lengths_have_the_asked_width(sigma: float) -> None:
+    """The spread is σ of log-length (the waste and batching claims depend on how often long
+    requests come), with the mean held at the asked value whatever σ is."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.tensor(lognormal_lengths(40000, 500.0, sigma, 10**7, g), dtype=torch.float64)
+    assert x.log().std().item() == pytest.approx(sigma, rel=0.03)
+    assert x.mean().item() == pytest.approx(500.0, rel=0.04)
+
+
+def test_default_trace_has_the_papers_sharegpt_means() -> None:
+    """make_trace's defaults are the ShareGPT means of Fig. 11a: 161 prompt and 338 output
+    tokens (the 2048 clip removes a little of the tail)."""
+    trace = make_trace(20000, 0)
+    prompt = sum(r.prompt_len for r in trace) / len(trace)
+    output = sum(r.output_len for r in trace) / len(trace)
+    assert prompt == pytest.approx(161, rel=0.05) and output == pytest.approx(338, rel=0.06)

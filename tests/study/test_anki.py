@@ -333,3 +333,63 @@ def test_tsv_columns_are_guid_front_back_deck_tags(two_papers: Path) -> None:
         tagset = set(tags.split())
         assert {"transformer", card.kind, "lang::zh"} <= tagset
         assert ("untranslated" in tagset) == (not card.translated)
+
+
+def test_real_anki_shows_cloze_cards_as_clozes(two_papers: Path, tmp_path: Path) -> None:
+    """Opened by the real Anki library: a cloze card's question hides its answer behind
+    `[...]` (a basic note type would show the `{{c1::…}}` markup), every other card shows its
+    front, and each card sits in its paper's deck."""
+    pytest.importorskip("anki", reason="the real Anki library: pip install -e '.[anki]'")
+    from anki.collection import Collection, ImportAnkiPackageOptions, ImportAnkiPackageRequest
+
+    out = tmp_path / "deck.apkg"
+    write_apkg(list(Library(two_papers).papers.values()), out)
+    col = Collection(str(tmp_path / "collection.anki2"))
+    try:
+        col.import_anki_package(
+            ImportAnkiPackageRequest(package_path=str(out), options=ImportAnkiPackageOptions())
+        )
+        kinds = set()
+        for cid in col.find_cards(""):
+            card = col.get_card(cid)
+            note = card.note()
+            slug = next(t for t in note.tags if t in ("lora", "transformer"))
+            assert col.decks.name(card.did) == f"paperlab::en::{slug}"
+            question = card.question()
+            if "cloze" in note.tags:
+                kinds.add("cloze")
+                assert note.note_type()["type"] == 1
+                assert "[...]" in question and "{{c1::" not in question
+            else:
+                kinds.add("basic")
+                assert note.note_type()["type"] == 0 and note.fields[0] in question
+        assert kinds == {"cloze", "basic"}
+    finally:
+        col.close()
+
+
+def test_tsv_rows_carry_what_the_apkg_notes_carry(two_papers: Path, tmp_path: Path) -> None:
+    """The two exports of the same cards agree: for every GUID, the TSV's front, back, deck and
+    tags are the package's note fields, the deck of its card and its tags."""
+    import csv
+    import io
+
+    papers = list(Library(two_papers).papers.values())
+    out = tmp_path / "deck.apkg"
+    write_apkg(papers, out)
+    notes, _, decks = _collection(out, tmp_path)
+    db = sqlite3.connect(tmp_path / "collection.anki2")
+    try:
+        deck_of = dict(
+            db.execute("select notes.guid, cards.did from cards join notes on nid = notes.id")
+        )
+    finally:
+        db.close()
+    apkg = {g: (flds.split("\x1f"), set(tags.split()), decks[str(deck_of[g])]["name"])
+            for g, _, flds, tags in notes}  # fmt: skip
+    rows = list(csv.reader(io.StringIO(render_tsv(papers).split("\n", 5)[5]), delimiter="\t"))
+    assert len(rows) == len(apkg)
+    for guid, front, back, deck, tags in rows:
+        fields, tagset, deck_name = apkg[guid]
+        assert fields[:2] == [front, back]
+        assert set(tags.split()) == tagset and deck == deck_name

@@ -151,3 +151,26 @@ def test_css_string_cannot_close_the_string_or_the_style_element() -> None:
         assert re.fullmatch(r'"([^\\]|\\[0-9a-f]{1,6} )*"', out), out  # only hex escapes
         assert _css_unescape(out) == text
     assert css_string("LoRA (2021)") == '"LoRA (2021)"'  # plain names pass unchanged
+
+
+def test_reading_path_of_the_library_respects_every_older_related_paper() -> None:
+    """On the library's own notes: each paper comes after every related paper of an earlier
+    year that is in the library, lists exactly those as what it builds on, and the path opens
+    with a must-know paper."""
+    from repro.lab.library import Library
+
+    papers = Library().papers
+    sheets = [SimpleNamespace(slug=slug, note=p.note) for slug, p in papers.items()]
+    path = reading_path(sheets)
+    position = {step.sheet.slug: i for i, step in enumerate(path)}
+    assert sorted(position) == sorted(papers)
+    checked = 0
+    for step in path:
+        note = step.sheet.note
+        older = {r for r in note.related if r in papers and papers[r].note.year < note.year}
+        assert {s.slug for s in step.after} == older, step.sheet.slug
+        for r in older:
+            assert position[r] < position[step.sheet.slug], (r, step.sheet.slug)
+            checked += 1
+    assert checked >= 5  # the library has enough links for this to say something
+    assert path[0].sheet.note.priority == "must-know" and not path[0].after
