@@ -30,6 +30,7 @@ autograd and equal up to rounding:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -230,9 +231,10 @@ def selective_scan_chunked(
     per_group = max(1, GROUP_ELEMENTS // (Bsz * Dch * N * K))
 
     A5 = A[None, :, :, None, None]  # (1, D, N, 1, 1)
+    A5_log2 = A5 * math.log2(math.e)  # exp(x) = 2^(x·log₂e): exp2 is ~20% faster on a CPU
     dt = _time_last(delta, L, n_chunks, K)  # (B, D, C, K)
     du = _time_last(delta * u, L, n_chunks, K)
-    uu = _time_last(u, L, n_chunks, K)
+    uu = _time_last(u, L, n_chunks, K) if discretization == "zoh" else None
     if Bt.dim() == 3:  # selective: (B, L, N) → (B, 1, N, C, K)
         B5, C5 = (_time_last(m, L, n_chunks, K).unsqueeze(1) for m in (Bt, Ct))
     else:  # LTI: (D, N) → (1, D, N, 1, 1)
@@ -245,10 +247,10 @@ def selective_scan_chunked(
         B_g = B5[:, :, :, g] if B5.shape[3] > 1 else B5
         C_g = C5[:, :, :, g] if C5.shape[3] > 1 else C5
         csum = torch.cumsum(dt[:, :, g], -1)  # Σ Δ since the chunk's start: (B, D, G, K)
-        S = (csum - csum[..., -1:] / 2)[:, :, None] * A5  # S_t − S_K/2: (B, D, N, G, K)
+        S2 = (csum - csum[..., -1:] / 2)[:, :, None] * A5_log2  # (S_t − S_K/2)·log₂e
         if K == 1:
-            S = S.clamp(min=-LOG_DECAY_BOUND / 2)
-        decay = torch.exp(S)  # exp(S_t − S_K/2)
+            S2 = S2.clamp(min=-LOG_DECAY_BOUND / 2 * math.log2(math.e))
+        decay = torch.exp2(S2)  # exp(S_t − S_K/2): (B, D, N, G, K)
         if discretization == "simplified":
             bx = du[:, :, None, g] * B_g  # B̄x = Δ·B·x
         elif discretization == "zoh":
