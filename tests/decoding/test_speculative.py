@@ -206,3 +206,25 @@ def test_vocabulary_mismatch_and_unknown_variant_are_refused() -> None:
         speculative_generate(tiny(3, 1), tiny(4, 2), prompt, 2, 1)
     with pytest.raises(ValueError, match="variant"):
         speculative_generate(tiny(3, 1), tiny(3, 2), prompt, 2, 1, variant="nope")
+
+
+@pytest.mark.parametrize(("alpha", "gamma", "c"), [(0.6, 3, 0.1), (0.85, 7, 0.02), (0.3, 2, 0.5)])
+def test_walltime_and_operations_factors_are_theorems_3_8_and_3_11(alpha, gamma, c) -> None:
+    """γ > 1 and c, ĉ > 0 (Table 1 has c = ĉ = 0, Corollary 3.9 γ = 1: both hide a lost γ):
+    speed (1 − α^{γ+1}) / ((1 − α)(γc + 1)), operations (1 − α)(γĉ + γ + 1) / (1 − α^{γ+1})."""
+    from repro.decoding.speculative import operations_factor
+
+    tokens = (1 - alpha ** (gamma + 1)) / (1 - alpha)
+    assert walltime_factor(alpha, gamma, c) == pytest.approx(tokens / (gamma * c + 1), rel=1e-12)
+    want_ops = (1 - alpha) * (gamma * c + gamma + 1) / (1 - alpha ** (gamma + 1))
+    assert operations_factor(alpha, gamma, c) == pytest.approx(want_ops, rel=1e-12)
+
+
+def test_result_counts_tokens_per_call_over_the_steps_of_one_gamma() -> None:
+    from repro.decoding.speculative import SpeculativeResult
+
+    res = SpeculativeResult(torch.zeros(1, 10), 3, 10, steps=[(4, 4), (4, 1), (2, 0)])
+    assert res.new_tokens == 5 + 2 + 1
+    assert res.tokens_per_call(4) == pytest.approx(3.5)  # (5 + 2) / 2 steps that used γ = 4
+    assert res.tokens_per_call() == pytest.approx(8 / 3)
+    assert res.tokens_per_call(3) != res.tokens_per_call(3)  # no step used γ = 3: NaN

@@ -393,3 +393,26 @@ def test_tsv_rows_carry_what_the_apkg_notes_carry(two_papers: Path, tmp_path: Pa
         fields, tagset, deck_name = apkg[guid]
         assert fields[:2] == [front, back]
         assert set(tags.split()) == tagset and deck == deck_name
+
+
+def test_card_text_is_escaped_html_and_math_keeps_its_characters(two_papers: Path) -> None:
+    """A field is HTML: `<` and `&` of a formula or a question become entities (Anki shows
+    them as characters, MathJax reads them back), raw tags in a note never reach a card, and a
+    cloze's own `}}` and `::` are spaced out so Anki's parser does not end the cloze early."""
+    from repro.study.anki import anki_math
+
+    assert anki_math("a<b & c>d", False) == r"\(a&lt;b &amp; c&gt;d\)"
+    assert anki_math("x", True) == r"\[x\]"
+    cloze = cloze_text(r"p = a < b \;\text{if}\; k::v")
+    assert cloze == r"\[p = {{c1::a &lt; b \;\text{if}\; k: :v}}\]"
+    note = two_papers / "lora" / "note.yaml"
+    text = note.read_text(encoding="utf-8")
+    hostile = NEW_QUESTION.replace("INSERTED", "<script>x()</script> & <b>")
+    note.write_text(text.replace("  questions:\n", "  questions:\n" + hostile, 1), "utf-8")
+    card = next(
+        c
+        for c in paper_cards(Library(two_papers).get("lora"))
+        if c.key == "question:inserted-question"
+    )
+    assert "<script>" not in card.front and "<b>" not in card.front
+    assert "&lt;script&gt;" in card.front and "&amp;" in card.front
