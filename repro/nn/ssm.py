@@ -263,9 +263,9 @@ def selective_scan_chunked(
         half = decay[..., -1]  # exp(S_K/2): (B, D, N, G)
         end_local = half * w[..., -1]  # the chunk's last state from a zero start
         starts = []
-        for k in range(half.shape[-1]):  # the chunk ends, in order
-            starts.append(h)
-            h = half[..., k] * half[..., k] * h + end_local[..., k]
+        for dec, loc in zip((half * half).unbind(-1), end_local.unbind(-1), strict=True):
+            starts.append(h)  # the chunk ends, in order: h ← exp(S_K)·h + local end state
+            h = torch.addcmul(loc, dec, h)
         h_seq = decay * (w + (half * torch.stack(starts, -1)).unsqueeze(-1))  # (B, D, N, G, K)
         ys.append((h_seq * C_g).sum(2))  # y_t = C_t h_t: (B, D, G, K)
     y = torch.cat(ys, 2).reshape(Bsz, Dch, n_chunks * K)[..., :L].transpose(1, 2)
