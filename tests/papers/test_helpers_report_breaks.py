@@ -491,3 +491,32 @@ def test_swiglu_ffn_weights_are_drawn_at_the_models_init_scale() -> None:
         w = torch.cat([p.flatten() for p in model.layers[0].feed_forward.parameters()])
         assert w.std().item() == pytest.approx(0.02, rel=0.05), variant
         assert abs(w.mean().item()) < 0.001, variant
+
+
+def test_measured_alpha_covers_exactly_the_sampled_positions() -> None:
+    """The boundaries of the average: a draft that differs from the target only where token
+    `start` is predicted (output start − 1) lowers α; one that differs only past the last token
+    (a prediction nothing was sampled from) leaves α at 1."""
+    sd = paper("speculative-decoding")
+    target = sd.random_tiny_gpt(6, 3, 32)
+    tokens = torch.randint(0, 6, (1, 21), generator=torch.Generator().manual_seed(0))
+    start = 5
+
+    class Differs(nn.Module):
+        def __init__(self, where: int) -> None:
+            super().__init__()
+            self.where = where
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            out = target(idx).clone()
+            if self.where < out.shape[1]:
+                out[:, self.where] = out[:, self.where].flip(-1)  # another distribution there
+            return out
+
+    first = sd.measured_alpha(target, Differs(start - 1), tokens, start)
+    assert first < 1 - 1e-3
+    n = tokens.shape[1] - start  # positions averaged over
+    beyond = sd.measured_alpha(target, Differs(tokens.shape[1] - 1), tokens, start)
+    assert beyond == pytest.approx(1.0, abs=1e-12)
+    last = sd.measured_alpha(target, Differs(tokens.shape[1] - 2), tokens, start)
+    assert 1 - last > 1e-3 / n  # the prediction of the last token is in the mean
