@@ -387,6 +387,32 @@ def test_kv_cache_exactness_reports_a_cache_missing_its_newest_position(
     assert all(r["max_logit_diff"] > 1e-3 for r in bad.values())
 
 
+def test_kv_cache_exactness_reports_tokens_from_a_lagging_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The token comparison of cached-equals-recomputed (the first break of it, an edited last
+    token, is in test_comparison_helpers.py): `generate`'s own caches lag one position."""
+    import repro.nn.kv_cache as kv_cache_module
+
+    ei = paper("efficient-inference")
+    real = kv_cache_module.caches_for
+
+    def lagging(*args, **kwargs):
+        caches = real(*args, **kwargs)
+        for c in caches:
+
+            def update(pos, k, v, _update=c.update):
+                pk, pv = _update(pos, k, v)
+                return pk[:, :, :-1], pv[:, :, :-1]
+
+            c.update = update
+        return caches
+
+    monkeypatch.setattr(kv_cache_module, "caches_for", lagging)
+    cfg = ei.Config(exact_batch=2, exact_prompt_len=4, exact_new_tokens=6)
+    assert not any(r["tokens_match"] for r in ei._exactness(cfg, Context(seed=0)).values())
+
+
 # --- RMSNorm: the "differs" claim measures what Eq. 2 and Eq. 4 predict ----------------------
 
 
@@ -409,6 +435,23 @@ def test_rmsnorm_differs_claim_matches_its_prediction_and_sees_recentring(
 
     monkeypatch.setattr(rms, "RMSNorm", Recentring)
     assert rms.differs_from_layernorm_on_nonzero_mean(Context(seed=0)).value < 1e-3 * lo
+
+
+def test_rmsnorm_equals_layernorm_claim_reports_a_wrong_gain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second break of equals-layernorm-on-zero-mean (the first, a dropped gain, is in
+    test_comparison_helpers.py): the gain applied as √g, which equals g only where g = 1."""
+    rms = paper("rmsnorm")
+    real = rms.RMSNorm
+
+    class HalfGain(real):
+        def forward(self, x):
+            return super().forward(x) / self.weight.sqrt()
+
+    monkeypatch.setattr(rms, "RMSNorm", HalfGain)
+    tol = tolerance("rmsnorm", "equals-layernorm-on-zero-mean").abs
+    assert rms.equals_layernorm_on_zero_mean(Context(seed=0)).value > 100 * tol
 
 
 # --- SwiGLU: every variant of the experiment is the FFN its name says ------------------------
