@@ -85,15 +85,22 @@ def show(state: State, slug: str, lang: str, as_json: bool) -> None:
         paper = state.library.get(slug)
         emit_json(paper.note.model_dump(mode="json"))  # valid against note.schema.json
         return
-    from rich.markdown import Markdown
-
-    from repro.study.sheets import paper_sheet, render_sheet
+    from repro.cli.show_cache import print_sheet
 
     paper = state.library.get(slug)
-    sheet = paper_sheet(paper, state.runs_dir, lang, state.library)
-    # The "term" flavour writes every formula as escaped Unicode: rich's Markdown shows it as is.
-    text = terminal_sheet(render_sheet(sheet, "term", lang), f"paperlab sheet {paper.slug}")
-    console().print(Markdown(text))
+
+    def render():
+        from rich.markdown import Markdown
+
+        from repro.study.sheets import paper_sheet, render_sheet
+
+        sheet = paper_sheet(paper, state.runs_dir, lang, state.library)
+        # The "term" flavour writes every formula as escaped Unicode: rich's Markdown shows it.
+        text = terminal_sheet(render_sheet(sheet, "term", lang), f"paperlab sheet {paper.slug}")
+        return Markdown(text), [[r.slug, r.title, r.href] for r in sheet.related]
+
+    # A repeated `show` of an unchanged paper prints the stored text (repro.cli.show_cache).
+    print_sheet(console(), paper, state.library, state.runs_dir, lang, render)
 
 
 @click.command()

@@ -20,9 +20,9 @@ An entry is used only when everything it was made from is unchanged:
 
 An entry made from other inputs is rebuilt from a full load; one that fails verification or is
 damaged (not JSON, the wrong shape) also gives one warning line (logger `repro.lab.notecache`),
-like any cache entry. `validate`, `check`, `show` and `sheet` read the notes themselves: only
-listing facts (and the titles and URLs of related papers) come from here. The cache is a
-speed-up, never a requirement: a cache folder that cannot be written means no caching.
+like any cache entry. `validate`, `check`, `sheet` and a rendering `show` read the notes
+themselves: only listing facts (and the titles and URLs of related papers) come from here. The
+cache is a speed-up, never a requirement: a cache folder that cannot be written means no caching.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -195,18 +196,22 @@ def _warn(entry: Path, why: str) -> None:
     )
 
 
-def _read_entry(entry: Path) -> dict | None:
-    """The record in `entry`; None when there is none, or it is damaged (warned)."""
+def _read_entry(
+    entry: Path, kind: str = KIND, payload: str = PAYLOAD, max_bytes: int = MAX_ENTRY_BYTES,
+    warn: Callable[[Path, str], None] = _warn,
+) -> dict | None:  # fmt: skip
+    """The record in `entry`; None when there is none, or it is damaged (`warn`ed). The keyword
+    arguments serve other kinds of entry written by `_write_entry` (repro.cli.show_cache)."""
     from repro.lab.cache import entry_problem
 
     try:
         before = os.lstat(entry)
     except OSError:
         return None
-    why = entry_problem(entry, KIND, entry.name)  # regular files whose SHA-256 match its record
+    why = entry_problem(entry, kind, entry.name)  # regular files whose SHA-256 match its record
     if why is None:
         try:
-            data = _read_regular(entry / PAYLOAD)  # verified just now, but may be swapped since
+            data = _read_regular(entry / payload, max_bytes)  # verified, but may be swapped since
             record = json.loads(data)
             if isinstance(record, dict):
                 return record
@@ -214,11 +219,11 @@ def _read_entry(entry: Path) -> dict | None:
         except (OSError, ValueError) as exc:  # DamagedEntry, JSONDecodeError, UnicodeDecodeError
             why = f"is damaged ({type(exc).__name__})"
     if _same_file(entry, before):  # not a rewrite by another process while this one read it
-        _warn(entry, why)
+        warn(entry, why)
     return None
 
 
-def _read_regular(path: Path) -> bytes:
+def _read_regular(path: Path, max_bytes: int = MAX_ENTRY_BYTES) -> bytes:
     """The bytes of the regular file at `path`, opened without following a link or waiting on
     a FIFO; DamagedEntry for anything else."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -227,10 +232,10 @@ def _read_regular(path: Path) -> bytes:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise DamagedEntry("not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_ENTRY_BYTES + 1)
+            data = f.read(max_bytes + 1)
     finally:
         os.close(fd)
-    if len(data) > MAX_ENTRY_BYTES:
+    if len(data) > max_bytes:
         raise DamagedEntry("too large")
     return data
 
@@ -242,7 +247,7 @@ def _same_file(path: Path, before: os.stat_result) -> bool:
         return False
 
 
-def _write_entry(entry: Path, record: dict) -> None:
+def _write_entry(entry: Path, record: dict, kind: str = KIND, payload: str = PAYLOAD) -> None:
     """Replace `entry` with one holding `record`, atomically: a reader sees the old entry, none,
     or the new one. Silently nothing when the cache folder cannot be written."""
     import shutil
@@ -258,8 +263,8 @@ def _write_entry(entry: Path, record: dict) -> None:
         return
     old = None
     try:
-        (tmp / PAYLOAD).write_text(json.dumps(record, ensure_ascii=True), encoding="utf-8")
-        cache._write_manifest(tmp, KIND, entry.name)
+        (tmp / payload).write_text(json.dumps(record, ensure_ascii=True), encoding="utf-8")
+        cache._write_manifest(tmp, kind, entry.name)
         if os.path.lexists(entry):
             if os.path.islink(entry) or not os.path.isdir(entry):
                 os.unlink(entry)  # a planted link or file goes, never what a link points at
