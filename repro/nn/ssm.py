@@ -166,6 +166,7 @@ def selective_scan(
     A_bar, B_bar = discretize(delta, A, Bt, discretization)
     bx = B_bar * u.unsqueeze(-1)  # (B, L, D, N)
     A_bar = A_bar.expand_as(bx)
+    h0 = None if h0 is None else h0.to(bx.dtype)  # as the loop does
     h_seq = linear_scan(A_bar, bx, h0, chunk)  # (B, L, D, N)
     return _readout(h_seq, Ct, u, D, z), h_seq[:, -1]
 

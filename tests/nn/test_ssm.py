@@ -285,13 +285,84 @@ def test_safe_chunk_respects_a_shorter_limit_and_short_sequences() -> None:
     _, delta, A, *_ = _mamba_like(1, 10, 3, 4, dt_shift=-6.0)
     assert safe_chunk(delta, A, longest=4) == 4
     assert safe_chunk(delta, A, longest=64) == 8  # the largest power of two ≤ L = 10
+    assert safe_chunk(delta, A, longest=1) == 1
+    assert safe_chunk(delta[:, :1], A, longest=64) == 1
+
+
+def test_safe_chunk_checks_the_exact_chunks_of_every_channel_with_its_own_a() -> None:
+    """Two steps of |ΔA| = 70 at positions 31 and 32: chunks of 64 hold both (140 > 120), chunks
+    of 32 split them, so 32 is the answer, in the last channel (a channel shifted out of the
+    check would miss them; windows off by one step would join them). A channel with a huge |A|
+    and tiny Δ must not lend its |A| to the spiky channel."""
+    delta = torch.full((1, 128, 3), 1e-4)
+    A = torch.tensor([[-100.0], [-1.0], [-1.0]])  # (D, N = 1)
+    delta[0, 31, 2] = delta[0, 32, 2] = 70.0
+    assert safe_chunk(delta, A, longest=64) == 32
+    delta[0, 31, 1] = delta[0, 32, 1] = 70.0  # the same in a middle channel
+    assert safe_chunk(delta, A, longest=64) == 32
+    delta[0, 32, 2] = 1e-4  # one spike only: one chunk of 64 holds 70
+    delta[0, 32, 1] = 1e-4
+    assert safe_chunk(delta, A, longest=64) == 64
+
+
+def test_chunked_scan_passes_its_chunk_limit_on() -> None:
+    """`chunk` bounds the chunk length (the result is the same for any length, so only the call
+    shows it)."""
+    seen = []
+
+    def spy(delta, A, longest=ssm.CHUNK_MAX):
+        seen.append(longest)
+        return safe_chunk(delta, A, longest)
+
+    u, delta, A, Bt, Ct, D, z, h0 = _inputs(1, 20, 2, 2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ssm, "safe_chunk", spy)
+        selective_scan_chunked(u, delta, A, Bt, Ct, D, z, h0, chunk=5)
+    assert seen == [5]
+
+
+def test_parallel_scan_passes_its_chunk_on() -> None:
+    seen = []
+    real = ssm.linear_scan
+
+    def spy(a, b, h0=None, chunk=ssm.CHUNK):
+        seen.append(chunk)
+        return real(a, b, h0, chunk)
+
+    u, delta, A, Bt, Ct, D, z, h0 = _inputs(1, 20, 2, 2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ssm, "linear_scan", spy)
+        selective_scan(u, delta, A, Bt, Ct, D, z, h0, chunk=3)
+    assert seen[0] == 3
+
+
+@pytest.mark.parametrize("scan", [selective_scan_ref, selective_scan, selective_scan_chunked])
+def test_an_initial_state_of_another_dtype_is_converted(scan) -> None:
+    u, delta, A, Bt, Ct, D, z, h0 = _mamba_like(1, 9, 3, 2)
+    y, h = scan(u, delta, A, Bt, Ct, D, z, h0.double())
+    y_ref, h_ref = scan(u, delta, A, Bt, Ct, D, z, h0)
+    assert y.dtype == h.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(h, h_ref)
+
+
+@pytest.mark.parametrize("scan", [selective_scan_ref, selective_scan, selective_scan_chunked])
+def test_an_unknown_discretization_is_refused(scan) -> None:
+    u, delta, A, Bt, Ct, *_ = _inputs(1, 4, 2, 2)
+    with pytest.raises(
+        ValueError, match="discretization must be 'simplified' or 'zoh', got 'euler'"
+    ):
+        scan(u, delta, A, Bt, Ct, discretization="euler")
 
 
 def test_chunked_scan_survives_a_step_beyond_the_bound() -> None:
     """One step with Δ|A| = 1000 (the state is wiped: exp(−1000) = 0 in any float): chunks of 1,
-    the clamped decay, and still the loop's answer, with no inf or nan."""
+    the decay clamped to exp(−120), and still the loop's answer, with no inf or nan, even for a
+    state of 1e33 before the step (a clamp at exp(−80) would leave 0.2 of it)."""
     u, delta, A, Bt, Ct, D, z, h0 = _mamba_like(1, 40, 4, 8, seed=2)
     delta[0, 17, 2] = 1000.0 / 8
+    delta[0, :17, 2] = 1e-6
+    h0[0, 2, 0] = 1e33  # one state: a sum over states of ±1e33 would cancel in fp32
     K = safe_chunk(delta, A)
     assert K == 1
     y64, h64 = selective_scan_ref(*(t.double() for t in (u, delta, A, Bt, Ct, D, z, h0)))
