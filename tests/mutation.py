@@ -47,7 +47,7 @@ SKIP_COPY = shutil.ignore_patterns(
 # left out: they train models and would make a module take hours.
 RELEVANT: dict[str, list[str]] = {
     "repro/nn/ssm.py": ["tests/nn/test_ssm.py", "tests/models/test_mamba.py"],
-    "repro/scaling/lbfgs.py": ["tests/scaling/test_approach3.py"],
+    "repro/scaling/lbfgs.py": ["tests/scaling/test_lbfgs.py", "tests/scaling/test_approach3.py"],
     "repro/scaling/closed_form.py": ["tests/scaling/test_closed_form.py"],
     "repro/align/policy.py": ["tests/align/test_policy.py", "tests/align/test_ppo.py"],
     "papers/instructgpt/repro.py": ["tests/papers/test_instructgpt.py"],
