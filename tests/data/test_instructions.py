@@ -9,8 +9,10 @@ import torch
 
 from repro.data.instructions import (
     FAMILIES,
+    Instances,
     InstructionWorld,
     WorldConfig,
+    answers,
     answers_ref,
     bayes_ceiling,
     calibrate_temperature,
@@ -202,3 +204,245 @@ def test_calibrated_temperature_for_other_targets_and_brackets(target: float) ->
     tau = calibrate_temperature(delta, target, lo=1e-2, hi=1e2)
     assert abs(labeler_agreement(torch.sigmoid(delta.double() / tau)) - target) < 1e-6
     assert 1e-2 < tau < 1e2
+
+
+def _judge_ref(world: InstructionWorld, family: int, digits: list[int], resp: list[int], stop):
+    """One response parsed by hand: the body is everything before the first stop token."""
+    v = world.vocab
+    answer = [v.digit0 + a for a in answers_ref(family, digits)]
+    body = resp[: resp.index(stop)] if stop in resp else resp
+    right = sum(1 for i, a in enumerate(answer) if i < len(body) and body[i] == a)
+    return {
+        "correct": body == answer,
+        "stops": stop in resp,
+        "format_ok": stop in resp
+        and len(body) > 0
+        and all(v.digit0 <= t < v.digit0 + 10 for t in body),
+        "digits_right": right / len(answer),
+        "ramble": max(0, len(body) - len(answer)),
+        "forbidden": v.bad in body,
+    }
+
+
+@pytest.mark.parametrize(("n_args", "stop"), [(2, None), (3, None), (3, ";")])
+def test_judge_and_gold_reward_match_a_hand_parse(n_args: int, stop) -> None:
+    """Random responses mixing digits (often the right ones), stop tokens, `<bad>`, filler and
+    padding, against the parse written out per response and r* from its formula (rambling
+    capped); `stop` = `;` for raw-format continuations. Non-default weights, so each term
+    has its own scale."""
+    cfg = WorldConfig(
+        n_args=n_args, w_correct=3.0, w_digits=0.7, w_stop=1.3, w_ramble=0.4, ramble_cap=2,
+        w_forbidden=1.9,
+    )  # fmt: skip
+    world = InstructionWorld(cfg)
+    v = world.vocab
+    stop_id = v.eot if stop is None else v.id[stop]
+    g = torch.Generator().manual_seed(12)
+    inst = world.sample_instances(600, g)
+    R = n_args + 4  # longer than the gold response: room to ramble
+    gold = torch.full((600, R), v.pad)
+    gold[:, : world.response_len] = world.gold_responses(inst)
+    gold[gold == v.eot] = stop_id
+    noise = torch.randint(v.digit0, v.digit0 + 10, (600, R), generator=g)
+    others = torch.tensor([stop_id, v.bad, v.first_filler + 3, v.pad, v.task0])  # task0: 9 + 1
+    noise = torch.where(
+        torch.rand(600, R, generator=g) < 0.3,
+        others[torch.randint(0, 5, (600, R), generator=g)],
+        noise,
+    )
+    keep = torch.rand(600, R, generator=g) < torch.rand(600, 1, generator=g)
+    responses = torch.where(keep, gold, noise)
+    j = world.judge(inst, responses, stop=None if stop is None else stop_id)
+    r = world.gold_reward(inst, responses) if stop is None else None
+    seen = {k: set() for k in j}
+    for i in range(600):
+        ref = _judge_ref(
+            world, int(inst.family[i]), inst.digits[i].tolist(), responses[i].tolist(), stop_id
+        )
+        for k, want in ref.items():
+            got = j[k][i].item()
+            assert got == pytest.approx(want), (i, k)
+            seen[k].add(want)
+        if r is not None:
+            want_r = (
+                cfg.w_correct * ref["correct"] + cfg.w_digits * ref["digits_right"]
+                + cfg.w_stop * ref["stops"] - cfg.w_ramble * min(ref["ramble"], cfg.ramble_cap)
+                - cfg.w_forbidden * ref["forbidden"]
+            )  # fmt: skip
+            assert r[i].item() == pytest.approx(want_r, rel=1e-6), i
+    # every outcome occurs: both truth values, partial credit, rambling past the cap
+    assert all(len(seen[k]) == 2 for k in ("correct", "stops", "format_ok", "forbidden"))
+    assert len(seen["digits_right"]) >= 3 and max(seen["ramble"]) > cfg.ramble_cap
+
+
+def test_few_shot_prompts_are_solved_exchanges_then_the_query() -> None:
+    """`shots` blocks of S tokens, each `<user> TASK args <assistant>` of some instance followed
+    by that instance's gold answer (answers_ref) and `<eot>`, then the query's prompt."""
+    world = InstructionWorld(WorldConfig(n_args=3))
+    v, S, P = world.vocab, world.slot_len, world.prompt_len
+    g = torch.Generator().manual_seed(13)
+    inst = world.sample_instances(50, g, families=("max",))
+    tokens = world.few_shot_prompts(inst, 3, g)
+    assert tokens.shape == (50, 3 * S + P)
+    assert torch.equal(tokens[:, 3 * S :], world.prompts(inst))
+    families = set()
+    for row in tokens.tolist():
+        for k in range(3):
+            block = row[k * S : (k + 1) * S]
+            assert block[0] == v.user and block[P - 1] == v.assistant
+            family, digits = block[1] - v.task0, [t - v.digit0 for t in block[2 : P - 1]]
+            answer = [v.digit0 + a for a in answers_ref(family, digits)]
+            assert block[P:] == answer + [v.eot] + [v.pad] * (S - P - len(answer) - 1)
+            families.add(FAMILIES[family])
+    assert len(families) == len(FAMILIES)  # shots come from every family, not the query's
+
+
+def test_raw_prompts_decode_and_vocabulary() -> None:
+    """The raw prompt is raw format 0 up to `=`; words decode by id."""
+    world = InstructionWorld(WorldConfig(n_args=3, n_filler=5))
+    v = world.vocab
+    assert len(v) == world.vocab_size == 1 + 10 + len(FAMILIES) + 6 + 3 + 5
+    assert v.words[v.task0] == FAMILIES[0] and v.words[v.digit0] == "0"
+    assert v.words[v.first_filler] == "<bad>" == v.words[v.bad]
+    assert v.words[-1] == "w4" and v.words[v.eot] == "<eot>"
+    inst = world.sample_instances(40, torch.Generator().manual_seed(14))
+    raw = world.raw_prompts(inst)
+    for i in range(40):
+        seg = world.raw_segment(int(inst.family[i]), inst.digits[i].tolist(), [], 0)
+        assert raw[i].tolist() == seg[: 3 + 2]
+    sort = FAMILIES.index("sort")
+    ids = [v.user, v.task0 + sort, v.digit0 + 7, v.digit0 + 0, v.assistant, v.bad]
+    assert v.decode(torch.tensor(ids)) == "<user> sort 7 0 <assistant> <bad>"
+    assert v.decode(ids) == v.decode(torch.tensor(ids))
+    assert v.pad == 0 and v.decode([v.pad, v.digit0 + 9]) == "<pad> 9"
+    digits = torch.tensor([[7, 0, 4], [2, 9, 9]])
+    family = torch.tensor([sort, FAMILIES.index("count")])
+    inst = Instances(family, digits, *answers(family, digits))
+    prompts = world.prompts(inst)
+    assert prompts.shape == (2, world.prompt_len)
+    assert v.decode(prompts[0]) == "<user> sort 7 0 4 <assistant>"
+    assert v.decode(prompts[1]) == "<user> count 2 9 9 <assistant>"
+    gold = world.gold_responses(inst)
+    assert gold.shape == (2, world.response_len) == (2, 3 + 1)  # the longest answer and <eot>
+    assert v.decode(gold[0]) == "0 4 7 <eot>" and v.decode(gold[1]) == "2 <eot> <pad> <pad>"
+
+
+def test_corrupted_demonstrations_are_wrong_or_broken() -> None:
+    """With corrupt = 1 every demonstration is changed: about half get their first answer digit
+    moved (the rest, the `<eot>` included, intact), the others keep the answer but lose the
+    `<eot>` to filler words that are never `<bad>`; a broken one is trained on in full."""
+    world = InstructionWorld(WorldConfig(n_args=3))
+    v, P = world.vocab, world.prompt_len
+    inst = world.sample_instances(400, torch.Generator().manual_seed(15))
+    gold = world.gold_responses(inst)
+    tokens, mask = world.demonstrations(inst, torch.Generator().manual_seed(16), corrupt=1.0)
+    resp = tokens[:, P:]
+    wrong = 0
+    for i in range(400):
+        n = int(inst.answer_len[i])
+        if (resp[i] == v.eot).any():  # a wrong answer
+            wrong += 1
+            assert resp[i, 0] != gold[i, 0] and v.digit0 <= resp[i, 0] < v.digit0 + 10
+            assert torch.equal(resp[i, 1:], gold[i, 1:])
+            assert mask[i, P:].sum() == n + 1
+        else:  # a broken format
+            assert torch.equal(resp[i, :n], gold[i, :n])
+            tail = resp[i, n:]
+            assert ((tail > v.bad) & (tail < v.first_filler + world.cfg.n_filler)).all()
+            assert mask[i, P:].all()
+    assert abs(wrong / 400 - 0.5) < 4 * math.sqrt(0.25 / 400)
+    has_eot = (resp == v.eot).any(1)
+    moved = (resp[has_eot, 0] - gold[has_eot, 0]) % 10
+    assert set(moved.tolist()) == set(range(1, 10))  # by 1 … 9
+    assert mask.dtype == torch.bool
+    fillers = resp[resp >= v.first_filler]
+    assert fillers.unique().numel() == world.cfg.n_filler - 1  # w1 … w15 all drawn
+    with pytest.raises(AssertionError, match="needs a generator"):
+        world.demonstrations(inst, corrupt=0.5)
+
+
+@pytest.mark.parametrize(("raw_formats", "filler_fraction"), [(3, 0.3), (1, 0.6)])
+def test_pretraining_segments_use_the_configured_formats_and_filler_share(
+    raw_formats: int, filler_fraction: float
+) -> None:
+    """Every slot is filler with probability `filler_fraction`, else one instance in one of the
+    first `raw_formats` raw formats, drawn uniformly; each segment equals `raw_segment`."""
+    world = InstructionWorld(WorldConfig(raw_formats=raw_formats, filler_fraction=filler_fraction))
+    v, S = world.vocab, world.slot_len
+    text = world.pretraining_batch(300, 4, torch.Generator().manual_seed(17))
+    counts = {"filler": 0, 0: 0, 1: 0, 2: 0}
+    for row in text.tolist():
+        for k in range(4):
+            seg = row[k * S : (k + 1) * S]
+            if seg[0] >= v.first_filler:
+                assert all(t >= v.first_filler for t in seg)
+                counts["filler"] += 1
+                continue
+            if seg[0] == v.id["("]:
+                fmt, family, digits = 1, seg[1] - v.task0, seg[2 : 2 + world.cfg.n_args]
+            elif seg[0] >= v.task0:
+                fmt, family, digits = 0, seg[0] - v.task0, seg[1 : 1 + world.cfg.n_args]
+            else:
+                fmt, n = 2, world.cfg.n_args
+                family, digits = seg[n] - v.task0, seg[:n]
+            digits = [t - v.digit0 for t in digits]
+            assert seg == world.raw_segment(family, digits, answers_ref(family, digits), fmt)
+            counts[fmt] += 1
+    total = 300 * 4
+    assert abs(counts["filler"] / total - filler_fraction) < 4 * math.sqrt(0.25 / total)
+    tasks = total - counts["filler"]
+    for fmt in range(3):
+        want = 1 / raw_formats if fmt < raw_formats else 0.0
+        assert abs(counts[fmt] / tasks - want) < 4 * math.sqrt(0.25 / tasks)
+
+
+def test_instances_are_indexed_field_by_field() -> None:
+    """A slice or a mask picks the same rows of family, digits, answer and answer length."""
+    inst = WORLD.sample_instances(30, torch.Generator().manual_seed(18))
+    mask = inst.family % 3 == 1
+    for index in (slice(4, 17), mask):
+        sub = inst[index]
+        assert len(sub) == len(inst.family[index])
+        assert torch.equal(sub.family, inst.family[index])
+        assert torch.equal(sub.digits, inst.digits[index])
+        assert torch.equal(sub.answer, inst.answer[index])
+        assert torch.equal(sub.answer_len, inst.answer_len[index])
+
+
+def test_random_draws_come_from_the_generator_only() -> None:
+    """The same generator seed gives the same output whatever the global torch seed: instances,
+    corrupted demonstrations, few-shot prompts, pretraining text and rankings."""
+
+    def draw(global_seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(global_seed)
+        g = torch.Generator().manual_seed(19)
+        inst = WORLD.sample_instances(64, g)
+        tokens, _ = WORLD.demonstrations(inst, g, corrupt=0.7)
+        gold = torch.rand(64, 4, generator=g)
+        return [
+            inst.family, inst.digits, tokens, WORLD.few_shot_prompts(inst, 2, g),
+            WORLD.pretraining_batch(16, 3, g), WORLD.rank(gold, g),
+        ]  # fmt: skip
+
+    for a, b in zip(draw(1), draw(2), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_filler_source_and_held_out_text_follow_the_config() -> None:
+    """The filler is the order-1 Markov source of `n_filler` words and `markov_seed`; the
+    held-out text is the pretraining text of seed 10 007 (fixed across runs)."""
+    from repro.data.markov import MarkovConfig, MarkovSource
+
+    world = InstructionWorld(WorldConfig(n_filler=5, markov_seed=3))
+    want = MarkovSource(MarkovConfig(vocab_size=5, order=1, seed=3)).transition
+    assert torch.equal(world.markov.transition, want)
+    held = world.heldout_text(4, 2)
+    assert torch.equal(held, world.pretraining_batch(4, 2, torch.Generator().manual_seed(10_007)))
+
+
+def test_calibration_stops_at_the_end_of_its_bracket() -> None:
+    """τ is searched in [1e-3, 1e3] by default: a target no τ in it reaches gives the nearer
+    end (agreement just above ½ needs a huge τ; certain agreement, τ → 0)."""
+    delta = torch.tensor([0.5, 1.5, 4.0])
+    assert calibrate_temperature(delta, 0.5 + 1e-9) == pytest.approx(1e3, rel=1e-9)
+    assert calibrate_temperature(delta, 1.0) == pytest.approx(1e-3, rel=1e-9)
