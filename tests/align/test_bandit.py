@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -16,18 +20,22 @@ from repro.align.bandit import (
     total_variation,
 )
 
-BANDIT = Bandit(BanditConfig(n_prompts=16, n_responses=12))
+
+@functools.cache
+def _bandit() -> Bandit:
+    """Built inside the tests, not at import (a mutation tester must see the construction)."""
+    return Bandit(BanditConfig(n_prompts=16, n_responses=12))
 
 
 def _objective(logp: torch.Tensor, reward: torch.Tensor, beta: float) -> float:
-    s = exact_stats(logp, BANDIT.logp_sft, reward, BANDIT.gold)
+    s = exact_stats(logp, _bandit().logp_sft, reward, _bandit().gold)
     return s["proxy"] - beta * s["kl"]
 
 
 def test_closed_form_optimum_beats_perturbations() -> None:
-    reward = BANDIT.gold
+    reward = _bandit().gold
     for beta in (0.1, 1.0):
-        best = kl_optimum(BANDIT.logp_sft, reward, beta)
+        best = kl_optimum(_bandit().logp_sft, reward, beta)
         g = torch.Generator().manual_seed(0)
         for _ in range(20):
             other = F.log_softmax(
@@ -37,11 +45,11 @@ def test_closed_form_optimum_beats_perturbations() -> None:
 
 
 def test_exact_stats_by_hand() -> None:
-    logp = kl_optimum(BANDIT.logp_sft, BANDIT.gold, 0.5)
-    s = exact_stats(logp, BANDIT.logp_sft, BANDIT.gold, BANDIT.gold)
-    p, q = logp[0].exp(), BANDIT.logp_sft[0].exp()
+    logp = kl_optimum(_bandit().logp_sft, _bandit().gold, 0.5)
+    s = exact_stats(logp, _bandit().logp_sft, _bandit().gold, _bandit().gold)
+    p, q = logp[0].exp(), _bandit().logp_sft[0].exp()
     kl0 = sum(float(p[y] * (p[y] / q[y]).log()) for y in range(12))
-    kls = [(logp[x].exp() * (logp[x] - BANDIT.logp_sft[x])).sum() for x in range(16)]
+    kls = [(logp[x].exp() * (logp[x] - _bandit().logp_sft[x])).sum() for x in range(16)]
     assert abs(float(kls[0]) - kl0) < 1e-12
     assert abs(s["kl"] - float(torch.stack(kls).mean())) < 1e-12
     assert s["kl"] > 0
@@ -49,7 +57,7 @@ def test_exact_stats_by_hand() -> None:
 
 def test_optimising_the_gold_reward_is_monotone() -> None:
     """E_πβ[r] can only rise as β falls (its derivative in 1/β is a variance)."""
-    sweep = beta_sweep(BANDIT, BANDIT.gold, [10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01])
+    sweep = beta_sweep(_bandit(), _bandit().gold, [10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01])
     golds = [s["gold"] for s in sweep]
     kls = [s["kl"] for s in sweep]
     assert all(b >= a - 1e-12 for a, b in zip(golds, golds[1:], strict=False))
@@ -57,20 +65,115 @@ def test_optimising_the_gold_reward_is_monotone() -> None:
 
 
 def test_ppo_reaches_the_kl_optimum_and_needs_the_kl_term() -> None:
-    reward = fit_reward_model(BANDIT, 500, 4, "quadratic", 200, seed=0)
-    target = kl_optimum(BANDIT.logp_sft, reward, 1.0)
-    logp, history = rl(BANDIT, reward, 1.0, iterations=200, seed=0)
+    reward = fit_reward_model(_bandit(), 500, 4, "quadratic", 200, seed=0)
+    target = kl_optimum(_bandit().logp_sft, reward, 1.0)
+    logp, history = rl(_bandit(), reward, 1.0, iterations=200, seed=0)
     assert total_variation(logp, target) < 0.05
     # the exact KL is never negative, the per-sample k1 estimate often is
     assert min(h["kl_exact"] for h in history) >= -1e-12
     assert max(h["k1_negative"] for h in history[5:]) > 0.05
-    no_kl, _ = rl(BANDIT, reward, 0.0, iterations=200, seed=0)
+    no_kl, _ = rl(_bandit(), reward, 0.0, iterations=200, seed=0)
     assert total_variation(no_kl, target) > 0.2
 
 
 def test_reward_model_learns_the_ranking() -> None:
     """Eq. 1 on Plackett–Luce rankings recovers the gold order on most pairs."""
-    reward = fit_reward_model(BANDIT, 500, 4, "quadratic", 200, seed=1)
+    reward = fit_reward_model(_bandit(), 500, 4, "quadratic", 200, seed=1)
     i, j = torch.triu_indices(12, 12, 1)
-    agree = ((reward[:, i] - reward[:, j]) * (BANDIT.gold[:, i] - BANDIT.gold[:, j]) > 0).double()
+    gold = _bandit().gold
+    agree = ((reward[:, i] - reward[:, j]) * (gold[:, i] - gold[:, j]) > 0).double()
     assert agree.mean() > 0.8
+
+
+# --- the construction, the labels, the sweep ------------------------------------------------------
+
+
+def test_the_bandit_is_built_as_documented():
+    """r* = φ·u − c·(φ_0 − 1)² with u ≥ 0, |N(0,1)|/√F; π_SFT ∝ exp(r*/2 + σ·noise): replayed
+    from the seed, and the weights u also recovered by least squares from (φ, r*)."""
+    cfg = BanditConfig(
+        n_prompts=5, n_responses=7, n_features=4, turn=0.6, sft_noise=0.8, seed=3
+    )  # lopsided, nothing at its default
+    torch.manual_seed(0)  # the global generator is not the one used
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a softmax without its dim warns
+        b = Bandit(cfg)
+    assert b.cfg is cfg
+    X, Y, Fn = 5, 7, 4
+    assert b.phi.shape == (X, Y, Fn) and b.phi.dtype == torch.float64
+    g = torch.Generator().manual_seed(3)
+    phi = torch.randn(X, Y, Fn, generator=g, dtype=torch.float64)
+    u = torch.randn(Fn, generator=g, dtype=torch.float64).abs() / math.sqrt(Fn)
+    noise = torch.randn(X, Y, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(b.phi, phi, atol=0, rtol=0)
+    linear = b.gold + 0.6 * (phi[..., 0] - 1) ** 2  # what is left is linear in φ, weights u
+    fit = torch.linalg.lstsq(phi.reshape(-1, Fn), linear.reshape(-1, 1)).solution[:, 0]
+    torch.testing.assert_close(fit, u, atol=1e-12, rtol=0)
+    torch.testing.assert_close(b.gold, phi @ u - 0.6 * (phi[..., 0] - 1) ** 2)
+    torch.testing.assert_close(b.logp_sft, torch.log_softmax(0.5 * b.gold + 0.8 * noise, -1))
+    other = Bandit(BanditConfig(n_prompts=5, n_responses=7, n_features=4, seed=4))
+    assert not torch.equal(other.phi, phi)
+
+
+def test_labels_are_sft_samples_without_repeats_ranked_by_plackett_luce():
+    """K distinct responses per prompt; the best one (by r*) is ranked first with probability
+    softmax(r*/τ) at it (Plackett–Luce's first choice, K = 3); τ → 0 ranks by r* exactly."""
+    b = Bandit(BanditConfig(n_prompts=6, n_responses=5, label_temperature=0.7, seed=1))
+    x, y, ranking = b.rankings(3000, 3, torch.Generator().manual_seed(2))
+    assert ((x >= 0) & (x < 6)).all() and len(set(x.tolist())) == 6
+    assert all(len(set(row)) == 3 for row in y.tolist())  # without replacement
+    gold = b.gold[x[:, None], y]  # (n, 3)
+    first = gold.gather(1, ranking[:, :1])[:, 0]
+    p_better_first = torch.softmax(gold / 0.7, 1).max(1).values  # P(the best is ranked first)
+    observed = (first == gold.max(1).values).double()
+    sd = math.sqrt(float((p_better_first * (1 - p_better_first)).sum())) / len(x)
+    assert abs(float(observed.mean() - p_better_first.mean())) < 4 * sd
+    assert observed.mean() < 0.99  # the noise is real
+    sharp = Bandit(BanditConfig(n_prompts=6, n_responses=5, label_temperature=1e-6, seed=1))
+    x, y, ranking = sharp.rankings(50, 4, torch.Generator().manual_seed(3))
+    ranked = sharp.gold[x[:, None], y].gather(1, ranking)  # (n, K) r* in ranked order
+    assert (ranked[:, :-1] >= ranked[:, 1:]).all()
+    assert all(len(set(row)) == 4 for row in y.tolist())
+
+
+def test_the_sweep_reports_each_beta_with_its_exact_optimum():
+    bandit = _bandit()
+    betas = [2.0, 0.3, 0.05]
+    sweep = beta_sweep(bandit, bandit.gold, betas)
+    for s, beta in zip(sweep, betas, strict=True):
+        want = exact_stats(
+            kl_optimum(bandit.logp_sft, bandit.gold, beta), bandit.logp_sft, bandit.gold,
+            bandit.gold,
+        )  # fmt: skip
+        assert s == {"beta": beta, **want}
+
+
+def test_exact_stats_and_total_variation_by_loops():
+    """Proxy, gold and KL are per-prompt sums over responses averaged over prompts; TV is half
+    the L1 distance, its maximum over prompts. X = 3 ≠ Y = 4, lopsided tables."""
+    g = torch.Generator().manual_seed(5)
+    logp = torch.log_softmax(2 * torch.randn(3, 4, generator=g, dtype=torch.float64), -1)
+    logq = torch.log_softmax(torch.randn(3, 4, generator=g, dtype=torch.float64), -1)
+    reward = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    gold = torch.randn(3, 4, generator=g, dtype=torch.float64) + 1.0
+    s = exact_stats(logp, logq, reward, gold)
+    p = logp.exp().tolist()
+    for key, values in (("proxy", reward.tolist()), ("gold", gold.tolist())):
+        want = sum(sum(p[x][y] * values[x][y] for y in range(4)) for x in range(3)) / 3
+        assert abs(s[key] - want) < 1e-12, key
+    tv = [0.5 * sum(abs(p[x][y] - math.exp(logq[x, y])) for y in range(4)) for x in range(3)]
+    assert abs(total_variation(logp, logq) - max(tv)) < 1e-12
+    assert max(tv) - min(tv) > 0.05  # the maximum is a real choice among prompts
+
+
+def test_rl_follows_its_own_generator_and_names_the_softmax_dim():
+    bandit = Bandit(BanditConfig(n_prompts=4, n_responses=5, seed=2))
+    runs = []
+    for global_seed, seed in ((0, 0), (1, 0), (0, 1)):
+        torch.manual_seed(global_seed)  # the global generator is not the one used
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. a softmax without its dim warns
+            logp, history = rl(bandit, bandit.gold, 0.5, iterations=3, samples=8, seed=seed)
+        runs.append((logp, [h["kl_k1"] for h in history]))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+    assert not torch.equal(runs[0][0], runs[2][0])
