@@ -39,6 +39,11 @@ def test_families_are_chosen_and_checked() -> None:
     assert {FAMILIES[int(f)] for f in inst.family} == {"sort", "max"}
     with pytest.raises(ValueError, match="unknown task families"):
         WORLD.sample_instances(5, g, families=("divide",))
+    with pytest.raises(ValueError, match=r"\['divide'\]; known: copy, reverse, sort, shift, max"):
+        WORLD.sample_instances(5, g, families=("copy", "divide"))
+    digits = WORLD.sample_instances(500, g).digits
+    counts = torch.bincount(digits.flatten(), minlength=10)
+    assert len(counts) == 10 and (counts > 0.07 * digits.numel()).all()  # 0 … 9, about evenly
 
 
 def test_pretraining_text_has_no_assistant_format() -> None:
@@ -357,7 +362,7 @@ def test_corrupted_demonstrations_are_wrong_or_broken() -> None:
     assert mask.dtype == torch.bool
     fillers = resp[resp >= v.first_filler]
     assert fillers.unique().numel() == world.cfg.n_filler - 1  # w1 … w15 all drawn
-    with pytest.raises(AssertionError, match="needs a generator"):
+    with pytest.raises(AssertionError, match="^corrupting demonstrations needs a generator$"):
         world.demonstrations(inst, corrupt=0.5)
 
 
