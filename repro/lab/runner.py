@@ -513,8 +513,10 @@ def _replay(events: Any, empty: type, progress: ProgressFn | None, reporter: Rep
 def _stop_pool(pool: Any) -> None:
     """Start no new paper and stop the running ones (`check -x` after a failure). Their
     half-assembled run folders are removed by the next run of those papers."""
+    # shutdown() forgets the worker processes (`_processes = None`), so take them first
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    for process in processes:
         process.terminate()
 
 

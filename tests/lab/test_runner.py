@@ -224,3 +224,26 @@ def test_papers_start_longest_first_by_their_last_stored_run(tmp_path: Path) -> 
         (tmp_path / "code" / slug / "repro.py").write_text("x = 1\n" * lines)
     papers = [Paper(slug, tmp_path / "code" / slug) for slug in ("small", "big", "none")]
     assert longest_first(papers, None) == [1, 0, 2]
+
+
+def test_stop_pool_terminates_the_running_workers() -> None:
+    """`check -x` after a failure: a worker still inside a long claim is terminated, not left to
+    run on as an orphan (shutdown() alone forgets the processes without stopping them)."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from repro.lab.runner import _stop_pool
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    pool.submit(time.sleep, 120)
+    deadline = time.monotonic() + 60
+    while not (pool._processes and all(p.is_alive() for p in pool._processes.values())):
+        assert time.monotonic() < deadline, "the worker did not start"
+        time.sleep(0.05)
+    workers = list(pool._processes.values())
+    time.sleep(1.0)  # the worker is now inside time.sleep(120)
+    _stop_pool(pool)
+    for process in workers:
+        process.join(timeout=10)
+        assert not process.is_alive()
