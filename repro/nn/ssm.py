@@ -24,8 +24,8 @@ autograd and equal up to rounding:
   of the GPU kernel's scan (§3.3), not fast on a CPU.
 - `selective_scan_chunked`, work-efficient on a CPU: inside a chunk of K steps the cumulative
   log-decay is a `cumsum`, so every position's state is a few vectorised tensor ops; only the
-  chunk-end states are carried sequentially (the chunked form of Mamba-2's SSD, Dao & Gu 2024,
-  arXiv:2405.21060 §6, here with Mamba-1's per-(channel, state) decays).
+  chunk-end states are carried sequentially (the chunked form of Mamba-2's SSD algorithm, Dao &
+  Gu 2024, arXiv:2405.21060, here with Mamba-1's per-(channel, state) decays).
 """
 
 from __future__ import annotations

@@ -40,6 +40,26 @@ def test_mamba_vs_hf_reports_equal_logits() -> None:
         assert min(r["hf_ms"], r["loop_ms"], r["chunked_ms"]) > 0
 
 
+def test_mamba_vs_hf_reports_a_weight_that_was_not_copied(monkeypatch) -> None:
+    """The reported difference is real: an HF model missing one copied weight (the skip D of
+    the first layer left at HF's own initial value) shows up in both scans' rows."""
+    pytest.importorskip("transformers", reason="needs the [conformance] extra")
+    from repro.bench import mamba_hf
+
+    right = mamba_hf.to_hf
+
+    def one_weight_lost(model):
+        hf = right(model)
+        with torch.no_grad():
+            hf.backbone.layers[0].mixer.D.add_(1.0)
+        return hf
+
+    monkeypatch.setattr(mamba_hf, "to_hf", one_weight_lost)
+    out = mamba_hf.bench_vs_hf((9,), d_model=16, n_layers=2, repeats=1)
+    assert out["rows"][0]["loop_max_abs_diff"] > 1e-3
+    assert out["rows"][0]["chunked_max_abs_diff"] > 1e-3
+
+
 @pytest.mark.slow
 def test_bench_scan_command_prints_json_with_every_section() -> None:
     args = ["bench", "scan", "--l", "32,64", "--width-l", "32", "--repeats", "1"]
