@@ -252,6 +252,9 @@ def bench_speculative_cmd(new_tokens, gammas_text, prompt_len, draft_layers, dev
     console().print(table)
 
 
+WIDTH_SCANS = ("scan_loop", "scan_chunked")  # timed at Mamba's width, d_model 256
+
+
 @bench.command("scan")
 @click.option(
     "--l",
@@ -378,9 +381,6 @@ def bench_scan_cmd(ls_text, width_ls_text, repeats, memory, decode_tokens, hf, a
         f"{d['gpt_kv_bytes_at_end']:,}",
     )
     console().print(dec)
-
-
-WIDTH_SCANS = ("scan_loop", "scan_chunked")
 
 
 def _width_table(width: dict):
