@@ -80,7 +80,7 @@ class State:
 
     @property
     def runs_dir(self) -> Path:
-        from repro.lab.runner import default_runs_dir
+        from repro.lab.runs import default_runs_dir
 
         return default_runs_dir(self.library.root)
 
@@ -177,7 +177,7 @@ def emit_json(data: object) -> None:
 
 
 def status_summary(paper: Paper, runs_dir: Path) -> dict:
-    from repro.lab.runner import latest_results
+    from repro.lab.runs import latest_results
 
     latest = latest_results(runs_dir, paper.slug)
     counts: dict[str, int] = {}

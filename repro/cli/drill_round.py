@@ -203,7 +203,7 @@ def _reveal(out, item: Item, outcome: dict, lang: str) -> None:
 
 
 def pool_of(state: State, slugs, must_know: bool, mode: str, lang: str) -> tuple[list, dict]:
-    from repro.lab.runner import latest_results
+    from repro.lab.runs import latest_results
 
     papers = state.library.select(slugs)
     if must_know:

@@ -55,6 +55,14 @@ def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
+    from repro.cli.show_cache import print_listing
+
+    # A repeated `list` of unchanged rows prints the stored table (repro.cli.show_cache).
+    print_listing(console, rows, state.library, runs_dir, lambda: listing_table(rows))
+
+
+def listing_table(rows: list[dict]):
+    """The rich table of `list` (`rows` as `list --json` prints them)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -71,7 +79,7 @@ def list_cmd(state: State, tag: str | None, as_json: bool) -> None:
         )
         slug, title = Text(terminal_text(r["slug"])), Text(terminal_text(r["title"]))
         table.add_row(slug, title, str(r["year"]), r["priority"], claims or "—")
-    console().print(table)
+    return table
 
 
 @click.command()
@@ -100,7 +108,7 @@ def show(state: State, slug: str, lang: str, as_json: bool) -> None:
         return Markdown(text), [[r.slug, r.title, r.href] for r in sheet.related]
 
     # A repeated `show` of an unchanged paper prints the stored text (repro.cli.show_cache).
-    print_sheet(console(), paper, state.library, state.runs_dir, lang, render)
+    print_sheet(console, paper, state.library, state.runs_dir, lang, render)
 
 
 @click.command()

@@ -1,4 +1,5 @@
-"""The show cache: `paperlab show` prints what it printed before when nothing it shows changed.
+"""The show cache: `paperlab show` and `list` print what they printed before when nothing they
+show changed.
 
 Rendering a sheet for the terminal loads the note with pydantic, fills a Jinja template, turns
 every formula into Unicode (pylatexenc) and lays the Markdown out with rich: most of a second.
@@ -19,20 +20,26 @@ The text is printed only when everything it was made from is unchanged (the key,
   templates/, the note loader's version (repro.lab.notecache.loader_version), the Python
   version, and the RECORD of each installed library the render uses (read from its dist-info
   folder, not imported);
-- the options (`--lang`), and the console that rich sets up: width and height, colour system,
-  terminal or not, dumb terminal, NO_COLOR, encoding, and the environment variables rich reads
-  (TERM, COLORTERM, FORCE_COLOR, NO_COLOR, TTY_COMPATIBLE, TTY_INTERACTIVE, COLUMNS, LINES,
-  UNICODE_VERSION for the width of characters …).
+- the options (`--lang`), and what rich reads to set up its console, read without rich
+  (`terminal_state`): standard output a terminal or not, its encoding, the terminal sizes, and
+  the environment variables rich reads (TERM, COLORTERM, FORCE_COLOR, NO_COLOR, TTY_COMPATIBLE,
+  TTY_INTERACTIVE, COLUMNS, LINES, UNICODE_VERSION for the width of characters …). A hit then
+  imports no rich at all.
+
+`list` is keyed the same way by the rows it shows (each paper's title, year, priority, tags and
+claim counts, or the first problem of a note that does not load), the code and the console: its
+rows cost little to read from the note cache, but rich's table, imported and laid out, was more
+than half of the command's time.
 
 The key is computed again after a render and the entry is written only if it did not change
 meanwhile (an edit or a new run while rendering). Nothing is cached when the output cannot be
-keyed safely: a Jupyter or legacy Windows console, an encoding other than UTF-8, or a runs folder
-holding a FIFO or device where a run file is read.
+keyed safely: IPython (maybe a Jupyter notebook), Windows, an encoding other than UTF-8, or a
+runs folder holding a FIFO or device where a run file is read.
 
 An entry verifies as every cache entry does (regular files whose SHA-256 match `entry.json`);
 its text must hold no control character but newline and tab, and no escape sequence but the
-SGR colours (`ESC [ … m`) and the OSC 8 hyperlinks of rich's Markdown links, and the latter
-only when the console has colours. Anything else is one warning line and a fresh render.
+SGR colours (`ESC [ … m`) and the OSC 8 hyperlinks of rich's Markdown links, and these only
+when rich would give the console colours (`colour_possible`). Anything else is one warning line and a fresh render.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from repro.lab import notecache
 from repro.lab.errors import NoteError, UnknownPaper, one_line
@@ -201,33 +209,63 @@ def runs_state(runs_dir: Path, slug: str) -> str | None:
     return h.hexdigest()
 
 
-def console_state(out) -> dict | None:
-    """What rich lays the Markdown out for; None for a console whose output is not plain text
-    written to a file (Jupyter, legacy Windows) or not UTF-8."""
-    if out.is_jupyter or out.legacy_windows or out.quiet or out.record:
+def terminal_state(stream=None) -> dict | None:
+    """What rich reads when it sets up a console on `stream` (default: standard output) and lays
+    text out for it, read without importing rich (an import that was a fifth of a warm `list`):
+    whether the stream is a terminal, its encoding, the terminal size of descriptors 0, 1 and 2
+    (rich asks them in this order), the module of standard input (rich treats IDLE apart) and
+    the environment variables of ENVIRONMENT. None where the output is not keyed: under IPython
+    (rich may see a Jupyter notebook), on Windows (rich asks the console for its features) and
+    for an encoding other than UTF-8."""
+    import builtins
+
+    stream = sys.stdout if stream is None else stream
+    if hasattr(builtins, "get_ipython") or sys.platform == "win32":
         return None
-    if out.encoding.replace("-", "").replace("_", "") != "utf8":
+    encoding = (getattr(stream, "encoding", "utf-8") or "utf-8").lower()
+    if encoding.replace("-", "").replace("_", "") != "utf8":
         return None
-    size = out.size
+    try:
+        terminal = bool(stream.isatty())
+    except (AttributeError, ValueError):  # as rich: no isatty, or a closed file
+        terminal = False
+    sizes: list[list[int] | None] = []
+    for fd in (0, 1, 2):
+        try:
+            sizes.append(list(os.get_terminal_size(fd)))
+        except (AttributeError, ValueError, OSError):
+            sizes.append(None)
     return {
-        "width": size.width,
-        "height": size.height,
-        "color_system": out.color_system,
-        "terminal": out.is_terminal,
-        "dumb": out.is_dumb_terminal,
-        "no_color": out.no_color,
-        "encoding": out.encoding,
-        "soft_wrap": out.soft_wrap,
-        "tab_size": out.tab_size,
-        "safe_box": out.safe_box,
+        "platform": sys.platform,
+        "isatty": terminal,
+        "encoding": encoding,
+        "terminal_sizes": sizes,
+        "stdin": str(getattr(sys.stdin, "__module__", "")),
         "environment": {name: os.environ.get(name) for name in ENVIRONMENT},
     }
 
 
-def show_key(paper: Paper, library: Library, runs_dir: Path, lang: str, out) -> dict | None:
+def colour_possible(state: dict) -> bool:
+    """Whether rich gives a console in `state` a colour system, as rich decides it on Linux and
+    macOS (Console.is_terminal and not is_dumb_terminal): it bounds the escape sequences a stored
+    text may hold (tests/cli/test_show_cache.py compares it with rich's own answer)."""
+    env = state["environment"]
+    compatible, force = env["TTY_COMPATIBLE"] or "", env["FORCE_COLOR"]
+    if state["stdin"].startswith("idlelib"):
+        terminal = False
+    elif compatible in ("0", "1"):
+        terminal = compatible == "1"
+    elif force is not None:
+        terminal = force != ""
+    else:
+        terminal = state["isatty"]
+    return terminal and (env["TERM"] or "").lower() not in ("dumb", "unknown")
+
+
+def show_key(paper: Paper, library: Library, runs_dir: Path, lang: str) -> dict | None:
     """Everything the text of `show` depends on, but the related papers (named in the note:
     kept in the entry and checked on use); None when it cannot be keyed."""
-    terminal = console_state(out)
+    terminal = terminal_state()
     runs = runs_state(runs_dir, paper.slug)
     if terminal is None or runs is None:
         return None
@@ -238,6 +276,7 @@ def show_key(paper: Paper, library: Library, runs_dir: Path, lang: str, out) -> 
     return {
         "format": FORMAT,
         "code": code_version(),
+        "command": "show",
         "slug": paper.slug,
         "note": os.path.abspath(paper.note_path),
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
@@ -245,6 +284,24 @@ def show_key(paper: Paper, library: Library, runs_dir: Path, lang: str, out) -> 
         "runs_dir": os.path.abspath(runs_dir),
         "runs": runs,
         "lang": lang,
+        "console": terminal,
+    }
+
+
+def list_key(rows: list[dict], library: Library, runs_dir: Path) -> dict | None:
+    """Everything the text of `list` depends on (`rows`: what it shows, as `list --json` prints
+    it); None when it cannot be keyed."""
+    terminal = terminal_state()
+    if terminal is None:
+        return None
+    return {
+        "format": FORMAT,
+        "code": code_version(),
+        "command": "list",
+        "library": os.path.abspath(library.root),
+        "runs_dir": os.path.abspath(runs_dir),
+        "rows": json.loads(json.dumps(rows)),  # as an entry reads back (tuples as lists)
+        "lang": "en",
         "console": terminal,
     }
 
@@ -267,12 +324,14 @@ def related_now(names: list[str], library: Library) -> Related:
 
 
 def entry_path(key: dict) -> Path:
-    """One entry per note, runs folder, language and colour or not: a new key replaces it."""
+    """One entry per command and what it shows (a note, or a library for `list`), runs folder,
+    language and colour or not: a new key replaces it."""
     from repro.lab.cache import cache_root
 
-    name = "\0".join(
-        [key["note"], key["runs_dir"], key["lang"], str(key["console"]["color_system"])]
-    )
+    subject = key["note"] if key["command"] == "show" else key["library"]
+    env = key["console"]["environment"]  # what picks rich's colour system, when it colours
+    colour = f"{env['TERM']} {env['COLORTERM']}" if colour_possible(key["console"]) else "plain"
+    name = "\0".join([key["command"], subject, key["runs_dir"], key["lang"], colour])
     return cache_root() / KIND / hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
@@ -302,7 +361,7 @@ def stored_text(key: dict, library: Library) -> str | None:
     ):
         _warn(entry, "is damaged (not a show record)")
         return None
-    if not safe_text(text, key["console"]["color_system"] is not None):
+    if not safe_text(text, colour_possible(key["console"])):
         _warn(entry, "holds control characters or escape sequences")
         return None
     if related_now([r[0] for r in related], library) != related:
@@ -315,7 +374,7 @@ def store(key: dict, related: Related, text: str, library: Library, key_after: d
     input changed while it was rendered (`key_after`) or it holds what may not be printed."""
     if key_after != key or related_now([r[0] for r in related], library) != related:
         return
-    if not safe_text(text, key["console"]["color_system"] is not None):
+    if not safe_text(text, colour_possible(key["console"])):
         return
     record = {"key": key, "related": related, "output": text}
     if len(json.dumps(record, ensure_ascii=True)) <= MAX_ENTRY_BYTES:
@@ -325,31 +384,52 @@ def store(key: dict, related: Related, text: str, library: Library, key_after: d
 # --- show -----------------------------------------------------------------------------------
 
 
-def emit(out, text: str) -> None:
-    """Write `text` as `out.print` writes its rendered text (a closed pipe ends quietly)."""
+def emit(text: str) -> None:
+    """Write `text` to standard output; a closed pipe ends quietly, as rich's console ends."""
     try:
-        out.file.write(text)
-        out.file.flush()
+        sys.stdout.write(text)
+        sys.stdout.flush()
     except BrokenPipeError:
-        out.on_broken_pipe()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+def print_cached(
+    make_console: Callable[[], Any], library: Library, make_key: Callable[[], dict | None],
+    render: Callable[[], tuple[object, Related]],
+) -> None:  # fmt: skip
+    """Print the stored text when its key (`make_key()`) matches, else `render()` (what rich
+    prints, and the related papers it shows), printed on `make_console()` and stored."""
+    key = make_key()
+    if key is not None and (text := stored_text(key, library)) is not None:
+        emit(text)
+        return
+    renderable, related = render()
+    out = make_console()
+    if key is None:
+        out.print(renderable)
+        return
+    with out.capture() as captured:
+        out.print(renderable)
+    text = captured.get()
+    store(key, related, text, library, make_key())
+    emit(text)
 
 
 def print_sheet(
-    out, paper: Paper, library: Library, runs_dir: Path, lang: str,
+    make_console: Callable[[], Any], paper: Paper, library: Library, runs_dir: Path, lang: str,
     render: Callable[[], tuple[object, Related]],
 ) -> None:  # fmt: skip
-    """Print `paper`'s sheet on the console `out`: the stored text when its key matches, else
-    `render()` (rich's Markdown and the related papers the sheet shows), printed and stored."""
-    key = show_key(paper, library, runs_dir, lang, out)
-    if key is not None and (text := stored_text(key, library)) is not None:
-        emit(out, text)
-        return
-    markdown, related = render()
-    if key is None:
-        out.print(markdown)
-        return
-    with out.capture() as captured:
-        out.print(markdown)
-    text = captured.get()
-    store(key, related, text, library, show_key(paper, library, runs_dir, lang, out))
-    emit(out, text)
+    """Print `paper`'s sheet: `render()` gives rich's Markdown and the related papers it shows."""
+    print_cached(make_console, library, lambda: show_key(paper, library, runs_dir, lang), render)
+
+
+def print_listing(
+    make_console: Callable[[], Any], rows: list[dict], library: Library, runs_dir: Path,
+    render: Callable[[], object],
+) -> None:  # fmt: skip
+    """Print the table of `list`: `render()` gives it, for `rows`, as a rich renderable."""
+    print_cached(
+        make_console, library, lambda: list_key(rows, library, runs_dir), lambda: (render(), [])
+    )

@@ -37,15 +37,6 @@ from repro.lab.runs import new_stamp, partial_dir, publish, remove_stale_partial
 from repro.lab.settings import config_problems, device_limit, is_parallel
 from repro.lab.threads import torch_threads
 
-RUNS_ENV = "PAPERLAB_RUNS"
-
-
-def default_runs_dir(papers_dir: Path) -> Path:
-    """`$PAPERLAB_RUNS`, else `runs/` beside the papers folder."""
-    env = os.environ.get(RUNS_ENV)
-    return Path(env) if env else papers_dir.resolve().parent / "runs"
-
-
 # --- configuration -------------------------------------------------------------------------
 
 
@@ -689,24 +680,3 @@ def _save(report: RunReport, tmp: Path, quick: bool, overrides: tuple[str, ...])
     ]
     (tmp / "log.txt").write_text("\n".join(log) + "\n", encoding="utf-8")
     return publish(tmp, new_stamp())
-
-
-def latest_results(runs_dir: Path, slug: str) -> dict[str, ClaimResult]:
-    """The newest stored result of each claim of `slug` (torch-free)."""
-    latest: dict[str, ClaimResult] = {}
-    folder = runs_dir / slug
-    if not folder.is_dir():
-        return latest
-    runs = (p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
-    for run in sorted(runs, reverse=True):
-        try:
-            rows = json.loads((run / "claims.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for row in rows:
-            if row.get("id") not in latest:
-                try:
-                    latest[row["id"]] = ClaimResult.from_json(row)
-                except (KeyError, TypeError, ValueError):
-                    continue
-    return latest

@@ -17,9 +17,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from repro.lab.claims import ClaimResult
 from repro.lab.errors import BadOption
 
+RUNS_ENV = "PAPERLAB_RUNS"
 PARTIAL_PREFIX = ".partial-"
+
+
+def default_runs_dir(papers_dir: Path) -> Path:
+    """`$PAPERLAB_RUNS`, else `runs/` beside the papers folder."""
+    env = os.environ.get(RUNS_ENV)
+    return Path(env) if env else papers_dir.resolve().parent / "runs"
 
 
 def partial_dir(runs_dir: Path, slug: str) -> Path:
@@ -109,6 +117,27 @@ class StoredRun:
         if full:
             out |= {"config": self.config, "metrics": self.metrics, "claims": self.claims}
         return out
+
+
+def latest_results(runs_dir: Path, slug: str) -> dict[str, ClaimResult]:
+    """The newest stored result of each claim of `slug`."""
+    latest: dict[str, ClaimResult] = {}
+    folder = runs_dir / slug
+    if not folder.is_dir():
+        return latest
+    runs = (p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+    for run in sorted(runs, reverse=True):
+        try:
+            rows = json.loads((run / "claims.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for row in rows:
+            if row.get("id") not in latest:
+                try:
+                    latest[row["id"]] = ClaimResult.from_json(row)
+                except (KeyError, TypeError, ValueError):
+                    continue
+    return latest
 
 
 def _read_json(path: Path, default: Any) -> Any:

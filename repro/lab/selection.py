@@ -85,7 +85,7 @@ def keyword_matcher(expr: str) -> Callable[[str], bool]:
 def last_failures(runs_dir: Path, papers: list[Paper]) -> dict[str, tuple[str, ...]]:
     """slug -> ids of the claims (still in the note) whose newest stored result failed or
     errored; papers without such a claim are absent."""
-    from repro.lab.runner import latest_results
+    from repro.lab.runs import latest_results
 
     found = {}
     for paper in papers:

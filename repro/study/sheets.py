@@ -227,7 +227,7 @@ def paper_sheet(
 
     `link` gives the href of a related paper that is in `library` (a sibling page, an anchor
     in the same document, or by default its arXiv page)."""
-    from repro.lab.runner import latest_results
+    from repro.lab.runs import latest_results
     from repro.study.mathcheck import math_budget_problem, within_math_budget
 
     if not within_math_budget(paper.note.model_dump()):  # converting it all would take minutes

@@ -468,15 +468,83 @@ def test_an_unwritable_cache_is_no_cache(
     assert show("toy") == show("toy") == uncached(monkeypatch, "toy")
 
 
-def test_a_console_that_is_not_utf8_is_not_keyed() -> None:
-    import io
+class Stream:
+    """An output stream as rich sees one: a terminal or not, in an encoding."""
 
+    def __init__(self, terminal: bool, encoding: str = "utf-8") -> None:
+        self.terminal, self.encoding = terminal, encoding
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_an_output_that_is_not_utf8_or_may_be_jupyter_is_not_keyed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import builtins
+
+    assert show_cache.terminal_state(Stream(False, "latin-1")) is None
+    assert show_cache.terminal_state(Stream(False, "UTF_8")) is not None
+    monkeypatch.setattr(builtins, "get_ipython", lambda: None, raising=False)
+    assert show_cache.terminal_state(Stream(False)) is None
+
+
+TERMINAL_ENVIRONMENTS = [
+    {},
+    {"TERM": "xterm-256color"},
+    {"TERM": "xterm", "COLORTERM": "truecolor"},
+    {"TERM": "dumb"},
+    {"TERM": "UNKNOWN"},
+    {"FORCE_COLOR": "1"},
+    {"FORCE_COLOR": ""},
+    {"FORCE_COLOR": "1", "TERM": "dumb"},
+    {"FORCE_COLOR": "1", "TTY_COMPATIBLE": "0"},
+    {"FORCE_COLOR": "", "TTY_COMPATIBLE": "1"},
+    {"TTY_COMPATIBLE": "2", "TERM": "xterm-256color"},
+    {"NO_COLOR": "1", "TERM": "xterm-256color"},
+    {"COLUMNS": "100"},
+    {"LINES": "40"},
+    {"COLUMNS": "wide"},
+    {"TTY_INTERACTIVE": "0", "TERM": "xterm-256color"},
+]
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["piped", "a terminal"])
+@pytest.mark.parametrize("env", TERMINAL_ENVIRONMENTS, ids=lambda e: repr(e) if e else "bare")
+def test_the_key_is_what_rich_reads(
+    env: dict, terminal: bool, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`colour_possible` gives rich's own answer, and two outputs rich sets up differently (as
+    console() sets it up) have different keys."""
     from rich.console import Console
 
-    latin = io.TextIOWrapper(io.BytesIO(), encoding="latin-1")
-    assert show_cache.console_state(Console(file=latin)) is None
-    assert show_cache.console_state(Console(file=io.StringIO(), force_jupyter=True)) is None
-    assert show_cache.console_state(Console(file=io.StringIO())) is not None
+    from repro.cli.common import console
+
+    seen: dict[str, tuple] = {}
+    for environment in ({}, env):  # the bare one, then this one: they must differ as rich does
+        for name in show_cache.ENVIRONMENT:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        stream = Stream(terminal)
+        monkeypatch.setattr(sys, "stdout", stream)
+        state = show_cache.terminal_state()
+        assert state is not None and state == show_cache.terminal_state(stream)
+        rich_console = console()
+        assert rich_console.file is stream
+        assert show_cache.colour_possible(state) is (Console(file=stream).color_system is not None)
+        assert show_cache.colour_possible(state) is (rich_console.color_system is not None)
+        size = rich_console.size
+        made = (size.width, size.height, rich_console.color_system, rich_console.no_color,
+                rich_console.is_terminal, rich_console.is_interactive)  # fmt: skip
+        key = json.dumps(state, sort_keys=True)
+        assert seen.setdefault(key, made) == made  # equal keys: equal consoles
 
 
 # --- a warm show in a fresh process -----------------------------------------------------------
@@ -514,3 +582,96 @@ print(sorted(m for m in heavy if m in sys.modules))
     *again, imported = warm.stdout.splitlines()
     assert imported == "[]"
     assert again == shown and "核心问题" in warm.stdout  # another process, the same text
+
+
+# --- list -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tables(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of rows of each table `list` lays out (a hit lays out none)."""
+    from repro.cli import notes
+
+    calls: list[int] = []
+    real = notes.listing_table
+
+    def counted(rows: list[dict]):
+        calls.append(len(rows))
+        return real(rows)
+
+    monkeypatch.setattr(notes, "listing_table", counted)
+    return calls
+
+
+def listing(*args: str, env: dict | None = None) -> str:
+    result = CliRunner().invoke(cli, ["list", *args], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_a_repeated_list_is_a_hit_that_equals_a_fresh_render(
+    cache_dir: Path, tables: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAPERLAB_PAPERS", str(REPO / "papers"))
+    monkeypatch.setenv("PAPERLAB_RUNS", str(REPO / "runs"))
+    for env in (PLAIN, COLOUR, {"COLUMNS": "90"}):
+        first = listing(env=env)
+        count = len(tables)
+        assert listing(env=env) == first and len(tables) == count  # a hit
+        with monkeypatch.context() as m:
+            m.setattr(show_cache, "list_key", lambda *a: None)
+            assert listing(env=env) == first  # what rich prints itself
+    assert len(tables) == 6 and tables[0] == len(Library(REPO / "papers").papers)
+    assert listing("--tag", "no-such-tag") != listing()  # other rows, another render
+    plain, colour = listing(env=PLAIN), listing(env=COLOUR)
+    assert "\x1b" not in plain and "\x1b[" in colour
+
+
+def test_a_new_run_or_an_edited_title_lists_again(library_dir: Path, cache_dir: Path, tables):
+    assert "5 not yet run" in listing() and "Toy: a paper for tests" in listing()
+    run = Path(os.environ["PAPERLAB_RUNS"]) / "toy" / "20260101T000000000000Z"
+    run.mkdir(parents=True)
+    result = ClaimResult(
+        paper="toy", id="two-plus-two", statement="Two plus two is four.", kind="derived",
+        expected=4, tolerance="exact", verdict=Verdict.VERIFIED, measured=4,
+        when="2026-01-01T00:00:00Z",
+    )  # fmt: skip
+    (run / "claims.json").write_text(json.dumps([result.to_json()]))
+    assert "4 not yet run, 1 verified" in listing() and len(tables) == 2
+    note = library_dir / "toy" / "note.yaml"
+    note.write_text(note.read_text().replace('title: "Toy:', 'title: "Tay:'))
+    assert "Tay: a paper for tests" in listing() and len(tables) == 3
+    listing()
+    assert len(tables) == 3
+
+
+def test_an_escape_injected_into_a_stored_list_is_refused(
+    library_dir: Path, cache_dir: Path, tables: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    good = listing()
+    entry = only_entry(cache_dir)
+    payload = (entry / show_cache.PAYLOAD).read_bytes()
+    rewrite(entry, with_output(payload, lambda text: "\x1b]0;pwned\x07" + text), sign=True)
+    with caplog.at_level(logging.WARNING, logger="repro.cli.show_cache"):
+        assert listing() == good
+    assert "holds control characters or escape sequences" in caplog.records[0].getMessage()
+    assert len(tables) == 2
+
+
+def test_a_warm_list_imports_no_rich(library_dir: Path, cache_dir: Path) -> None:
+    script = """
+import sys
+from paperlab import cli
+try:
+    cli.main(["list"], prog_name="paperlab", standalone_mode=False)
+except SystemExit:
+    pass
+print(sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("rich", "pydantic")}))
+"""
+    cold = run_python(script)
+    assert cold.returncode == 0, cold.stderr
+    *shown, imported = cold.stdout.splitlines()
+    assert imported == "['pydantic', 'rich']"
+    warm = run_python(script)
+    *again, imported = warm.stdout.splitlines()
+    assert imported == "[]" and again == shown and "Toy: a paper for tests" in warm.stdout

@@ -9,7 +9,8 @@ import pytest
 from repro.lab.claims import Verdict
 from repro.lab.errors import BadOption
 from repro.lab.library import Library
-from repro.lab.runner import latest_results, make_config, run_paper
+from repro.lab.runner import make_config, run_paper
+from repro.lab.runs import latest_results
 
 
 @pytest.fixture
