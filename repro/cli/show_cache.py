@@ -39,7 +39,8 @@ runs folder holding a FIFO or device where a run file is read.
 An entry verifies as every cache entry does (regular files whose SHA-256 match `entry.json`);
 its text must hold no control character but newline and tab, and no escape sequence but the
 SGR colours (`ESC [ … m`) and the OSC 8 hyperlinks of rich's Markdown links, and these only
-when rich would give the console colours (`colour_possible`). Anything else is one warning line and a fresh render.
+when rich would give the console colours (`colour_possible`). Anything else is one warning
+line and a fresh render.
 """
 
 from __future__ import annotations
