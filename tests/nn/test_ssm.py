@@ -235,6 +235,29 @@ def test_chunked_scan_gradients_equal_loop_gradients(group_elements: int) -> Non
         torch.testing.assert_close(g_chunked, g_ref, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize(("with_h0", "zoh", "selective"), [(True, False, True), (True, True, True),
+                                                          (False, False, False)])  # fmt: skip
+def test_chunked_scan_in_place_equals_the_autograd_path(
+    with_h0: bool, zoh: bool, selective: bool, group_elements: int
+) -> None:
+    """Without autograd the group's temporaries are updated in place; with it, not: the same
+    arithmetic in the same order, so the same bits, and the inputs are left as they were."""
+    inputs = _inputs(2, 23, 3, 4, selective, seed=11)
+    inputs = inputs[:7] + (inputs[7] if with_h0 else None,)
+    before = [t.clone() if t is not None else None for t in inputs]
+    disc = "zoh" if zoh else "simplified"
+    y_in_place, h_in_place = selective_scan_chunked(*inputs, disc, chunk=4)
+    with torch.no_grad():
+        y_no_grad, _ = selective_scan_chunked(*inputs, disc, chunk=4)
+    tracked = [t.clone().requires_grad_() if t is not None else None for t in inputs]
+    y_tracked, h_tracked = selective_scan_chunked(*tracked, disc, chunk=4)
+    assert y_tracked.requires_grad and not y_in_place.requires_grad
+    assert torch.equal(y_in_place, y_tracked.detach()) and torch.equal(y_no_grad, y_in_place)
+    assert torch.equal(h_in_place, h_tracked.detach())
+    for old, new in zip(before, inputs, strict=True):
+        assert (old is None and new is None) or torch.equal(old, new)
+
+
 def test_chunked_scan_gradcheck(group_elements: int) -> None:
     inputs = [t.requires_grad_() for t in _inputs(1, 6, 2, 2, seed=7)]
     assert torch.autograd.gradcheck(
