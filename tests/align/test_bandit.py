@@ -177,3 +177,68 @@ def test_rl_follows_its_own_generator_and_names_the_softmax_dim():
         runs.append((logp, [h["kl_k1"] for h in history]))
     assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
     assert not torch.equal(runs[0][0], runs[2][0])
+
+
+def _rl_by_hand(bandit, reward, beta, iterations, samples, epochs, lr, clip, seed):
+    """PPO on the bandit written out: the clipped surrogate's gradient with respect to the
+    logits by hand (d log π(y)/dθ_j = 1{j = y} − π_j), and Adam (Kingma & Ba, Alg. 1; β₁ = 0.9,
+    β₂ = 0.999, ε = 1e-8) with the step size lr/√(1 + t/20) of iteration t. Only the sampling
+    is shared with `rl` (torch.multinomial on a generator of the same seed)."""
+    g = torch.Generator().manual_seed(seed)
+    theta = bandit.logp_sft.clone()
+    m, v, step = torch.zeros_like(theta), torch.zeros_like(theta), 0
+    X = theta.shape[0]
+    history = []
+    for t in range(iterations):
+        p = torch.exp(theta - torch.logsumexp(theta, -1, keepdim=True))
+        y = torch.multinomial(p, samples, replacement=True, generator=g)
+        logp_old = torch.log(p.gather(1, y))
+        logp_ref = bandit.logp_sft.gather(1, y)
+        r = reward.gather(1, y) - beta * (logp_old - logp_ref)
+        adv = r - r.mean(1, keepdim=True)
+        k1 = logp_old - logp_ref
+        kl = (p * (torch.log(p) - bandit.logp_sft)).sum(-1).mean()
+        history.append((float(kl), float(k1.mean()), float((k1 < 0).double().mean())))
+        for _ in range(epochs):
+            q = torch.exp(theta - torch.logsumexp(theta, -1, keepdim=True))
+            rho = q.gather(1, y) / p.gather(1, y)
+            in_range = (rho >= 1 - clip) & (rho <= 1 + clip)
+            unclipped_smaller = rho * adv < rho.clamp(1 - clip, 1 + clip) * adv
+            coef = -(adv * rho) * (in_range | unclipped_smaller) / (X * samples)  # dL/d log π
+            grad = torch.zeros_like(theta).scatter_add(1, y, coef) - q * coef.sum(1, keepdim=True)
+            step += 1
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad**2
+            size = lr / (1 + t / 20) ** 0.5
+            theta = theta - size / (1 - 0.9**step) * m / (
+                v.sqrt() / (1 - 0.999**step) ** 0.5 + 1e-8
+            )
+    return theta - torch.logsumexp(theta, -1, keepdim=True), history
+
+
+def test_rl_is_ppo_with_adam_step_for_step():
+    """Every argument set (β > 0, so the KL penalty acts from the second iteration on; a clip
+    small enough to bind), then the defaults, against the written-out reference."""
+    bandit = Bandit(BanditConfig(n_prompts=3, n_responses=5, seed=4))
+    reward = bandit.gold + 0.3 * bandit.phi[..., 1]
+    cases = [
+        dict(beta=0.7, iterations=6, samples=7, epochs=3, lr=0.3, clip=0.05, seed=2),
+        dict(beta=0.2, iterations=300, samples=64, epochs=2, lr=0.05, clip=0.2, seed=0),
+    ]
+    for case in cases:
+        if case["iterations"] == 300:  # the documented defaults
+            logp, history = rl(bandit, reward, case["beta"])
+        else:
+            logp, history = rl(bandit, reward, **case)
+        want_logp, want_history = _rl_by_hand(bandit, reward, **case)
+        torch.testing.assert_close(logp, want_logp, rtol=0, atol=1e-9)
+        got = [(h["kl_exact"], h["kl_k1"], h["k1_negative"]) for h in history]
+        assert len(got) == len(want_history)
+        for a, b in zip(got, want_history, strict=True):
+            assert all(abs(x - y) < 1e-9 for x, y in zip(a, b, strict=True)), (a, b)
+    assert total_variation(logp, bandit.logp_sft) > 0.05  # the policy moved
+    # The default clip, in steps large enough for it to bind (a wider clip gives another policy).
+    binding = dict(beta=0.5, iterations=4, samples=16, epochs=4, lr=0.5, seed=1)
+    logp, _ = rl(bandit, reward, **binding)
+    torch.testing.assert_close(logp, _rl_by_hand(bandit, reward, **binding, clip=0.2)[0])
+    assert total_variation(logp, rl(bandit, reward, **binding, clip=0.6)[0]) > 0.01
