@@ -154,7 +154,7 @@ def has_number(claim: Claim) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-_NUMBER_RE = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s*([KMBT%×x]?)(?![\w])")
+_NUMBER_RE = re.compile(r"(?<![\w.])(\d(?:[\d,]*\d)?(?:\.\d+)?)\s*([KMBT%×x]?)(?![\w])")
 _SCALE = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12, "%": 0.01, "×": 1, "x": 1}
 
 

@@ -349,7 +349,7 @@ def text_problems(text: str) -> list[tuple[int, str]]:
             if why:
                 problems.append((seg.start, why))
         elif seg.kind == "text" and "$" in seg.body.replace("\\$", ""):
-            offset = seg.start + seg.body.index("$")
+            offset = seg.start + re.search(r"(?<!\\)\$", seg.body).start()  # not a `\$`
             problems.append((offset, "unmatched $ (math spans are $…$ with no space inside)"))
     return problems
 

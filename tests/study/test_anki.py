@@ -416,3 +416,261 @@ def test_card_text_is_escaped_html_and_math_keeps_its_characters(two_papers: Pat
     )
     assert "<script>" not in card.front and "<b>" not in card.front
     assert "&lt;script&gt;" in card.front and "&amp;" in card.front
+
+
+# --- the paths the real exports take: zh decks, numbering, key formulas, hostile text ----------
+
+TOY = REPO / "tests" / "fixtures" / "library" / "toy"
+HOSTILE = '<script>alert(1)</script> <img src=x onerror="alert(2)"> & "q" \'s\''
+
+
+def _toy_paper(tmp_path: Path, edit, slug: str = "toy"):
+    """The toy note with `edit(note_dict)` applied, loaded through a real Library."""
+    import yaml
+
+    note = yaml.safe_load((TOY / "note.yaml").read_text(encoding="utf-8"))
+    edit(note)
+    folder = tmp_path / "lib" / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(TOY / "repro.py", folder / "repro.py")
+    (folder / "note.yaml").write_text(yaml.safe_dump(note, allow_unicode=True), encoding="utf-8")
+    return Library(tmp_path / "lib").get(slug)
+
+
+def _three_contributions(note: dict) -> None:
+    note["short_title"] = "Toy & <Co>"
+    note["contributions"] = [
+        {"id": "c-one", "text": "Low-rank update: freeze $W_0$ and learn $BA$."},
+        {"id": "c-two", "text": "Update $W_0 + BA$: merged after training, no latency."},
+        {"id": "c-three", "text": "A very long opening clause that runs on for more than eight "
+                                  "words: the rest."},
+    ]  # fmt: skip
+    note["zh"] = {
+        "short_title": "玩具 <论文>",
+        "contributions": ["低秩增量：冻结权重", "合并权重：推理无延迟", "子空间分析：秩很小也够"],
+    }
+
+
+def test_contribution_cards_number_name_and_cue_in_each_language(tmp_path: Path) -> None:
+    """A contribution card's front: `[display name] label i/n: cue …?`, the name the zh short
+    title in Chinese (escaped), the separator a full-width colon in Chinese, the cue the words
+    before the first colon (or the first five words, math elided, when that is long or math)."""
+    paper = _toy_paper(tmp_path, _three_contributions)
+    en = [c.front for c in paper_cards(paper) if c.kind == "contribution"]
+    assert en == [
+        "[Toy &amp; &lt;Co&gt;] Three contributions 1/3: Low-rank update …?",
+        "[Toy &amp; &lt;Co&gt;] Three contributions 2/3: Update …: merged after training, …?",
+        "[Toy &amp; &lt;Co&gt;] Three contributions 3/3: A very long opening clause …?",
+    ]
+    zh = [c for c in paper_cards(paper, "zh") if c.kind == "contribution"]
+    assert [c.front for c in zh] == [
+        "[玩具 &lt;论文&gt;] 核心贡献 1/3：低秩增量 …?",
+        "[玩具 &lt;论文&gt;] 核心贡献 2/3：合并权重 …?",
+        "[玩具 &lt;论文&gt;] 核心贡献 3/3：子空间分析 …?",
+    ]
+    assert [c.back for c in zh] == ["<p>低秩增量：冻结权重</p>", "<p>合并权重：推理无延迟</p>",
+                                    "<p>子空间分析：秩很小也够</p>"]  # fmt: skip
+    assert all(c.translated and c.source == "核心贡献" for c in zh)
+    # the other zh cards name the paper the same way and use the zh labels
+    by_kind = {c.kind: c for c in paper_cards(paper, "zh")}
+    assert "[玩具 &lt;论文&gt;] 深度技术细节：" in by_kind["deep-dive"].front
+    assert "[玩具 &lt;论文&gt;] 回答框架" in by_kind["outline"].front
+
+
+def test_chinese_answers_are_shortened_at_a_chinese_full_stop() -> None:
+    """A long Chinese answer (no spaces, counted two characters a word) starts with its first
+    sentence, cut after `。`, `！` or `？`; odd counts of characters round up."""
+    first = "低秩增量只改变很少的参数。"
+    rest = "训练时冻结原始权重，只学习两个小矩阵，推理时把它们合并回原权重，因此没有额外延迟。" * 4
+    assert word_count(first + rest) > 60
+    assert short_answer(first + rest) == first
+    assert short_answer("真的吗？" + rest) == "真的吗？"
+    assert short_answer("当然！" + rest) == "当然！"
+    assert word_count("注意力") == 2 and word_count("注") == 1 and word_count("LoRA 低秩适配") == 3
+    assert word_count("a b c") == 3 and word_count("") == 0
+
+
+def test_a_long_answer_card_shows_the_short_answer_then_all_of_it(tmp_path: Path) -> None:
+    """The back of a long answer's card: the first sentence in `.short`, then the whole answer
+    in `.full` (nothing cut); a short answer is the whole answer alone."""
+    long_answer = "It adds nothing at inference. " + "The merged weight has one shape. " * 12
+
+    def edit(note: dict) -> None:
+        note["interview"]["questions"] = [
+            {"id": "long", "question": "Why no latency?", "answer": long_answer},
+            {"id": "short", "question": "Rank?", "answer": "At most r."},
+            {
+                "id": "zh-long",
+                "question": "为什么？",
+                "answer": "因为合并了。" + "推理时没有额外的计算量。" * 10,
+            },
+        ]
+
+    cards = {c.key: c for c in paper_cards(_toy_paper(tmp_path, edit))}
+    back = cards["question:long"].back
+    assert back.startswith('<div class="short">It adds nothing at inference.</div>')
+    full = back[back.index('<div class="full">') :]
+    assert full.count("The merged weight has one shape.") == 12
+    assert cards["question:short"].back == "<p>At most r.</p>"
+    assert cards["question:zh-long"].back.startswith('<div class="short">因为合并了。</div>')
+
+
+def _formulas(note: dict, codes: tuple) -> None:
+    note["formulas"] = [
+        {"id": f"f{n}", "name": f"Formula {n}", "latex": f"y_{n} = a + {n}",
+         "meaning": f"meaning {n}", **({"code": code} if code else {})}
+        for n, code in enumerate(codes, 1)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("codes", "keys"),
+    [
+        ((None, "repro/nn/lora.py::merge_lora", None, "repro/nn/lora.py::LoRALinear"),
+         ["cloze:f2", "cloze:f4"]),
+        ((None, None, None), ["cloze:f1"]),
+    ],
+)  # fmt: skip
+def test_a_cloze_per_formula_that_names_its_code_else_the_first(
+    tmp_path: Path, codes: tuple, keys: list
+) -> None:
+    paper = _toy_paper(tmp_path, lambda note: _formulas(note, codes))
+    clozes = [c for c in paper_cards(paper) if c.kind == "cloze"]
+    assert [c.key for c in clozes] == keys
+    for card in clozes:
+        n = int(card.key.removeprefix("cloze:f"))
+        assert card.front == f"[TOY] Formula {n}<br>\\[y_{n} = {{{{c1::a + {n}}}}}\\]".replace(
+            "[TOY]", "[Toy: a paper for tests]"
+        )
+        code = codes[n - 1]
+        assert card.back == f"<p>meaning {n}</p>" + (f"<p><code>{code}</code></p>" if code else "")
+    assert [c.key for c in paper_cards(paper) if c.kind == "formula"] == [
+        f"formula:f{n}" for n in range(1, len(codes) + 1)
+    ]
+
+
+def test_zh_formula_cards_are_marked_unless_their_text_is_chinese(tmp_path: Path) -> None:
+    """Formulas are never translated: a zh formula card counts as translated only when its
+    name or meaning is written in Chinese; the others carry 【英文原文】 and the tag, or are left
+    out with only_translated — in the package and the TSV alike."""
+
+    def edit(note: dict) -> None:
+        _formulas(note, (None, None, None))
+        note["formulas"][1]["name"] = "缩放点积注意力"
+        note["formulas"][2]["meaning"] = "每个符号的含义"
+
+    paper = _toy_paper(tmp_path, edit)
+    cards = {c.key: c for c in paper_cards(paper, "zh")}
+    assert not cards["formula:f1"].translated and cards["formula:f1"].front.startswith(
+        '<span class="untranslated">【英文原文】</span> '
+    )
+    assert cards["formula:f2"].translated and cards["formula:f3"].translated
+    assert "【英文原文】" not in cards["formula:f2"].front + cards["formula:f3"].front
+    assert all(c.translated for c in paper_cards(paper, "en"))
+    only = {c.key for c in paper_cards(paper, "zh", only_translated=True)}
+    assert "formula:f2" in only and "formula:f3" in only and "formula:f1" not in only
+    assert only == {k for k, c in cards.items() if c.translated}
+
+
+def test_only_translated_reaches_the_package_and_the_tsv(two_papers: Path, tmp_path: Path) -> None:
+    """`--only-translated` (Request.only_translated) leaves the untranslated zh cards out of
+    both exports: the package's notes and the TSV's rows are exactly the translated cards."""
+    import csv
+    import io
+
+    papers = [Library(two_papers).get("transformer")]
+    every = paper_cards(papers[0], "zh")
+    kept = [c for c in every if c.translated]
+    assert 0 < len(kept) < len(every), "the paper needs both kinds of card"
+    want = {card_guid("transformer", c.key, "zh") for c in kept}
+    out = tmp_path / "zh.apkg"
+    report = write_apkg(papers, out, "zh", only_translated=True)
+    rows = notes_in(out, tmp_path)
+    assert {g for g, _, _ in rows} == want == set(report.guids)
+    assert not any("untranslated" in tags.split() for _, _, tags in rows)
+    tsv = render_tsv(papers, "zh", only_translated=True).split("\n", 5)[5]
+    assert {r[0] for r in csv.reader(io.StringIO(tsv), delimiter="\t")} == want
+    # through publish, as `paperlab sheet --format anki --lang zh --only-translated` does
+    target = tmp_path / "p.apkg"
+    request = Request(("transformer",), fmt="anki", lang="zh", output=target, only_translated=True)
+    publish(Library(two_papers), tmp_path / "runs", request)
+    (tmp_path / "p").mkdir()
+    assert {g for g, _, _ in notes_in(target, tmp_path / "p")} == want
+
+
+def _hostile_everywhere(note: dict) -> None:
+    """Every text field of the note that a card shows holds markup and a script."""
+    note["title"] = "Title " + HOSTILE
+    note["short_title"] = "Short " + HOSTILE
+    note["contributions"] = [
+        {"id": f"c{n}", "text": f"Part {n}: {HOSTILE} [x](javascript:alert(3))"} for n in range(3)
+    ]
+    note["formulas"] = [
+        {"id": "f", "name": "Name " + HOSTILE, "latex": r"a<b \;\&\; c>d = \text{</span>}",
+         "meaning": "Meaning " + HOSTILE, "code": "repro/nn/lora.py::merge_lora"}
+    ]  # fmt: skip
+    iv = note["interview"]
+    iv["questions"] = [
+        {"id": "q1", "question": "Q " + HOSTILE, "answer": "A " + HOSTILE},
+        {"id": "q2", "question": "Q2", "answer": ("Long. " + HOSTILE + " ") * 12},
+    ]
+    iv["deep_dive"] = {"topic": "Topic " + HOSTILE, "explanation": "Expl " + HOSTILE}
+    iv["answer_outline"] = {
+        "background": "B " + HOSTILE, "innovation": "I " + HOSTILE, "details": "D " + HOSTILE,
+        "impact": "M " + HOSTILE, "follow_ups": ["F " + HOSTILE, "<b onclick=x()>bold</b>"],
+    }  # fmt: skip
+    note["zh"] = {
+        "short_title": "中文 " + HOSTILE,
+        "contributions": [f"贡献 {n}：{HOSTILE}" for n in range(3)],
+        "interview": {
+            "questions": [{"id": "q1", "question": "问 " + HOSTILE, "answer": "答 " + HOSTILE},
+                          {"id": "q2", "question": "问二", "answer": "答二"}],
+            "deep_dive": {"topic": "题 " + HOSTILE, "explanation": "释 " + HOSTILE},
+        },
+    }  # fmt: skip
+
+
+def _markup(html: str) -> tuple[set[str], list[tuple[str, str]]]:
+    """The element names and (attribute, value) pairs of an HTML fragment, as a browser's
+    parser sees them."""
+    from html.parser import HTMLParser
+
+    tags: set[str] = set()
+    attrs: list[tuple[str, str]] = []
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, a):
+            tags.add(tag)
+            attrs.extend((k, v or "") for k, v in a)
+
+    parser = P()
+    parser.feed(html)
+    parser.close()
+    return tags, attrs
+
+
+SAFE_CARD_TAGS = {"p", "div", "span", "b", "br", "ol", "ul", "li", "code", "em", "strong", "a"}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_hostile_note_text_reaches_no_card_field_as_markup(tmp_path: Path, lang: str) -> None:
+    """Every field of every card, in the package and the TSV: only the cards' own tags, no
+    `on*` attribute, no `javascript:` link; the hostile text is still there, as text."""
+    import csv
+    import io
+
+    paper = _toy_paper(tmp_path, _hostile_everywhere)
+    out = tmp_path / "h.apkg"
+    write_apkg([paper], out, lang)
+    fields = [f for _, flds, _ in notes_in(out, tmp_path) for f in flds.split("\x1f")]
+    tsv = render_tsv([paper], lang).split("\n", 5)[5]
+    fields += [cell for row in csv.reader(io.StringIO(tsv), delimiter="\t") for cell in row[1:3]]
+    assert len(fields) > 40
+    for field in fields:
+        tags, attrs = _markup(field)
+        assert tags <= SAFE_CARD_TAGS, (tags, field)
+        assert all(not k.startswith("on") for k, _ in attrs), field
+        assert all("javascript" not in v.lower() for _, v in attrs), field
+    joined = "\n".join(fields)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in joined and "onerror" in joined
+    assert "\\[a&lt;b \\;\\&amp;\\; c&gt;d" in joined  # the formula's own `<`, escaped

@@ -315,3 +315,191 @@ def test_a_summary_round_times_five_minutes_and_reveals_the_contributions(study:
     assert "+20 s over" in result.output
     (review,) = _reviews(study)
     assert review["key"] == "beta:summary:summary" and review["beats"] == [["summary", 300, 320.0]]
+
+
+# --- the schedule's levels, the order of a round, the numbers drill's units -------------------
+
+
+def test_again_comes_back_in_ten_minutes_and_good_graduates_to_days() -> None:
+    """The documented schedule: one 10-minute (re)learning step, no fuzzing. Checked against
+    the fsrs package's own scheduler set up that way, over a chain of reviews long enough for
+    fuzzing to move a due date."""
+    from fsrs import Scheduler
+
+    sched = drill.scheduler()
+    again, _ = sched.review_card(Card(), Rating.Again, START)
+    assert again.due == START + timedelta(minutes=10)
+    good, _ = sched.review_card(Card(), Rating.Good, START)
+    assert timedelta(days=1) <= good.due - START <= timedelta(days=7)
+    # a card in review that is forgotten relearns in 10 minutes
+    lapsed, _ = sched.review_card(good, Rating.Again, good.due)
+    assert lapsed.due == good.due + timedelta(minutes=10)
+    step = [timedelta(minutes=10)]
+    reference = Scheduler(learning_steps=step, relearning_steps=step, enable_fuzzing=False)
+    ours, theirs, when = Card(), Card(), START
+    for grade in (Rating.Good, Rating.Easy, Rating.Good, Rating.Easy, Rating.Good):
+        ours, _ = sched.review_card(ours, grade, when)
+        theirs, _ = reference.review_card(theirs, grade, when)
+        assert ours.due == theirs.due
+        when = ours.due
+    assert ours.due - START > timedelta(days=60)  # long enough that fuzzing would show
+
+
+def _item(key: str, priority: str, order: int = 0) -> drill.Item:
+    slug = key.split(":")[0]
+    return drill.Item(key, slug, "question", key, slug, priority, order, "?")
+
+
+def test_pick_takes_due_items_by_priority_then_due_date_then_new_ones() -> None:
+    """Lopsided on purpose: the oldest due item is a `further` one, the newest a must-know."""
+    from types import SimpleNamespace
+
+    items = [
+        _item("p:question:core-recent", "core"),
+        _item("p:question:must-recent", "must-know"),
+        _item("p:question:core-old", "core"),
+        _item("p:question:further-oldest", "further"),
+        _item("p:question:not-due", "must-know"),
+        _item("q:question:new-core-late", "core", order=3),
+        _item("p:question:new-core", "core", order=7),
+        _item("q:question:new-core-early", "core", order=1),
+        _item("q:question:new-must", "must-know", order=9),
+    ]
+    due_in = {"core-recent": -1, "must-recent": -0.1, "core-old": -48, "further-oldest": -72,
+              "not-due": 5}  # fmt: skip
+    cards = {i.key: None for i in items}
+    for name, hours in due_in.items():
+        cards[f"p:question:{name}"] = SimpleNamespace(due=START + timedelta(hours=hours))
+    order = {"p": 0, "q": 1}
+    picked = [i.key.split(":")[2] for i in drill.pick(items, cards, START, 20, False, order)]
+    assert picked == [
+        "must-recent", "core-old", "core-recent", "further-oldest",
+        "new-must", "new-core", "new-core-early", "new-core-late",
+    ]  # fmt: skip
+    due = drill.pick(items, cards, START, 20, True, order)
+    assert [i.key.split(":")[2] for i in due] == picked[:4]
+    assert [i.key.split(":")[2] for i in drill.pick(items, cards, START, 2, False, order)] == [
+        "must-recent", "core-old"
+    ]  # fmt: skip
+
+
+def test_the_round_reports_the_earliest_next_due_item(study: Path) -> None:
+    """Graded "again" then "good": the next item due is the first, ten minutes after its
+    review (the round takes 215 s an item, so it is not due yet when the round ends)."""
+    script = [f"clock {START.isoformat()}", *QUESTION, "grade 1", *QUESTION, "grade 3"]
+    out = json.loads(_drill(study, script, "-n", "2").stdout)
+    first_at = START + timedelta(seconds=20 + 70 + 100 + 25)
+    assert datetime.fromisoformat(out["next_due"]) == first_at + timedelta(minutes=10)
+
+
+@pytest.mark.parametrize(
+    ("typed", "value"),
+    [("1.5M", 1.5e6), ("12K", 12_000), ("7B", 7e9), ("2T", 2e12), ("45%", 0.45), ("256×", 256),
+     ("256x", 256), ("1,024", 1024), ("1_000", 1000), (" 3.5 ", 3.5), ("-2", -2)],
+)  # fmt: skip
+def test_typed_numbers_carry_their_scale(typed: str, value: float) -> None:
+    assert drill.parse_number(typed) == pytest.approx(value, rel=1e-12)
+
+
+@pytest.mark.parametrize("typed", ["nan", "inf", "-inf", "", "M", "12 apples", "1e999"])
+def test_typed_text_that_is_no_finite_number_is_none(typed: str) -> None:
+    assert drill.parse_number(typed) is None
+
+
+def test_a_percentage_or_a_scaled_answer_is_graded_against_the_claim() -> None:
+    pct = Claim(id="acc", statement="Accuracy reaches 91.2% on MNLI.", source="T2",
+                kind="cited", expected=0.912, why="needs the full run")  # fmt: skip
+    assert drill.grade_number(pct, "91.2%")[0] and drill.grade_number(pct, "0.912")[0]
+    assert not drill.grade_number(pct, "80%")[0]
+    # a cited claim is graded at ±5 %
+    assert drill.grade_number(pct, "0.95")[0] and not drill.grade_number(pct, "0.97")[0]
+    big = Claim(id="n", statement="GPT-3 has 175B parameters.", source="§2", kind="derived",
+                expected=175e9, tolerance={"rel": 0.01})  # fmt: skip
+    assert drill.grade_number(big, "175B") == (True, 175e9)
+    assert not drill.grade_number(big, "175M")[0]
+
+
+def test_the_prompt_masks_only_numbers_within_two_percent_of_the_answer() -> None:
+    pct = Claim(id="acc", statement="Accuracy rises from 88.0% to 91.2% on MNLI.", source="T2",
+                kind="cited", expected=0.912, why="x")  # fmt: skip
+    assert (
+        drill.number_prompt(pct)
+        == f"Accuracy rises from 88.0% to {drill.MASK}% on MNLI.\n→ the number?"
+    )
+    near = Claim(id="r", statement="256× fewer, not 250 nor 260, of 175B in all", source="§4",
+                 kind="derived", expected=256, tolerance="exact", unit="×")  # fmt: skip
+    assert drill.number_prompt(near) == (
+        f"{drill.MASK}× fewer, not 250 nor {drill.MASK}, of 175B in all\n→ the number (×)?"
+    )  # 260 is within 2 % of 256, 250 is not
+    big = Claim(id="n", statement="GPT-3 has 175B parameters and 96 layers.", source="§2",
+                kind="derived", expected=175e9, tolerance="exact")  # fmt: skip
+    assert drill.number_prompt(big).startswith(f"GPT-3 has {drill.MASK} parameters and 96 layers")
+
+
+def test_stats_count_due_today_and_this_week_and_rank_the_weakest(tmp_path: Path) -> None:
+    from fsrs import State
+
+    now = START  # 09:00 UTC: "today" ends at 23:59:59
+    hours = {"overdue": -2, "today": 3, "tomorrow": 20, "in-5-days": 120, "in-10-days": 240}
+    stability = {"overdue": 1.0, "today": 3.0, "tomorrow": 30.0, "in-5-days": 300.0,
+                 "in-10-days": 3000.0}  # fmt: skip
+    pool = [_item(f"p:question:{name}", "core") for name in hours]
+    pool.append(_item("p:question:never-seen", "core"))
+    with StudyDb(tmp_path / "s.sqlite3") as db:
+        db.sync("p", {"question"}, {i.key: ("question", i.item_id) for i in pool}, now)
+        for name, h in hours.items():
+            card = Card(state=State.Review, stability=stability[name], difficulty=5.0,
+                        due=now + timedelta(hours=h),
+                        last_review=now - timedelta(days=2))  # fmt: skip
+            beats = [["background", 30, 45.0], ["impact", 30, 10.0]]
+            db.record(f"p:question:{name}", card.to_json(), now - timedelta(days=2, hours=h),
+                      3, beats, None, "en")  # fmt: skip
+        stats = drill.study_stats(db, pool, now)
+    paper = stats["papers"]["p"]
+    assert (paper["items"], paper["seen"]) == (6, 5)
+    assert paper["due_today"] == 2 and paper["due_week"] == 4
+    assert paper["over_budget_s"] == {"background": 15.0, "impact": 0.0}
+    # lower stability, same elapsed time: less likely to be recalled
+    assert [w["key"].split(":")[2] for w in stats["weakest"]] == list(hours)
+    retention = [w["retention"] for w in stats["weakest"]]
+    assert retention == sorted(retention) and 0 < retention[0] < retention[-1] < 1
+
+
+def test_a_retired_item_comes_back_with_its_history(tmp_path: Path) -> None:
+    with StudyDb(tmp_path / "s.sqlite3") as db:
+        keys = {f"p:question:{n}": ("question", n) for n in ("a", "b", "c")}
+        db.sync("p", {"question"}, keys, START)
+        db.record("p:question:b", Card().to_json(), START, 3, [], None, "en")
+        db.sync("p", {"question"}, {k: v for k, v in keys.items() if k != "p:question:b"}, START)
+        assert [i.key for i in db.items()] == ["p:question:a", "p:question:c"]
+        db.sync("p", {"question"}, keys, START + timedelta(days=1))
+        assert [i.key for i in db.items()] == sorted(keys)
+        assert len(db.reviews("p:question:b")) == 1 and db.items(["p"])[1].card is not None
+        # another kind's items are left alone by a sync of questions
+        db.sync("p", {"summary"}, {"p:summary:summary": ("summary", "summary")}, START)
+        db.sync("p", {"summary"}, {}, START)
+        assert [i.key for i in db.items()] == sorted(keys)
+
+
+def test_import_keeps_the_newer_of_two_cards(tmp_path: Path) -> None:
+    sched = drill.scheduler()
+    old, _ = sched.review_card(Card(), Rating.Good, START)
+    new, _ = sched.review_card(old, Rating.Good, START + timedelta(days=5))
+    key = "p:question:a"
+
+    def db_with(path: Path, card: Card, at: datetime) -> StudyDb:
+        db = StudyDb(path)
+        db.sync("p", {"question"}, {key: ("question", "a")}, START)
+        db.record(key, card.to_json(), at, 3, [], None, "en")
+        return db
+
+    with db_with(tmp_path / "new.sqlite3", new, START + timedelta(days=5)) as db:
+        newer_export = db.export()
+    with db_with(tmp_path / "old.sqlite3", old, START) as db:
+        older_export = db.export()
+        assert db.import_(newer_export, START) == (0, 1)
+        assert json.loads(db.items()[0].card)["due"] == json.loads(new.to_json())["due"]
+    with db_with(tmp_path / "new2.sqlite3", new, START + timedelta(days=5)) as db:
+        assert db.import_(older_export, START) == (0, 1)
+        assert json.loads(db.items()[0].card)["due"] == json.loads(new.to_json())["due"]
+        assert len(db.reviews(key)) == 2

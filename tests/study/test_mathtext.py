@@ -256,3 +256,77 @@ def test_math_never_lands_inside_an_attribute() -> None:
     assert html.count("<M>") == 1 and "<M>v</M>" in html  # only the span in text
     for attribute in re.findall(r'="([^"]*)"', html):
         assert "<" not in attribute and "\ue000" not in attribute
+
+
+# --- the bounds, at their edges, and what happens past them --------------------------------
+
+
+def test_a_formula_of_the_longest_allowed_length_converts_one_longer_does_not() -> None:
+    from repro.study.mathtext import MAX_SPAN_CHARS
+
+    assert MAX_SPAN_CHARS == 1_000
+    ok = "x+" * 499 + "yy"
+    assert len(ok) == 1_000 and to_mathml(ok).startswith("<math")
+    with pytest.raises(MathError, match=r"1,001 characters \(at most 1,000\)"):
+        to_mathml(ok + "z")
+    assert to_unicode(ok + r"\alpha") == ok + r"\alpha"  # too long: shown as written
+    assert to_unicode(r"\alpha") == "α"
+
+
+def test_the_note_budget_counts_spans_and_characters() -> None:
+    from repro.study.mathtext import MathBudget
+
+    budget = MathBudget()
+    assert all(budget.over("x" * 1_000) is None for _ in range(10))  # exactly 10,000
+    why = budget.over("y")
+    assert why and "more than 10,000 characters of math" in why and budget.exhausted
+    spans = MathBudget()
+    assert all(spans.over("a") is None for _ in range(1_000))
+    assert "more than 1,000 math spans" in (spans.over("a") or "")
+
+
+@pytest.mark.parametrize("block", [True, False])
+def test_a_field_too_long_for_markdown_is_escaped_plain_text(block: bool) -> None:
+    """Past MAX_MARKDOWN_CHARS a field is not parsed as Markdown: it is shown as plain text,
+    still escaped (a hostile note can make a field that long)."""
+    from repro.study.mathtext import MAX_MARKDOWN_CHARS
+
+    text = '<script>alert(1)</script> <img src=x onerror="y"> & *a* $x$ ' + "z" * MAX_MARKDOWN_CHARS
+    html = render_markdown(_md(), text, block, lambda s, d: f"<M>{s}</M>")
+    assert "<script" not in html and "<img" not in html and "<M>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&amp; *a* $x$" in html
+    assert html.startswith("<p>") == block
+    short = render_markdown(_md(), "<b>x</b> *a*", block, lambda s, d: s)
+    assert "<b>" not in short and "&lt;b&gt;" in short and "<em>a</em>" in short
+
+
+def test_markup_inside_a_nested_text_group_is_refused_by_the_first_layer() -> None:
+    """`\\text{a{<b>}}`: the `{` inside a text argument is text too; the refusal names the
+    markup, not just the MathML check behind it."""
+    for latex in (r"\text{a{<img src=x>}}", r"\textbf{{{<b>}}}", r"\mbox{x {y {z > w}}}"):
+        assert "markup-like text" in (math_problem(latex) or ""), latex
+    assert math_problem(r"\frac{a}{b} < c \text{ if } \{x\} > 0") is None
+
+
+def test_an_escaped_dollar_is_no_stray_dollar() -> None:
+    assert text_problems(r"costs \$5 and \$6") == []
+    ((offset, message),) = text_problems(r"costs \$5 and $ 6")
+    assert offset == 14 and "unmatched $" in message
+
+
+@pytest.mark.parametrize(
+    "latex",
+    [r"a_1 * b_2 * c_3", r"\text{[x](javascript:y)} + \text{<b>hi</b>}", r"\# x | y ~ z",
+     r"\text{`code`} \{ a \}", r"x^{*} \backslash y"],
+)  # fmt: skip
+def test_terminal_math_is_read_back_by_markdown_as_the_same_characters(latex: str) -> None:
+    """`show` hands rich Markdown with each formula as Unicode; whatever characters the
+    formula has, Markdown must show exactly them (no emphasis, link, code or HTML)."""
+    from html import unescape
+
+    from repro.study.sheets import text_term
+
+    shown = to_unicode(latex)
+    html = _md().renderInline(text_term(f"see ${latex}$ here"))
+    assert "<" not in html.replace("&lt;", "")  # no element at all
+    assert unescape(html) == f"see {shown} here"

@@ -357,3 +357,115 @@ def test_note_markdown_makes_no_request_images_stay_text() -> None:
     )
     assert "<img" not in html and "tracker.invalid" in html  # shown as text, never fetched
     assert 'href="javascript:' not in html
+
+
+# --- zh sheets section by section, cited claims beside run ones ------------------------------
+
+FALLBACK = " *（暂无中文，以下为英文原文）*"
+ENGLISH_ONLY_HEADINGS = ("## 三遍阅读法", "## 核心问题", "## 方法", "## 关键公式", "## 实验",
+                         "## 优缺点", "## 启发", "## 论文结论的复现核验")  # fmt: skip
+
+
+def _toy_with(library_dir: Path, edit) -> Library:
+    import yaml
+
+    path = library_dir / "toy" / "note.yaml"
+    note = yaml.safe_load(path.read_text(encoding="utf-8"))
+    edit(note)
+    path.write_text(yaml.safe_dump(note, allow_unicode=True), encoding="utf-8")
+    return Library(library_dir)
+
+
+def _full_overlay(note: dict) -> None:
+    note["zh"] = {
+        "short_title": "玩具",
+        "contributions": ["贡献一", "贡献二", "贡献三"],
+        "interview": {
+            "summary": "中文总结。",
+            "questions": [{"id": q["id"], "question": f"中文问题{n}？", "answer": f"中文回答{n}。"}
+                          for n, q in enumerate(note["interview"]["questions"], 1)],
+            "deep_dive": {"topic": "中文细节", "explanation": "中文解释。"},
+            "answer_outline": {"background": "背景文字", "innovation": "创新文字",
+                               "details": "细节文字", "impact": "影响文字",
+                               "follow_ups": ["追问一"]},
+        },
+    }  # fmt: skip
+
+
+def test_a_zh_sheet_marks_exactly_the_sections_shown_in_english(
+    library_dir: Path, runs_dir: Path
+) -> None:
+    """With a complete overlay only the sections the overlay cannot cover are marked; with an
+    overlay of questions only, the rest of the interview block is marked too."""
+    lib = _toy_with(library_dir, _full_overlay)
+    md = render_sheet(paper_sheet(lib.get("toy"), runs_dir, "zh"), "md", "zh")
+    lines = md.splitlines()
+    for heading in ENGLISH_ONLY_HEADINGS:
+        assert heading + FALLBACK in lines, heading
+    translated = ("## 核心贡献", "### 5分钟口述总结", "### 面试高频问题", "### 回答框架",
+                  "### 深度技术细节：中文细节")  # fmt: skip
+    for heading in translated:
+        assert heading in lines, heading
+    assert md.count(FALLBACK) == len(ENGLISH_ONLY_HEADINGS)
+    for text in ("2. 贡献二", "中文总结。", "**Q2. 中文问题2？**", "中文回答1。", "中文解释。",
+                 "1. **【背景】** （30秒） — 背景文字", "   - 追问一"):  # fmt: skip
+        assert text in md, text
+
+    def questions_only(note: dict) -> None:
+        _full_overlay(note)
+        note["zh"] = {"interview": {"questions": note["zh"]["interview"]["questions"]}}
+
+    lib = _toy_with(library_dir, questions_only)
+    md = render_sheet(paper_sheet(lib.get("toy"), runs_dir, "zh"), "md", "zh")
+    lines = md.splitlines()
+    assert "### 面试高频问题" in lines and "**Q1. 中文问题1？**" in md
+    for heading in ("## 核心贡献", "### 5分钟口述总结", "### 回答框架"):
+        assert heading + FALLBACK in lines, heading
+    assert any(line.startswith("### 深度技术细节：") and line.endswith(FALLBACK) for line in lines)
+    en = render_sheet(paper_sheet(lib.get("toy"), runs_dir, "en"), "md", "en")
+    assert "暂无中文" not in en and "中文问题" not in en
+
+
+def test_a_zh_html_page_marks_the_same_sections(library_dir: Path, runs_dir: Path) -> None:
+    lib = _toy_with(library_dir, _full_overlay)
+    html = render_sheet(paper_sheet(lib.get("toy"), runs_dir, "zh", lib), "html", "zh")
+    assert html.count('<span class="fallback">') == len(ENGLISH_ONLY_HEADINGS)
+    assert "中文问题1？" in html and "玩具" in visible_text(html)
+
+
+def test_claim_rows_join_stored_results_and_cited_claims_stay_cited(
+    library_dir: Path, runs_dir: Path
+) -> None:
+    """The toy note's six claims: two with stored results (one verified, one failed), three not
+    run, and a cited one — which says "cited" even when a run stored something for it."""
+    from repro.study.sheets import claim_counts, claim_rows
+
+    run = runs_dir / "toy" / "20260102T030405000000Z"
+    run.mkdir(parents=True)
+    base = {"paper": "toy", "statement": "s", "kind": "derived", "tolerance": "exact",
+            "expected": 4, "when": "2026-01-02T03:04:05Z"}  # fmt: skip
+    results = [
+        {**base, "id": "two-plus-two", "verdict": "verified", "measured": 4},
+        {**base, "id": "wrong-sum", "verdict": "failed", "measured": 5},
+        {**base, "id": "bleu", "verdict": "verified", "measured": 28.4},
+    ]
+    (run / "claims.json").write_text(json.dumps(results))
+    paper = Library(library_dir).get("toy")
+    from repro.lab.runs import latest_results
+
+    rows = claim_rows(paper, latest_results(runs_dir, "toy"))
+    assert [(r["claim"].id, r["verdict"], r["measured"]) for r in rows] == [
+        ("two-plus-two", "verified", 4), ("wrong-sum", "failed", 5),
+        ("crashes", "not yet run", None), ("needs-gpu", "not yet run", None),
+        ("mean-loss", "not yet run", None), ("bleu", "cited", None),
+    ]  # fmt: skip
+    assert [bool(r["when"]) for r in rows] == [True, True, False, False, False, False]
+    sheet = paper_sheet(paper, runs_dir)
+    assert claim_counts(sheet) == {"verified": 1, "failed": 1, "not yet run": 3, "cited": 1}
+    md = render_sheet(sheet, "md")
+    row = next(line for line in md.splitlines() if line.startswith("| The paper reports a BLEU"))
+    assert "| cited | 28.4 | — | — | cited | — |" in row
+    assert "Cited, not reproduced here:\n\n- *bleu*: Needs the full WMT training run." in md
+    zh = render_sheet(paper_sheet(paper, runs_dir, "zh"), "md", "zh")
+    assert "| 引用 | 28.4 | — | — | 引用 | — |" in zh and "仅引用、未在本地复现" in zh
+    assert "| 已验证 |" in zh and "| 未通过 |" in zh and "| 尚未运行 |" in zh

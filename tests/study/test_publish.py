@@ -1,0 +1,141 @@
+"""Where `publish` puts each kind of output, and what the pages inside a folder link to."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from repro.lab.errors import BadOption
+from repro.lab.library import Library
+from repro.study.publish import Request, publish, resolve_format
+
+REPO = Path(__file__).resolve().parents[2]
+TOY_URL = "https://arxiv.org/abs/2106.09685"  # the toy note's url
+
+
+@pytest.fixture
+def lib(library_dir: Path) -> Library:
+    """toy, and toy2 which names toy and a paper that is nowhere as related."""
+    second = library_dir / "toy2"
+    shutil.copytree(library_dir / "toy", second)
+    note = second / "note.yaml"
+    note.write_text(
+        note.read_text()
+        .replace('title: "Toy: a paper for tests"', 'title: "Second toy"')
+        .replace("aliases: [toy-alias]", "aliases: []")
+        .replace("related: []", "related: [toy, nowhere]")
+        .replace('arxiv: "2106.09685"', 'arxiv: "2106.00002"')
+        .replace("url: https://arxiv.org/abs/2106.09685", "url: https://arxiv.org/abs/2106.00002")
+    )
+    return Library(library_dir)
+
+
+def _names(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_markdown_folder_has_a_page_each_and_an_index_linking_siblings(
+    lib: Library, tmp_path: Path
+) -> None:
+    out = tmp_path / "md"
+    outcome = publish(lib, tmp_path / "runs", Request(("toy", "toy2"), fmt="md", output=out))
+    assert _names(out) == {"toy.md", "toy2.md", "index.md"}
+    assert sorted(outcome.written) == sorted(out / n for n in _names(out))
+    page = (out / "toy2.md").read_text(encoding="utf-8")
+    assert "- [Toy: a paper for tests](toy.md)" in page  # a sibling page
+    assert "- nowhere (not in this library)" in page
+    index = (out / "index.md").read_text(encoding="utf-8")
+    assert "toy.md" in index and "toy2.md" in index
+    # a related paper in the library but not in the selection: its own page, on arXiv
+    alone = tmp_path / "alone"
+    publish(lib, tmp_path / "runs", Request(("toy2",), fmt="md", output=alone))
+    assert f"- [Toy: a paper for tests]({TOY_URL})" in (alone / "toy2.md").read_text()
+
+
+def test_a_site_of_some_papers_has_no_second_language_pack_or_deck(
+    lib: Library, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    publish(lib, tmp_path / "runs", Request(("toy2",), fmt="html", output=out))
+    assert _names(out) == {"toy2.html", "index.html"}
+    page = (out / "toy2.html").read_text(encoding="utf-8")
+    assert f'href="{TOY_URL}"' in page  # toy is not in this site: its arXiv page
+    assert 'href="zh/' not in page and "paperlab-en.apkg" not in (out / "index.html").read_text()
+    # --all: both languages, each page linked to its counterpart
+    full = tmp_path / "full"
+    publish(lib, tmp_path / "runs", Request(all_papers=True, fmt="html", output=full))
+    assert {"zh/toy2.html", "zh/index.html", "paperlab-en.apkg", "zh/paperlab-zh.apkg",
+            "must-know.html", "cheatsheet.html"} <= _names(full)  # fmt: skip
+    assert 'href="zh/toy2.html"' in (full / "toy2.html").read_text()
+    zh = (full / "zh" / "toy2.html").read_text(encoding="utf-8")
+    assert 'href="../toy2.html"' in zh and 'href="toy.html"' in zh and "基本信息" in zh
+
+
+@pytest.mark.parametrize(
+    ("request_", "name"),
+    [
+        (Request(("toy",), fmt="tsv"), "paperlab.tsv"),
+        (Request(("toy",), fmt="anki"), "paperlab.apkg"),
+        (Request(must_know=True, fmt="md"), "must-know.md"),
+        (Request(must_know=True, fmt="html"), "must-know.html"),
+        (Request(("toy", "toy2"), fmt="cheatsheet"), "cheatsheet.html"),
+    ],
+)
+def test_a_folder_gets_one_named_file_per_kind(
+    lib: Library, tmp_path: Path, request_: Request, name: str
+) -> None:
+    import dataclasses
+
+    out = tmp_path / "out"
+    publish(lib, tmp_path / "runs", dataclasses.replace(request_, output=Path(f"{out}/")))
+    assert name in _names(out)
+    if name.endswith(".apkg"):
+        assert zipfile.is_zipfile(out / name)
+
+
+def test_the_chinese_combined_document_and_tsv(lib: Library, tmp_path: Path) -> None:
+    out = tmp_path / "both.md"
+    publish(lib, tmp_path / "runs", Request(("toy", "toy2"), lang="zh", output=out))
+    text = out.read_text(encoding="utf-8")
+    assert "目录" in text and text.count("基本信息") == 2 and "资料库中暂无" in text
+    tsv = publish(lib, tmp_path / "runs", Request(("toy",), fmt="tsv", lang="zh")).stdout
+    assert "paperlab::zh::toy" in tsv and "lang::zh" in tsv and "paperlab::en::" not in tsv
+
+
+def test_cheatsheet_format_goes_with_html_or_no_suffix_only(tmp_path: Path) -> None:
+    assert resolve_format(Request(fmt="cheatsheet", output=tmp_path / "c.html")) == "cheatsheet"
+    assert resolve_format(Request(fmt="cheatsheet", output=tmp_path / "dir/")) == "cheatsheet"
+    assert resolve_format(Request(fmt="cheatsheet")) == "cheatsheet"
+    with pytest.raises(BadOption, match="looks like md"):
+        resolve_format(Request(fmt="cheatsheet", output=tmp_path / "c.md"))
+    assert resolve_format(Request(output=tmp_path / "x.HTM")) == "html"
+    assert resolve_format(Request(output=tmp_path / "x.tsv")) == "tsv"
+    assert resolve_format(Request()) == "md"
+    assert resolve_format(Request(fmt="md", output=tmp_path / "site/")) == "md"
+
+
+def test_a_smaller_export_reports_every_card_it_drops(tmp_path: Path) -> None:
+    """Export two papers, then one, to the same file: the report names the other paper's cards
+    (by their fronts), and only those; an export of the same cards reports nothing."""
+    root = tmp_path / "papers"
+    for slug in ("lora", "transformer"):
+        shutil.copytree(REPO / "papers" / slug, root / slug)
+    library, runs, out = Library(root), tmp_path / "runs", tmp_path / "deck.apkg"
+    first = publish(library, runs, Request(("lora", "transformer"), fmt="anki", output=out))
+    assert first.removed == []
+    manifest = json.loads((tmp_path / "deck.apkg.cards.json").read_text(encoding="utf-8"))
+    again = publish(library, runs, Request(("lora", "transformer"), fmt="anki", output=out))
+    assert again.removed == []
+    second = publish(library, runs, Request(("lora",), fmt="anki", output=out))
+    transformer = [front for front in manifest.values() if front.startswith("[Transformer]")]
+    assert len(transformer) >= 10 and len(transformer) < len(manifest)
+    assert sorted(second.removed) == sorted(transformer)
+    assert all("<" not in front for front in second.removed)  # plain text, not the HTML
+    # a damaged manifest reports nothing and is written afresh
+    (tmp_path / "deck.apkg.cards.json").write_text("[not json", encoding="utf-8")
+    assert publish(library, runs, Request(("lora",), fmt="anki", output=out)).removed == []
+    assert json.loads((tmp_path / "deck.apkg.cards.json").read_text(encoding="utf-8"))
