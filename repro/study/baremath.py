@@ -30,10 +30,10 @@ GREEK = (
 )
 _NAME = rf"(?:[A-Za-z]{{1,2}}|{GREEK}|[\u0370-\u03ff\u2113])"  # short names, Greek, ℓ
 _SUB = re.compile(
-    rf"(?<![\w\\/.-]){_NAME}_(?:\{{[^}}\s]{{1,20}}\}}|[A-Za-z0-9\u0370-\u03ff]{{1,8}})(?![\w/-]*\.\w)"
+    rf"(?<![\w\\/.-]){_NAME}_(?:\{{[^}}\s]{{1,20}}\}}|[A-Za-z0-9\u0370-\u03ff]{{1,8}}(?!\w))(?![\w/-]*\.\w)"
 )
 _SUP = re.compile(
-    r"(?<![\w\\/^])[\w\u0370-\u03ff\u2113)\]]{1,8}\^(?:\{[^}\s]{1,20}\}|[-−+]?[\w.\u0370-\u03ff]{1,8})"
+    r"(?<![\w\\/^])[\w\u0370-\u03ff\u2113)\]]{1,8}\^(?:\{[^}\s]{1,20}\}|[-−+]?(?:[\w\u0370-\u03ff]|\.(?=\w)){1,8})"
 )
 _CMD = re.compile(
     r"\\(?:frac|dfrac|sqrt|sum|prod|int|log|exp|mathrm|mathbf|mathcal|text|cdot|times|le|ge|"
