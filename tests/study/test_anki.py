@@ -674,3 +674,21 @@ def test_hostile_note_text_reaches_no_card_field_as_markup(tmp_path: Path, lang:
     joined = "\n".join(fields)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in joined and "onerror" in joined
     assert "\\[a&lt;b \\;\\&amp;\\; c&gt;d" in joined  # the formula's own `<`, escaped
+
+
+@pytest.mark.parametrize(
+    ("latex", "cloze"),
+    [
+        (r"a <= b = c", r"\[a &lt;= b = {{c1::c}}\]"),
+        (r"p >= q = r", r"\[p &gt;= q = {{c1::r}}\]"),
+        (r"x != y = z", r"\[x != y = {{c1::z}}\]"),
+        (r"f_{i=1} = \sum_{j=0}^{n} g_j", r"\[f_{i=1} = {{c1::\sum_{j=0}^{n} g_j}}\]"),
+        ("L   =\n  -\\log p", r"\[L = {{c1::-\log p}}\]"),
+        (r"= x", r"\[ {{c1::= x}}\]"),
+        (r"\{a\} = b", r"\[\{a\} = {{c1::b}}\]"),
+    ],
+)
+def test_the_cloze_hides_what_follows_the_first_top_level_equals(latex: str, cloze: str) -> None:
+    """`<=`, `>=` and `!=` are relations, not the `=` to split at; an `=` inside braces is a
+    subscript's; whitespace is collapsed; a formula opening with `=` is hidden whole."""
+    assert cloze_text(latex) == cloze

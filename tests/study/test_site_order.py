@@ -174,3 +174,63 @@ def test_reading_path_of_the_library_respects_every_older_related_paper() -> Non
             checked += 1
     assert checked >= 5  # the library has enough links for this to say something
     assert path[0].sheet.note.priority == "must-know" and not path[0].after
+
+
+# --- what a page shows beside the note: code with the claims that run it, plots by claim -----
+
+
+def _claim(id, code=()):
+    return SimpleNamespace(id=id, code=list(code))
+
+
+def test_claims_for_a_formula_are_its_own_then_those_naming_its_code_once_each() -> None:
+    from repro.study.excerpts import claims_for
+
+    note = SimpleNamespace(claims=[
+        _claim("c1", ["a.py::f#core"]),  # a marker inside f: the same target
+        _claim("c2", ["a.py::f"]),  # already listed by the formula
+        _claim("c3", ["a.py::g"]),
+        _claim("c4", ["b.py::f", "a.py::f"]),
+        _claim("c5", ["a.py#L1-L3"]),  # the file, not the symbol
+        _claim("c6", ["a.py::f.inner"]),
+    ])  # fmt: skip
+    formula = SimpleNamespace(code="a.py::f", claims=["c2", "c9"])
+    assert claims_for(formula, note) == ["c2", "c9", "c1", "c4"]
+    assert claims_for(SimpleNamespace(code=None, claims=["c3"]), note) == ["c3"]
+
+
+def test_page_extras_link_steps_to_claims_and_place_plots_by_claim() -> None:
+    from repro.study.runview import Plot, RunInfo
+    from repro.study.site import ClaimRef, page_extras
+
+    code = "repro/nn/lora.py::merge_lora"
+    note = SimpleNamespace(
+        title="T", short_title=None, zh=None, formulas=[],
+        method=SimpleNamespace(steps=[SimpleNamespace(code=code), SimpleNamespace(code=None),
+                                      SimpleNamespace(code="repro/nn/lora.py::nope")]),
+        claims=[_claim("merge", [code]), _claim("other", ["repro/nn/lora.py::LoRALinear"]),
+                _claim("marker", [code + "#L1-L2"])],
+        plots=[SimpleNamespace(file="a.svg", claim="merge", caption="Look at $x$."),
+               SimpleNamespace(file="b.svg", claim="gone", caption="A removed claim."),
+               SimpleNamespace(file="c.svg", claim=None, caption="No claim.")],
+    )  # fmt: skip
+    verdicts = ["verified", "failed", "not yet run"]
+    rows = [{"claim": c, "verdict": v} for c, v in zip(note.claims, verdicts, strict=True)]
+    plots = [Plot(n, f"<svg>{n}</svg>") for n in ("a.svg", "b.svg", "c.svg", "loss_vs-rank.svg")]
+    run = RunInfo("20260101T000000Z", "", "", plots, "20260101T000000Z")
+    extras = page_extras(SimpleNamespace(note=note), rows, run, "en")
+    first, none, broken = extras.step_code
+    assert none is None and first.path == "repro/nn/lora.py" and not first.error
+    # the claims naming the step's symbol (with or without a range); `other` names another one
+    assert first.claims == [ClaimRef("merge", "verified"), ClaimRef("marker", "not yet run")]
+    assert broken.error and broken.claims == []
+    assert list(extras.claim_plots) == ["merge"]
+    (placed,) = extras.claim_plots["merge"]
+    assert (placed.file, placed.caption, placed.claim) == (
+        "a.svg", "Look at $x$.", ClaimRef("merge", "verified"),
+    )  # fmt: skip
+    assert [(p.file, p.caption) for p in extras.other_plots] == [
+        ("b.svg", "A removed claim."), ("c.svg", "No claim."), ("loss_vs-rank.svg", "loss vs rank"),
+    ]  # fmt: skip
+    assert extras.other_plots[0].claim == ClaimRef("gone", "not yet run")
+    assert extras.name == "T" and extras.nav.prev is None
