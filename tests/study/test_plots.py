@@ -101,3 +101,45 @@ def test_heatmap_title_is_kept_whole(tmp_path: Path) -> None:
     width = float(re.search(r'<svg[^>]*width="([\d.]+)pt"', svg).group(1))
     xs = [float(x) for x in re.findall(r'<text[^>]*\bx="([\d.-]+)"', svg)]
     assert xs and min(xs) >= 0 and max(xs) <= width  # nothing drawn outside the figure
+
+
+def test_round_values_have_at_most_two_significant_digits() -> None:
+    from repro.study.plots import _is_round
+
+    for v in (1, 2, 4, 8, 16, 64, 250, 1e6, 0.5, 1.5, 0.01, 4.5e9):
+        assert _is_round(v), v
+    for v in (103, 0.125, 999, 1234, 96 * 2 + 7, 0, -4):
+        assert not _is_round(v), v
+
+
+def test_fits_pair_with_their_series_by_name_or_by_the_table() -> None:
+    from repro.study.plots import pair_fits
+
+    names = ["C = 1e15", "fit, C = 1e15", "loss (fit)", "loss", "parabola, C = 1e17",
+             "model fit, other", "other", "fitted, nowhere", "fit, fit, loss"]  # fmt: skip
+    assert pair_fits(names) == {
+        "fit, C = 1e15": "C = 1e15",
+        "loss (fit)": "loss",
+        "model fit, other": "other",
+    }  # "parabola, C = 1e17", "fitted, nowhere" and "fit, fit, loss" name no series here
+    table = pair_fits(["a", "b", "smooth"], {"smooth": "b"})
+    assert table == {"smooth": "b"}
+    # the table wins over the name
+    assert pair_fits(["a", "fit, a", "b"], {"fit, a": "b"}) == {"fit, a": "b"}
+
+
+def test_tick_labels_keep_their_sign_and_small_magnitudes() -> None:
+    from repro.study.plots import short_number
+
+    assert [short_number(v) for v in (-1500, -2.5, 0.001, 1e3, 1e6, 2.5e8)] == [
+        "-1.5k", "-2.5", "0.001", "1k", "1M", "250M",
+    ]  # fmt: skip
+    assert short_number(1e9) == "$10^{9}$" and short_number(5e-4) == r"$5\times10^{-4}$"
+    assert short_number(1e-6) == "$10^{-6}$" and short_number(-3e12) == r"$-3\times10^{12}$"
+
+
+def test_math_labels_for_braced_and_numeric_subscripts() -> None:
+    from repro.study.plots import math_label
+
+    assert math_label("C_{min} and x_1") == r"$C_{\mathrm{min}}$ and $x_{1}$"
+    assert math_label("ab_c or a_b_c") == "ab_c or a_b_c"  # identifiers stay text
