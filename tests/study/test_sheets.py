@@ -469,3 +469,36 @@ def test_claim_rows_join_stored_results_and_cited_claims_stay_cited(
     zh = render_sheet(paper_sheet(paper, runs_dir, "zh"), "md", "zh")
     assert "| 引用 | 28.4 | — | — | 引用 | — |" in zh and "仅引用、未在本地复现" in zh
     assert "| 已验证 |" in zh and "| 未通过 |" in zh and "| 尚未运行 |" in zh
+
+
+def test_the_index_counts_each_verdict_and_shows_the_drills_progress(
+    library_dir: Path, runs_dir: Path
+) -> None:
+    """The index's line per paper: one count per verdict (the toy has six claims: one
+    verified, one failed, three not run, one cited), and the drill's due items and retention
+    as a whole percentage, in either language."""
+    from repro.study.sheets import render_index
+
+    run = runs_dir / "toy" / "20260102T030405000000Z"
+    run.mkdir(parents=True)
+    base = {"paper": "toy", "statement": "s", "kind": "derived", "tolerance": "exact",
+            "expected": 4, "when": "2026-01-02T03:04:05Z"}  # fmt: skip
+    (run / "claims.json").write_text(json.dumps([
+        {**base, "id": "two-plus-two", "verdict": "verified", "measured": 4},
+        {**base, "id": "wrong-sum", "verdict": "failed", "measured": 5},
+    ]))  # fmt: skip
+    lib = Library(library_dir)
+    study = {"toy": {"due": 3, "retention": 0.8749, "seen": 4}}
+    html = render_index([paper_sheet(lib.get("toy"), runs_dir)], "html", "en", study=study)
+    text = " ".join(visible_text(html).split())
+    assert "1 cited · 1 failed · 3 not yet run · 1 verified" in text
+    assert "3 due for review · retention 87%" in text
+    zh = render_index([paper_sheet(lib.get("toy"), runs_dir, "zh")], "html", "zh", study=study)
+    zh_text = " ".join(visible_text(zh).split())
+    assert "1 引用 · 1 未通过 · 3 尚未运行 · 1 已验证" in zh_text
+    assert "3 待复习 · 记忆保持率 87%" in zh_text
+    md = render_index([paper_sheet(lib.get("toy"), runs_dir)], "md", "en")
+    row = next(line for line in md.splitlines() if line.startswith("| [Toy"))
+    assert row.endswith("| 1 cited, 1 failed, 3 not yet run, 1 verified |")
+    quiet = render_index([paper_sheet(lib.get("toy"), runs_dir)], "html", "en")
+    assert "due for review" not in quiet  # no study database: no progress line
