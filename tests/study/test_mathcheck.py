@@ -91,3 +91,27 @@ def test_related_links_to_unknown_papers_and_to_itself(library_dir: Path) -> Non
     assert error.startswith(f"t.yaml:{line}:")
     assert "related[2]: unknown paper 'nowhere-paper'" in error
     assert len(warnings) == 2 and all("links to itself" in w for w in warnings)  # alias and slug
+
+
+def test_an_edited_note_is_read_again_whatever_changed_its_size_or_its_time(
+    tmp_path: Path,
+) -> None:
+    """The parsed note is kept while the file is unchanged (`validate` asks twice): an edit
+    that keeps the size (a new time) and one that keeps the time (a new size) are both seen."""
+    import os
+
+    note = tmp_path / "note.yaml"
+    note.write_text("problem:\n  what: see $\\foo{x}$\n", encoding="utf-8")
+    (problem,) = note_math_problems(note, "n.yaml")
+    assert problem.startswith("n.yaml:2:13: problem.what: cannot convert")
+    stat = note.stat()
+    note.write_text("problem:\n  what: see $\\bar{x}$\n", encoding="utf-8")  # same size
+    os.utime(note, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert note.stat().st_size == stat.st_size
+    assert note_math_problems(note, "n.yaml") == []
+    stat = note.stat()
+    note.write_text("problem:\n  what: see $\\foo{xy}$\n", encoding="utf-8")  # same time
+    os.utime(note, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert note.stat().st_mtime_ns == stat.st_mtime_ns
+    (problem,) = note_math_problems(note, "n.yaml")
+    assert "\\foo" in problem
