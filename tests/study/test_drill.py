@@ -503,3 +503,44 @@ def test_import_keeps_the_newer_of_two_cards(tmp_path: Path) -> None:
         assert db.import_(older_export, START) == (0, 1)
         assert json.loads(db.items()[0].card)["due"] == json.loads(new.to_json())["due"]
         assert len(db.reviews(key)) == 2
+
+
+def test_the_items_of_each_mode_in_each_language(tmp_path: Path) -> None:
+    """numbers: one item per claim with a numeric expected value (not a text bound, not a
+    bool), carrying its stored verdict; summary: one item, the overlay's summary and
+    contributions in Chinese; questions: the overlay's text under the English ids, skipping a
+    question with no id."""
+    from repro.lab.library import Library
+
+    note = _note("must-know", [("q1", "x"), ("q2", "y"), ("q3", "z")], zh=True)
+    note["short_title"] = "Toy"
+    note["zh"]["short_title"] = "玩具"
+    note["zh"]["interview"]["summary"] = "中文总结"
+    note["zh"]["contributions"] = ["贡献一", "贡献二", "贡献三"]
+    note["interview"]["questions"].insert(1, {"question": "No id?", "answer": "none"})
+    _write(tmp_path / "papers", "toy", note)
+    paper = Library(tmp_path / "papers").get("toy")
+    numbers = drill.paper_items(paper, "numbers", "en", {"bleu": "cited", "two-plus-two": "ok"})
+    want = [c["id"] for c in note["claims"] if not isinstance(c["expected"], str)]
+    assert [i.key for i in numbers] == [f"toy:number:{c}" for c in want] and len(want) == 5
+    assert [i.order for i in numbers] == [0, 1, 2, 3, 5]  # the claim's place in the note
+    assert numbers[0].verdict == "ok" and numbers[-1].verdict == "cited" and not numbers[1].verdict
+    assert all(i.kind == "number" and i.paper == "Toy" for i in numbers)
+    assert not drill.has_number(Claim(id="b", statement="s", source="s", kind="derived",
+                                      expected=True, tolerance="exact"))  # fmt: skip
+    (summary,) = drill.paper_items(paper, "summary", "zh", {})
+    assert (summary.key, summary.prompt, summary.answer) == (
+        "toy:summary:summary",
+        "玩具",
+        "中文总结",
+    )
+    assert summary.contributions == ("贡献一", "贡献二", "贡献三")
+    questions = drill.paper_items(paper, "questions", "zh", {})
+    assert [(i.key, i.order, i.prompt, i.answer) for i in questions] == [
+        ("toy:question:q1", 0, "问题 q1？", "回答 q1"),
+        ("toy:question:q2", 2, "问题 q2？", "回答 q2"),
+        ("toy:question:q3", 3, "问题 q3？", "回答 q3"),
+    ]
+    english = drill.paper_items(paper, "questions", "en", {})
+    assert [i.prompt for i in english] == ["Q q1?", "Q q2?", "Q q3?"]
+    assert english[0].outline["background"] == note["interview"]["answer_outline"]["background"]
