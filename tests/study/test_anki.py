@@ -692,3 +692,17 @@ def test_the_cloze_hides_what_follows_the_first_top_level_equals(latex: str, clo
     """`<=`, `>=` and `!=` are relations, not the `=` to split at; an `=` inside braces is a
     subscript's; whitespace is collapsed; a formula opening with `=` is hidden whole."""
     assert cloze_text(latex) == cloze
+
+
+def test_short_answer_limits_at_their_edges() -> None:
+    """60 words are read whole; from 61 on, the first sentence (it ends before a capital)
+    leads — whole up to 40 words, else cut after the 40th word and marked with `…`."""
+    words = [f"w{i}" for i in range(80)]
+    assert short_answer(" ".join(words[:60])) == ""
+    forty = " ".join(words[:40]) + "."
+    assert short_answer(forty + " More " + " ".join(words[40:61])) == forty
+    fifty = " ".join(words[:50]) + "."
+    assert short_answer(fifty + " More " + " ".join(words[50:70])) == " ".join(words[:40]) + " …"
+    # a trailing comma or dash before the cut is dropped
+    comma = " ".join(words[:39]) + " w39, " + " ".join(words[40:70]) + "."
+    assert short_answer(comma) == " ".join(words[:40]) + " …"
