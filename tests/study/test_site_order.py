@@ -9,6 +9,7 @@ repro/study/site.py decides the outcome on its own.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 from repro.study.site import (
@@ -234,3 +235,56 @@ def test_page_extras_link_steps_to_claims_and_place_plots_by_claim() -> None:
     ]  # fmt: skip
     assert extras.other_plots[0].claim == ClaimRef("gone", "not yet run")
     assert extras.name == "T" and extras.nav.prev is None
+
+
+def test_compare_rows_naming_an_unknown_table_or_column_are_reported() -> None:
+    from repro.study.site import table_problems
+
+    note = SimpleNamespace(compare=[
+        _row("attention-heads", "MHA", **{"kv-heads": "H", "kv-cache": "2 H d"}),
+        _row("bogus", "X"),
+        _row("norms", "RMSNorm", formula="x / rms", speed="fast", colour="red"),
+    ])  # fmt: skip
+    assert table_problems(note) == [
+        "compare[1].table: unknown table 'bogus' (one of attention-heads, positions, norms, "
+        "scaling)",
+        "compare[2].cells.speed: not a column of norms (formula, params, placement, statistics)",
+        "compare[2].cells.colour: not a column of norms (formula, params, placement, statistics)",
+    ]
+    assert table_problems(SimpleNamespace(compare=[])) == []
+
+
+def test_page_problems_locate_missing_ids_and_bad_compare_rows(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from repro.lab.library import Library
+    from repro.study.site import page_problems
+
+    toy = Path(__file__).resolve().parents[1] / "fixtures" / "library" / "toy"
+    folder = tmp_path / "papers" / "toy"
+    shutil.copytree(toy, folder)
+    note = yaml.safe_load((folder / "note.yaml").read_text(encoding="utf-8"))
+    del note["interview"]["questions"][1]["id"]
+    del note["formulas"][0]["id"]
+    note["compare"] = [{"table": "bogus", "row": "X", "cells": {}}]
+    text = yaml.safe_dump(note, allow_unicode=True, sort_keys=False)
+    (folder / "note.yaml").write_text(text, encoding="utf-8")
+    lines = text.splitlines()
+
+    def where(needle: str, start: int = 0) -> str:
+        n = next(i for i in range(start, len(lines)) if needle in lines[i])
+        return f"{n + 1}:{lines[n].index(needle) + 1}"
+
+    formula = where("name: TODO name", lines.index("formulas:"))
+    question = where("question: TODO another question")
+    compare = f"{lines.index('compare:') + 1}:1"  # the rows are located at their list
+    problems = page_problems(Library(tmp_path / "papers").get("toy"), "n.yaml")
+    fix = "no id (python scripts/add_note_ids.py adds one)"
+    assert problems == [
+        f"n.yaml:{question}: interview.questions[1]: {fix}",
+        f"n.yaml:{formula}: formulas[0]: {fix}",
+        f"n.yaml:{compare}: compare[0].table: unknown table 'bogus' (one of attention-heads, "
+        "positions, norms, scaling)",
+    ]
