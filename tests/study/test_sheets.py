@@ -502,3 +502,34 @@ def test_the_index_counts_each_verdict_and_shows_the_drills_progress(
     assert row.endswith("| 1 cited, 1 failed, 3 not yet run, 1 verified |")
     quiet = render_index([paper_sheet(lib.get("toy"), runs_dir)], "html", "en")
     assert "due for review" not in quiet  # no study database: no progress line
+
+
+def test_the_pack_adds_other_must_know_notes_once_after_the_five(
+    library_dir: Path, runs_dir: Path
+) -> None:
+    """The five in the source's order (a note found by its alias takes that place), then every
+    other must-know note once; a core note never."""
+    second = library_dir / "toy2"
+    shutil.copytree(library_dir / "toy", second)
+    note = second / "note.yaml"
+    note.write_text(
+        note.read_text()
+        .replace("aliases: [toy-alias]", "aliases: [llama]")
+        .replace("priority: core", "priority: must-know")
+    )
+    third = library_dir / "toy3"
+    shutil.copytree(library_dir / "toy", third)
+    (third / "note.yaml").write_text(
+        (third / "note.yaml").read_text()
+        .replace("aliases: [toy-alias]\n", "")
+        .replace("priority: core", "priority: must-know")
+    )  # fmt: skip
+    entries = must_know_entries(Library(library_dir), runs_dir, "en")
+    assert [e.slug for e in entries] == [
+        "transformer", "bert", "gpt3", "instructgpt", "toy2", "toy3",
+    ]  # fmt: skip
+    assert [e.sheet is not None for e in entries] == [False] * 4 + [True, True]
+    md = render_must_know(entries, "md")
+    for slug in ("transformer", "bert", "gpt3", "instructgpt"):
+        assert f"Missing: no note at papers/{slug}/ yet." in md
+    assert "papers/llama/" not in md and "papers/toy2/" not in md
