@@ -533,3 +533,17 @@ def test_the_pack_adds_other_must_know_notes_once_after_the_five(
     for slug in ("transformer", "bert", "gpt3", "instructgpt"):
         assert f"Missing: no note at papers/{slug}/ yet." in md
     assert "papers/llama/" not in md and "papers/toy2/" not in md
+
+
+def test_a_multi_line_statement_stays_one_table_row(library_dir: Path, runs_dir: Path) -> None:
+    """A claim statement written over several lines (a YAML block) is one Markdown table row,
+    its line breaks and runs of spaces collapsed, its `|` escaped once."""
+    note = library_dir / "toy" / "note.yaml"
+    block = "    statement: |\n      Two plus\n      two   is |four|,\n      \\| kept.\n"
+    note.write_text(note.read_text().replace("    statement: Two plus two is four.\n", block, 1))
+    md = render_sheet(paper_sheet(Library(library_dir).get("toy"), runs_dir), "md")
+    (row,) = [line for line in md.splitlines() if line.startswith("| Two plus two")]
+    assert row.startswith("| Two plus two is \\|four\\|, \\| kept. | Eq. 1 |")
+    header = next(line for line in md.splitlines() if line.startswith("| claim"))
+    unescaped = re.compile(r"(?<!\\)\|")
+    assert len(unescaped.findall(row)) == len(unescaped.findall(header))
