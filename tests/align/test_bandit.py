@@ -6,6 +6,7 @@ import functools
 import math
 import warnings
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +20,7 @@ from repro.align.bandit import (
     rl,
     total_variation,
 )
+from repro.align.reward import pairwise_loss
 
 
 @functools.cache
@@ -242,3 +244,56 @@ def test_rl_is_ppo_with_adam_step_for_step():
     logp, _ = rl(bandit, reward, **binding)
     torch.testing.assert_close(logp, _rl_by_hand(bandit, reward, **binding, clip=0.2)[0])
     assert total_variation(logp, rl(bandit, reward, **binding, clip=0.6)[0]) > 0.01
+
+
+def _residual(target: torch.Tensor, basis: torch.Tensor) -> float:
+    """Largest residual of `target` (X, Y) least-squares fitted by a constant and `basis`."""
+    design = torch.cat([torch.ones(*target.shape, 1, dtype=torch.float64), basis], -1)
+    design = design.reshape(-1, design.shape[-1])
+    coef = torch.linalg.lstsq(design, target.reshape(-1, 1)).solution
+    return float((design @ coef - target.reshape(-1, 1)).abs().max())
+
+
+@pytest.mark.parametrize("features", ["linear", "quadratic"])
+def test_fit_reward_model_is_the_minimiser_of_eq1_in_its_feature_space(features: str) -> None:
+    """The fitted reward equals another optimiser's minimiser of Eq. 1 (L-BFGS on the same labels),
+    is linear in φ (linear) or in φ and φ² but not φ alone (quadratic), and
+    is centred so that SFT responses average 0."""
+    # Noisy labelers (τ = 2) keep the optimum's weights small: Adam gets there in 300 steps.
+    bandit = Bandit(BanditConfig(n_prompts=6, n_responses=5, n_features=3, seed=3,
+                                 label_temperature=2.0))  # fmt: skip
+    r = fit_reward_model(bandit, 60, 3, features, 300, seed=2)
+    assert abs(float((bandit.logp_sft.exp() * r).sum(-1).mean())) < 1e-12
+    phi = bandit.phi
+    quadratic = torch.cat([phi, phi * phi], -1)
+    assert _residual(r, phi if features == "linear" else quadratic) < 1e-9
+    if features == "quadratic":
+        assert _residual(r, phi) > 0.01
+    x, y, ranking = bandit.rankings(60, 3, torch.Generator().manual_seed(2))
+    basis = phi if features == "linear" else quadratic
+    feats = basis[x[:, None], y]
+    w = torch.zeros(basis.shape[-1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure():
+        opt.zero_grad()
+        loss = pairwise_loss(feats @ w, ranking)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        want = basis @ w
+        want = want - (bandit.logp_sft.exp() * want).sum(-1).mean()
+    torch.testing.assert_close(r, want, rtol=0, atol=1e-4)
+    assert (want - want.mean()).abs().max() > 0.5  # a reward that says something
+
+
+def test_rankings_follow_their_own_generator() -> None:
+    bandit = Bandit(BanditConfig(n_prompts=5, n_responses=6, seed=1))
+    drawn = []
+    for global_seed, seed in ((0, 3), (1, 3), (0, 4)):
+        torch.manual_seed(global_seed)  # the global generator is not the one used
+        drawn.append(bandit.rankings(40, 4, torch.Generator().manual_seed(seed)))
+    assert all(torch.equal(a, b) for a, b in zip(drawn[0], drawn[1], strict=True))
+    assert not torch.equal(drawn[0][0], drawn[2][0]) and not torch.equal(drawn[0][1], drawn[2][1])
