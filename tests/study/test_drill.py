@@ -544,3 +544,32 @@ def test_the_items_of_each_mode_in_each_language(tmp_path: Path) -> None:
     english = drill.paper_items(paper, "questions", "en", {})
     assert [i.prompt for i in english] == ["Q q1?", "Q q2?", "Q q3?"]
     assert english[0].outline["background"] == note["interview"]["answer_outline"]["background"]
+
+
+def test_a_malformed_export_imports_nothing_and_a_retired_item_travels(tmp_path: Path) -> None:
+    from repro.study.drill_store import StudyDbError
+
+    with StudyDb(tmp_path / "a.sqlite3") as db:
+        db.sync("p", {"question"}, {"p:question:a": ("question", "a"),
+                                    "p:question:b": ("question", "b")}, START)  # fmt: skip
+        db.record("p:question:a", Card().to_json(), START, 2, [["answer", 30, 1.0]], "x", "zh")
+        db.sync("p", {"question"}, {"p:question:a": ("question", "a")}, START)  # b retired
+        data = db.export()
+    assert [(i["key"], bool(i["retired"])) for i in data["items"]] == [
+        ("p:question:a", False), ("p:question:b", True),
+    ]  # fmt: skip
+    broken = json.loads(json.dumps(data))
+    broken["reviews"].append({"key": "p:question:a", "at": "later"})  # no grade
+    with StudyDb(tmp_path / "b.sqlite3") as db:
+        with pytest.raises(StudyDbError, match="not well formed"):
+            db.import_(broken, START)
+        assert db.items(retired=True) == [] and db.reviews() == []  # all or nothing
+        with pytest.raises(StudyDbError):
+            db.import_({"paperlab_study": SCHEMA_VERSION + 1, "items": [], "reviews": []}, START)
+        assert db.import_(data, START) == (2, 1)
+        assert [i.key for i in db.items()] == ["p:question:a"]
+        assert [i.key for i in db.items(retired=True)] == ["p:question:a", "p:question:b"]
+        (review,) = db.reviews("p:question:a")
+        assert (review["grade"], review["answer"], review["lang"]) == (2, "x", "zh")
+        assert review["beats"] == [["answer", 30, 1.0]]
+        assert db.items(["q"]) == []
