@@ -77,6 +77,7 @@ def hostile_note(n: int) -> str:
     )
     note = yaml.safe_load(text)
     note["short_title"] = PAYLOADS[(n + 1) % len(PAYLOADS)]
+    note["url"] = f'https://e.org/"><script>alert({20 + n})</script><img src=x onerror=y>'
     note["plots"] = [{"file": "curve.svg", "claim": "two-plus-two", "caption": PAYLOADS[n + 2]}]
     note["compare"] = [
         {"table": "attention-heads", "row": PAYLOADS[n + 3], "claim": "two-plus-two",
@@ -197,6 +198,10 @@ def test_no_hostile_text_is_markup_in_any_page(site_pages: dict[str, str]) -> No
         if "bad-" in name or "all" in name or "cheatsheet" in name or "must-know" in name:
             # the payloads are shown, as text
             assert "onerror" in text and "alert(" in text, name
+        if name.endswith(("bad-0.html", "all.html")):  # the paper's link, quotes and all
+            assert 'href="https://e.org/&#34;&gt;&lt;script&gt;alert(20)' in html or (
+                'href="https://e.org/&quot;&gt;&lt;script&gt;alert(20)' in html
+            ), name
 
 
 def test_the_zh_pages_show_the_overlays_payloads_as_text(site_pages: dict[str, str]) -> None:
