@@ -573,3 +573,55 @@ def test_a_malformed_export_imports_nothing_and_a_retired_item_travels(tmp_path:
         assert (review["grade"], review["answer"], review["lang"]) == (2, "x", "zh")
         assert review["beats"] == [["answer", 30, 1.0]]
         assert db.items(["q"]) == []
+
+
+class _FakeIO:
+    """A DrillIO whose beats take the given seconds (`"skip"` skips the item)."""
+
+    def __init__(self, beats: list, grades: list[int]) -> None:
+        self.clock, self.beats, self.grades = START, list(beats), list(grades)
+
+    def now(self) -> datetime:
+        return self.clock
+
+    def present(self, item, index, total) -> None:
+        pass
+
+    def beat(self, item, name, budget) -> float:
+        seconds = self.beats.pop(0)
+        if seconds == "skip":
+            raise drill.Skip
+        self.clock += timedelta(seconds=seconds)
+        return float(seconds)
+
+    def number(self, item) -> str:
+        raise AssertionError("no numbers here")
+
+    def reveal(self, item, outcome) -> None:
+        pass
+
+    def grade(self, item, suggested) -> int:
+        return self.grades.pop(0)
+
+
+def test_a_round_reports_what_is_due_now_next_and_the_time_over_budget(tmp_path: Path) -> None:
+    """Three graded questions and a skipped one. The first ("again", reviewed at 250 s) is due
+    again at 850 s, before the round ends at 1,110 s; the third ("again", at 1,110 s) is next,
+    at 1,710 s; the "good" one is days away. Time over budget is averaged over the three."""
+    items = [_item(f"p:question:q{n}", "core", n) for n in range(4)]
+    with StudyDb(tmp_path / "s.sqlite3") as db:
+        db.sync("p", {"question"}, {i.key: ("question", i.item_id) for i in items}, START)
+        io = _FakeIO([40, 60, 120, 30, 30, 90, 100, 30, "skip", 20, 60, 500, 30], [1, 3, 1])
+        picked = [items[0], items[1], items[3], items[2]]
+        result = drill.run_round(db, items, picked, io, "en")
+        stored = [r["key"] for r in db.reviews()]
+    assert [r.item.key for r in result.reviewed] == ["p:question:q0", "p:question:q1",
+                                                     "p:question:q2"]  # fmt: skip
+    assert stored == [r.item.key for r in result.reviewed] and result.stopped == "done"
+    assert result.due_now == 1
+    assert result.next_due == START + timedelta(seconds=1_710)
+    assert result.reviewed[1].due - START > timedelta(days=1)
+    over = result.over_budget()
+    assert over == pytest.approx(
+        {"background": 10 / 3, "innovation": 10.0, "details": 380 / 3, "impact": 0.0}
+    )
