@@ -434,6 +434,12 @@ def test_the_prompt_masks_only_numbers_within_two_percent_of_the_answer() -> Non
     big = Claim(id="n", statement="GPT-3 has 175B parameters and 96 layers.", source="§2",
                 kind="derived", expected=175e9, tolerance="exact")  # fmt: skip
     assert drill.number_prompt(big).startswith(f"GPT-3 has {drill.MASK} parameters and 96 layers")
+    zero = Claim(id="z", statement="The gap is 0 after 10 steps, 3x faster.", source="§5",
+                 kind="derived", expected=0, tolerance={"abs": 0.1})  # fmt: skip
+    assert drill.number_prompt(zero).startswith(f"The gap is {drill.MASK} after 10 steps, 3x")
+    fast = Claim(id="f", statement="3x faster at 1,000 tokens", source="§5", kind="derived",
+                 expected=3, tolerance="exact")  # fmt: skip
+    assert drill.number_prompt(fast).startswith(f"{drill.MASK}x faster at 1,000 tokens")
 
 
 def test_stats_count_due_today_and_this_week_and_rank_the_weakest(tmp_path: Path) -> None:
