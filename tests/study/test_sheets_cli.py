@@ -140,3 +140,25 @@ def test_the_whole_library_as_a_site_is_torch_free(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
     assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_show_writes_no_control_characters_from_a_tampered_run(invoke, library_dir: Path) -> None:
+    """A run folder is data on disk: its commit, preset, times and measured values reach the
+    terminal sheet, never as escape sequences."""
+    import json
+    import os
+
+    run = Path(os.environ["PAPERLAB_RUNS"]) / "toy" / "20260102T030405000000Z"
+    run.mkdir(parents=True)
+    claims = [{"paper": "toy", "id": "two-plus-two", "statement": "s", "kind": "derived",
+               "expected": 4, "tolerance": "exact", "verdict": "verified", "unit": "\x1b[5m",
+               "measured": "\x1b[31m4", "when": "\x1b]0;title\x07"}]  # fmt: skip
+    (run / "claims.json").write_text(json.dumps(claims))
+    (run / "environment.json").write_text(json.dumps({"git_commit": "\x1b[2J\x1b[31mabc"}))
+    (run / "config.json").write_text(json.dumps({"_preset": "\x9b31m\x1bcquick"}))
+    for lang in ("en", "zh"):
+        result = invoke("show", "toy", "--lang", lang)
+        assert result.exit_code == 0, result.output
+        out = result.stdout
+        assert not any(c in out for c in "\x1b\x07\x9b"), repr(out[:200])
+        assert "quick" in out and "abc" in out  # shown, escaped
