@@ -22,7 +22,6 @@ import yaml
 
 from repro.lab.library import Library
 from repro.study.mathtext import MATHML_ATTRS, MATHML_TAGS
-from repro.study.plots import save_line_plot
 from repro.study.publish import Request, publish
 from repro.study.sheets import (
     must_know_entries,
@@ -166,7 +165,8 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Library, Path]:
                  "expected": 4, "tolerance": "exact", "verdict": "verified", "measured": 4,
                  "when": "2026-01-02T03:04:05Z"}]  # fmt: skip
     (run / "claims.json").write_text(json.dumps(verdicts), encoding="utf-8")
-    save_line_plot(run / "curve.svg", {"a": ([1, 2], [1.0, 2.0])}, "x", "y", "t")
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="9"><g id="a"><path d="M0 0"/></g></svg>'
+    (run / "curve.svg").write_text(svg, encoding="utf-8")
     library = Library(root / "papers")
     for paper in library.papers.values():
         paper.note  # noqa: B018 - the hostile notes load
