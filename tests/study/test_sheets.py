@@ -547,3 +547,27 @@ def test_a_multi_line_statement_stays_one_table_row(library_dir: Path, runs_dir:
     header = next(line for line in md.splitlines() if line.startswith("| claim"))
     unescaped = re.compile(r"(?<!\\)\|")
     assert len(unescaped.findall(row)) == len(unescaped.findall(header))
+
+
+def test_a_note_over_the_math_budget_is_one_located_error_not_a_slow_sheet(
+    library_dir: Path, runs_dir: Path
+) -> None:
+    from repro.lab.errors import NoteError
+    from repro.study.mathcheck import within_math_budget
+
+    note = library_dir / "toy" / "note.yaml"
+    spans = " ".join(f"$a_{{{i}}}$" for i in range(1_050))
+    text = note.read_text().replace("what: TODO the problem", f"what: '{spans}'")
+    note.write_text(text)
+    line = next(n for n, x in enumerate(text.splitlines(), 1) if x.lstrip().startswith("what:"))
+    paper = Library(library_dir).get("toy")
+    with pytest.raises(NoteError) as caught:
+        paper_sheet(paper, runs_dir)
+    assert re.search(rf"note\.yaml:{line}:\d+: problem\.what: more than 1,000 math spans",
+                     str(caught.value)), str(caught.value)  # fmt: skip
+    # the quick check counts formulas' LaTeX as math too
+    formulas = [{"latex": "x" * 1_000} for _ in range(10)]
+    assert within_math_budget({"formulas": formulas, "a": "$y$"}) is False
+    assert within_math_budget({"formulas": formulas}) is True
+    assert within_math_budget({"a": ["$x$ " * 1_000]}) is True
+    assert within_math_budget({"a": ["$x$ " * 1_000, {"b": "$y$"}]}) is False
