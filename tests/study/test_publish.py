@@ -139,3 +139,23 @@ def test_a_smaller_export_reports_every_card_it_drops(tmp_path: Path) -> None:
     (tmp_path / "deck.apkg.cards.json").write_text("[not json", encoding="utf-8")
     assert publish(library, runs, Request(("lora",), fmt="anki", output=out)).removed == []
     assert json.loads((tmp_path / "deck.apkg.cards.json").read_text(encoding="utf-8"))
+
+
+def test_a_related_paper_whose_note_is_broken_is_named_not_linked(
+    lib: Library, library_dir: Path, tmp_path: Path
+) -> None:
+    from repro.study.sheets import paper_sheet, render_sheet
+
+    ok = paper_sheet(lib.get("toy2"), tmp_path / "runs", "zh", lib)
+    assert [(r.slug, r.title, r.href) for r in ok.related] == [
+        ("toy", "Toy: a paper for tests", TOY_URL), ("nowhere", "", ""),
+    ]  # fmt: skip
+    assert "- nowhere (资料库中暂无)" in render_sheet(ok, "md", "zh")
+    (library_dir / "toy" / "note.yaml").write_text("title: [unclosed\n", encoding="utf-8")
+    broken = Library(library_dir)
+    sheet = paper_sheet(broken.get("toy2"), tmp_path / "runs", "en", broken)
+    assert [(r.slug, r.title, r.href) for r in sheet.related] == [
+        ("toy", "", ""), ("nowhere", "", ""),
+    ]  # fmt: skip
+    md = render_sheet(sheet, "md")
+    assert "- toy (not in this library)" in md and "- nowhere (not in this library)" in md
