@@ -136,6 +136,9 @@ def test_display_names_prefer_the_short_title_in_each_language() -> None:
     assert display_name(sheet("r", 2021, short_title="RoPE", zh=zh).note, "zh") == "旋转位置编码"
     assert display_name(sheet("r", 2021, short_title="RoPE", zh=zh).note, "en") == "RoPE"
     assert display_name(sheet("r", 2021, title="Long Title").note, "zh") == "Long Title"
+    no_zh_name = SimpleNamespace(short_title=None)  # an overlay without a display name
+    assert display_name(sheet("r", 2021, short_title="RoPE", zh=no_zh_name).note, "zh") == "RoPE"
+    assert display_name(sheet("r", 2021, title="T", zh=no_zh_name).note, "zh") == "T"
 
 
 def _css_unescape(quoted: str) -> str:
