@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -17,6 +18,7 @@ from repro.align.grpo import (
     k1_kl,
     k3_kl,
 )
+from repro.align.policy import generate, response_mask, token_logprobs
 from repro.data.instructions import InstructionWorld, WorldConfig
 from repro.models.gpt import GPT, GPTConfig
 
@@ -233,3 +235,161 @@ def test_grpo_runs_groups_and_rejects_an_empty_pool():
         assert idx.view(2, 3).eq(idx.view(2, 3)[:, :1]).all()
     with pytest.raises(ValueError, match="prompt_pool"):
         grpo(policy, reference, reward, world, gcfg, pool[:0])
+
+
+def test_config_guards_accept_the_smallest_valid_values_and_name_the_bad_ones():
+    GRPOConfig(group_size=2, questions=1, minibatch=1, epochs=1, iterations=0)
+    with pytest.raises(
+        ValueError, match=r"^group_size must be at least 2 \(a group needs a baseline\), got 1$"
+    ):
+        GRPOConfig(group_size=1)
+    with pytest.raises(ValueError, match=r"^questions must be at least 1, got 0$"):
+        GRPOConfig(questions=0)
+    message = "^minibatch and epochs must be at least 1, iterations at least 0$"
+    for bad in ({"minibatch": 0}, {"epochs": 0}, {"iterations": -1}):
+        with pytest.raises(ValueError, match=message):
+            GRPOConfig(**bad)
+
+
+def grpo_ref(policy, reference, reward_fn, world, cfg, pool, gold_fn):
+    """§4.1 written out: G samples per question, group-normalised outcome advantages (the loop
+    reference), μ epochs of clipped updates with the k3 penalty, per-response token means."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, foreach=True)
+    reference.eval()
+    eot, Q, G = world.vocab.eot, cfg.questions, cfg.group_size
+    history = []
+    for _ in range(cfg.iterations):
+        q = torch.randint(0, len(pool), (Q,), generator=g)
+        idx = torch.tensor([int(i) for i in q for _ in range(G)])  # each question G times
+        prompts = pool[idx]
+        resp = generate(policy, prompts, world.response_len, eot, generator=g)
+        mask = response_mask(resp, eot).float()
+        with torch.no_grad():
+            rewards = reward_fn(idx, resp).double().reshape(Q, G)
+            adv = group_advantages_ref(rewards).flatten().float()
+            logp_old, _ = token_logprobs(policy, prompts, resp)
+            logp_ref, _ = token_logprobs(reference, prompts, resp)
+        k3 = k1 = 0.0
+        for i in range(Q * G):
+            for t in range(resp.shape[1]):
+                if mask[i, t]:
+                    a, b = float(logp_old[i, t]), float(logp_ref[i, t])
+                    k3 += math.exp(b - a) - (b - a) - 1
+                    k1 += a - b
+        rows = rewards.tolist()
+        history.append(
+            {
+                "reward": sum(map(sum, rows)) / (Q * G),
+                "kl_k3": k3 / (Q * G),
+                "kl_k1": k1 / (Q * G),
+                "equal_groups": sum(len(set(r)) == 1 for r in rows) / Q,
+                "gold": gold_fn(idx, resp).double().mean().item(),
+            }
+        )
+        policy.train()
+        for _ in range(cfg.epochs):
+            for mb in torch.randperm(Q * G, generator=g).split(cfg.minibatch):
+                logp, _ = token_logprobs(policy, prompts[mb], resp[mb])
+                loss = grpo_loss(
+                    logp, logp_old[mb], logp_ref[mb], adv[mb], mask[mb], cfg.clip, cfg.beta
+                )
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                opt.step()
+        policy.eval()
+    return history
+
+
+def test_grpo_matches_the_reference_loop():
+    """Two iterations, two epochs of minibatches that do not divide N = 12 (the last is short),
+    a reference of another init (KL ≠ 0) passed in train mode, dropout in the policy: the
+    weights, the statistics and the progress calls agree with `grpo_ref`."""
+    world = InstructionWorld(WorldConfig())
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        n_layers=1,
+        d_model=16,
+        n_heads=2,
+        vocab_size=world.vocab_size,
+        max_seq_len=2 * world.slot_len,
+        dropout=0.2,
+    )
+    policy, reference = GPT(cfg).train(), GPT(cfg).train()
+    pool = world.prompts(world.sample_instances(9, torch.Generator().manual_seed(1)))
+    eot = world.vocab.eot
+
+    def reward(idx, resp):  # a function of the response (and of the question)
+        return (resp[:, 0] % 3 + (resp == eot).any(1) * (idx % 2)).float()
+
+    def gold(idx, resp):
+        return (idx[:, None] * (resp + 1)).sum(1).float()
+
+    gcfg = GRPOConfig(
+        beta=0.3, group_size=3, questions=4, iterations=2, epochs=2, minibatch=5, lr=3e-3,
+        clip=0.15, seed=4,
+    )  # fmt: skip
+    ref_models = copy.deepcopy((policy, reference))
+    torch.manual_seed(11)
+    want = grpo_ref(*ref_models, reward, world, gcfg, pool, gold)
+    calls = []
+    torch.manual_seed(11)
+    got = grpo(
+        policy, reference, reward, world, gcfg, pool, lambda *a: calls.append(a), gold_fn=gold
+    )
+    assert len(got) == 2
+    for row_got, row_want in zip(got, want, strict=True):
+        assert row_got.keys() == row_want.keys()
+        for key in row_want:
+            assert row_got[key] == pytest.approx(row_want[key], rel=1e-5, abs=1e-6), key
+    assert want[0]["kl_k3"] > 0.01 and want[0]["reward"] > 0 and want[0]["equal_groups"] < 1
+    weights = zip(policy.state_dict().items(), ref_models[0].state_dict().values(), strict=True)
+    for (name, a), b in weights:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert not policy.training and not reference.training
+    assert calls == [("GRPO G=3 β=0.3", 1, 2), ("GRPO G=3 β=0.3", 2, 2)]
+
+
+def test_grpo_rejects_a_pool_that_is_not_prompts_by_length():
+    world = InstructionWorld(WorldConfig())
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layers=1, d_model=8, n_heads=2, vocab_size=world.vocab_size, max_seq_len=16)
+    policy = GPT(cfg)
+    pool = world.prompts(world.sample_instances(4, torch.Generator().manual_seed(1)))
+    for bad in (pool[0], pool[:0]):
+        with pytest.raises(
+            ValueError, match=r"^prompt_pool must be a non-empty \(M, P\) tensor of prompts$"
+        ):
+            grpo(policy, policy, lambda i, r: r[:, 0].float(), world, GRPOConfig(), bad)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((0, 4), r"^empty batch: no groups of rewards$"),
+        ((3, 1), r"^group size must be at least 2, got 1$"),
+        ((6,), r"^rewards must be \(questions, group size\), got shape \(6,\)$"),
+        ((2, 3, 1), r"^rewards must be \(questions, group size\), got shape \(2, 3, 1\)$"),
+    ],
+)
+def test_advantage_guards_say_what_is_wrong(shape, message):
+    """The whole message (the shape, the group size); the smallest valid batch, one group of
+    two, is accepted by both implementations."""
+    for fn in (group_advantages, group_advantages_ref):
+        with pytest.raises(ValueError, match=message):
+            fn(torch.zeros(shape))
+        assert fn(torch.tensor([[1.0, 3.0]])).tolist() == [[-1.0, 1.0]]
+
+
+def test_grpo_loss_of_a_single_response():
+    """N = 1 is a batch (only N = 0 is rejected, with its message): the mean over its tokens."""
+    logp = torch.tensor([[-0.5, -1.0, -2.0]], dtype=torch.float64)
+    logp_old = torch.tensor([[-0.7, -1.0, -1.0]], dtype=torch.float64)
+    logp_ref = torch.tensor([[-1.0, -0.2, -2.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)
+    adv = torch.tensor([0.6], dtype=torch.float64)
+    got = grpo_loss(logp, logp_old, logp_ref, adv, mask, 0.2, 0.1).item()
+    assert got == pytest.approx(grpo_loss_ref(logp, logp_old, logp_ref, [0.6], mask, 0.2, 0.1))
+    with pytest.raises(ValueError, match=r"^empty batch: no responses$"):
+        grpo_loss(logp[:0], logp_old[:0], logp_ref[:0], adv[:0], mask[:0], 0.2, 0.1)
