@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
+import pytest
+import torch
+
+from repro.lab.claims import Context
 from repro.lab.library import Library
-from repro.serving.trace import Request
+from repro.serving.trace import Request, make_trace, simulate
 
 PA = Library().get("pagedattention").module()
 
@@ -35,3 +39,87 @@ def test_exactness_and_its_controls() -> None:
     assert m["shuffled_table_min_diff"] > 0.05
     assert m["no_copy_on_write_diff"] > 0.05
     assert m["copies"] >= 1  # the forks really exercised copy-on-write
+
+
+# --- the pieces the claims build on, against counts by hand and the library's own calls --------
+
+
+def shared_blocks_by_formula(prompt: int, output: int, n: int, block_size: int) -> int:
+    """The full prompt blocks once; every sample owns the rest of its blocks, the partial prompt
+    block included (each writer but the last copies it on its first write)."""
+    if output == 0:
+        return math.ceil(prompt / block_size)
+    full = prompt // block_size
+    return full + n * (math.ceil((prompt + output) / block_size) - full)
+
+
+@pytest.mark.parametrize(("n", "block_size"), [(3, 8), (4, 16), (6, 5)])
+def test_sharing_saving_counts_every_request_by_formula(n: int, block_size: int) -> None:
+    requests = [Request(20, 5), Request(33, 40), Request(64, 1), Request(7, 0), Request(1, 90)]
+    requests += make_trace(12, 3)
+    got = PA.parallel_sampling_saving(requests, n, block_size)
+    shared = sum(
+        shared_blocks_by_formula(r.prompt_len, r.output_len, n, block_size) for r in requests
+    )
+    unshared = sum(n * math.ceil(r.total / block_size) for r in requests)
+    assert got["blocks_shared"] == shared and got["blocks_unshared"] == unshared
+    assert got["saving"] == pytest.approx(1 - shared / unshared, rel=1e-12)
+    assert 0 < got["saving"] < 1
+
+
+def test_opt13b_layer_cache_at_every_block_size() -> None:
+    for B in (8, 32, 128):
+        cache = PA.opt13b_layer_cache(B)
+        assert cache.block_size == B and cache.k.device.type == "meta"
+        assert cache.k.dtype == torch.float16
+        assert cache.k.shape == (1, 40, B, 128) and cache.v.shape == cache.k.shape  # one block
+        assert cache.bytes_per_block == 2 * B * 40 * 128 * 2
+
+
+def test_scattered_cache_hands_out_every_block_in_a_seeded_random_order() -> None:
+    cache = PA.scattered_cache(4, 3, 5, seed=1)
+    assert cache.k.shape == cache.v.shape == (64, 3, 4, 5) and cache.k.dtype == torch.float64
+    order = [cache.allocator.allocate() for _ in range(64)]
+    assert sorted(order) == list(range(64))
+    again = PA.scattered_cache(4, 3, 5, seed=1)
+    assert [again.allocator.allocate() for _ in range(64)] == order
+    other = PA.scattered_cache(4, 3, 5, seed=2)
+    assert [other.allocator.allocate() for _ in range(64)] != order
+    steps = [b - a for a, b in zip(order, order[1:], strict=False)]
+    assert sum(s == 1 for s in steps) < 10  # not the allocator's own 0, 1, 2, … order
+
+
+def test_experiment_reports_the_librarys_simulation_of_its_settings() -> None:
+    cfg = PA.Config(requests=12, block_sizes=(8, 32), budget_slots=4096, samples=(2, 3),
+                    cow_requests=4)  # fmt: skip
+    m = PA.experiment(cfg, Context(seed=5))
+    trace = make_trace(12, 5)
+    assert m["mean_request_tokens"] == pytest.approx(sum(r.total for r in trace) / 12)
+    for B in (8, 32):
+        s = simulate(trace, 4096, B)
+        assert (m["waste"][B], m["running"][B], m["preemptions"][B]) == (
+            s.waste, s.running, s.preemptions,
+        )  # fmt: skip
+    pre = simulate(trace, 4096, None)
+    assert (m["prealloc_waste"], m["prealloc_running"]) == (pre.waste, pre.running)
+    assert m["prealloc_waste"] > m["waste"][32] > m["waste"][8]
+    cow_trace = make_trace(4, 6)
+    for n in (2, 3):
+        shared = sum(shared_blocks_by_formula(r.prompt_len, r.output_len, n, 16) for r in cow_trace)
+        unshared = sum(n * math.ceil(r.total / 16) for r in cow_trace)
+        assert m["cow"][n]["saving"] == pytest.approx(1 - shared / unshared, rel=1e-12)
+    assert set(m["cow"]) == {2, 3}
+
+
+def test_experiment_plots_waste_in_percent_by_block_size(monkeypatch, tmp_path) -> None:
+    cfg = PA.Config(requests=12, block_sizes=(32, 8), budget_slots=4096, samples=(2,),
+                    cow_requests=2)  # fmt: skip
+    plots = []
+    monkeypatch.setattr(PA, "save_line_plot", lambda path, series, *a, **k: plots.append(
+        (path, series, k)))  # fmt: skip
+    m = PA.experiment(cfg, Context(seed=5, out_dir=tmp_path))
+    ((path, series, kwargs),) = plots
+    assert path == tmp_path / "waste_by_block_size.svg" and kwargs == {"logx": True}
+    paged, prealloc = series.values()
+    assert paged == ([8, 32], [100 * m["waste"][8], 100 * m["waste"][32]])
+    assert prealloc == ([8, 32], [100 * m["prealloc_waste"]] * 2)
