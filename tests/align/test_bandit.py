@@ -20,7 +20,7 @@ from repro.align.bandit import (
     rl,
     total_variation,
 )
-from repro.align.reward import pairwise_loss
+from repro.align.reward import pairwise_loss, pairwise_loss_ref
 
 
 @functools.cache
@@ -297,3 +297,44 @@ def test_rankings_follow_their_own_generator() -> None:
         drawn.append(bandit.rankings(40, 4, torch.Generator().manual_seed(seed)))
     assert all(torch.equal(a, b) for a, b in zip(drawn[0], drawn[1], strict=True))
     assert not torch.equal(drawn[0][0], drawn[2][0]) and not torch.equal(drawn[0][1], drawn[2][1])
+
+
+def test_rankings_follow_plackett_luce_over_all_orderings():
+    """K = 3 responses out of 3: each of the 6 orderings appears with its Plackett–Luce
+    probability Π_i exp(s_i)/Σ_{j≥i} exp(s_j), s = r*/τ (the first choice alone cannot tell a
+    Gumbel from a reflected one; the later choices can)."""
+    import itertools
+
+    b = Bandit(BanditConfig(n_prompts=1, n_responses=3, label_temperature=0.7, seed=5))
+    n = 20_000
+    _, y, ranking = b.rankings(n, 3, torch.Generator().manual_seed(6))
+    orders = [tuple(row) for row in y.gather(1, ranking).tolist()]  # response ids, best first
+    s = (b.gold[0] / 0.7).tolist()
+    assert max(s) - min(s) > 1.0  # orderings far from uniform
+    for order in itertools.permutations(range(3)):
+        p = 1.0
+        for i in range(3):
+            p *= math.exp(s[order[i]]) / sum(math.exp(s[j]) for j in order[i:])
+        seen = orders.count(order) / n
+        assert abs(seen - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3, (order, seen, p)
+
+
+def test_kl_optimum_names_its_softmax_dim():
+    """An implicit softmax dimension warns (and picks the wrong one for other shapes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        logp = kl_optimum(_bandit().logp_sft, _bandit().gold, 0.5)
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(16, dtype=torch.float64))
+
+
+def test_fit_reward_model_takes_adams_first_step_of_its_learning_rate():
+    """After one step from w = 0, Adam moves each weight by lr·g/(|g| + ε), lr = 0.05, ε = 1e-8,
+    against its gradient g (m̂ = g, v̂ = g²), that of Eq. 1 (loops, `pairwise_loss_ref`)."""
+    bandit = Bandit(BanditConfig(n_prompts=4, n_responses=5, n_features=3, seed=8))
+    r = fit_reward_model(bandit, 30, 3, "linear", 1, seed=4)
+    x, y, ranking = bandit.rankings(30, 3, torch.Generator().manual_seed(4))
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    pairwise_loss_ref(bandit.phi[x[:, None], y] @ w, ranking).backward()
+    want = bandit.phi @ (-0.05 * w.grad / (w.grad.abs() + 1e-8))
+    want = want - (bandit.logp_sft.exp() * want).sum(-1).mean()
+    torch.testing.assert_close(r, want, rtol=0, atol=1e-12)
