@@ -316,8 +316,8 @@ def test_an_escaped_dollar_is_no_stray_dollar() -> None:
 
 @pytest.mark.parametrize(
     "latex",
-    [r"a_1 * b_2 * c_3", r"\text{[x](javascript:y)} + \text{<b>hi</b>}", r"\# x | y ~ z",
-     r"\text{`code`} \{ a \}", r"x^{*} \backslash y"],
+    [r"a_1 * b_2 * c_3", r"x + \text{_a_} + \_b\_", r"\# x | y ~ z", r"x^{*} \backslash y",
+     r"\text{[x](javascript:y)} + \text{<b>hi</b>}", r"\text{`code`} \{ a \}"],
 )  # fmt: skip
 def test_terminal_math_is_read_back_by_markdown_as_the_same_characters(latex: str) -> None:
     """`show` hands rich Markdown with each formula as Unicode; whatever characters the
