@@ -268,10 +268,12 @@ def test_clipped_surrogate_uses_the_ratio_to_the_old_policy() -> None:
     logp_old = torch.tensor([[-1.0, -2.0, -0.3]])
     ratio = torch.tensor([[1.1, 0.6, 1.5]])
     adv = torch.tensor([[1.0, -2.0, 0.5]])
-    mask = torch.tensor([[0.0, 1.0, 0.0]])
-    loss = ppo_clip_loss(logp_old + ratio.log(), logp_old, adv, mask, clip=0.2)
-    # the one counted token: min(0.6·(−2), 0.8·(−2)) = −1.6
-    assert loss.item() == pytest.approx(1.6, rel=1e-6)
+    logp = logp_old + ratio.log()
+    # min(ρA, clip(ρ)A) per token: min(1.1, 1.1) = 1.1, min(0.6·(−2), 0.8·(−2)) = −1.6
+    loss = ppo_clip_loss(logp, logp_old, adv, torch.tensor([[1.0, 1.0, 0.0]]), clip=0.2)
+    assert loss.item() == pytest.approx(-(1.1 - 1.6) / 2, rel=1e-6)
+    one = ppo_clip_loss(logp, logp_old, adv, torch.tensor([[0.0, 1.0, 0.0]]), clip=0.2)
+    assert one.item() == pytest.approx(1.6, rel=1e-6)  # the mean over one token
     assert ppo_clip_loss(logp_old, logp_old, adv, torch.zeros(1, 3), clip=0.2).item() == 0
 
 
