@@ -351,13 +351,15 @@ def _item(key: str, priority: str, order: int = 0) -> drill.Item:
 
 
 def test_pick_takes_due_items_by_priority_then_due_date_then_new_ones() -> None:
-    """Lopsided on purpose: the oldest due item is a `further` one, the newest a must-know."""
+    """Lopsided on purpose: the oldest due item is a `further` one, the newest a must-know,
+    and within a priority the earlier due date comes first against the keys' order."""
     from types import SimpleNamespace
 
     items = [
-        _item("p:question:core-recent", "core"),
+        _item("p:question:core-a-recent", "core"),
         _item("p:question:must-recent", "must-know"),
-        _item("p:question:core-old", "core"),
+        _item("p:question:must-z-old", "must-know"),
+        _item("p:question:core-b-old", "core"),
         _item("p:question:further-oldest", "further"),
         _item("p:question:not-due", "must-know"),
         _item("q:question:new-core-late", "core", order=3),
@@ -365,21 +367,21 @@ def test_pick_takes_due_items_by_priority_then_due_date_then_new_ones() -> None:
         _item("q:question:new-core-early", "core", order=1),
         _item("q:question:new-must", "must-know", order=9),
     ]
-    due_in = {"core-recent": -1, "must-recent": -0.1, "core-old": -48, "further-oldest": -72,
-              "not-due": 5}  # fmt: skip
+    due_in = {"core-a-recent": -1, "must-recent": -0.1, "must-z-old": -5, "core-b-old": -48,
+              "further-oldest": -72, "not-due": 5}  # fmt: skip
     cards = {i.key: None for i in items}
     for name, hours in due_in.items():
         cards[f"p:question:{name}"] = SimpleNamespace(due=START + timedelta(hours=hours))
     order = {"p": 0, "q": 1}
     picked = [i.key.split(":")[2] for i in drill.pick(items, cards, START, 20, False, order)]
     assert picked == [
-        "must-recent", "core-old", "core-recent", "further-oldest",
+        "must-z-old", "must-recent", "core-b-old", "core-a-recent", "further-oldest",
         "new-must", "new-core", "new-core-early", "new-core-late",
     ]  # fmt: skip
     due = drill.pick(items, cards, START, 20, True, order)
-    assert [i.key.split(":")[2] for i in due] == picked[:4]
+    assert [i.key.split(":")[2] for i in due] == picked[:5]
     assert [i.key.split(":")[2] for i in drill.pick(items, cards, START, 2, False, order)] == [
-        "must-recent", "core-old"
+        "must-z-old", "must-recent"
     ]  # fmt: skip
 
 
