@@ -4,6 +4,7 @@ without the reference, a wrong gold reward)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,7 +12,9 @@ import torch
 
 from repro.align.grpo import group_advantages, k1_kl, k3_kl
 from repro.align.pretrain import PretrainConfig
+from repro.align.reward import RewardModel
 from repro.data.instructions import InstructionWorld
+from repro.lab.claims import Context
 from repro.lab.library import Library
 
 GRPO = Library().get("grpo").module()
@@ -113,3 +116,158 @@ def test_permuted_rewards_lose_the_group_signal():
     corr = lambda a, b: torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()  # noqa: E731
     assert corr(own, r) > 0.7
     assert abs(corr(perm, r)) < 0.1
+
+
+# --- the seeded numbers and the bookkeeping the claims rest on --------------------------------
+
+
+def test_reward_groups_are_the_documented_mix():
+    """64 groups of 5 in fp64: the first 8 flat (and only those), integer scores 0..3 with
+    +25 outliers on about 10% of outputs, small Gaussian noise on odd groups only."""
+    for seed in (0, 1):
+        r = GRPO.reward_groups(seed)
+        assert r.shape == (64, 5) and r.dtype == torch.float64
+        flat = (r == r[:, :1]).all(1)
+        assert flat[:8].all() and flat.sum() == 8
+        outlier = r >= 24
+        assert 0.05 < outlier.double().mean() < 0.15
+        base = torch.where(outlier, r - 25, r)
+        even, odd = base[8::2], base[9::2]
+        assert torch.equal(even, even.round())
+        assert set(even.flatten().tolist()) == {0.0, 1.0, 2.0, 3.0}
+        noise = odd - odd.round()
+        assert (noise != 0).all() and noise.abs().max() < 0.5
+        assert torch.equal(r, GRPO.reward_groups(seed))
+    assert not torch.equal(GRPO.reward_groups(0), GRPO.reward_groups(1))
+
+
+def test_categorical_pairs_cover_the_sizes_and_scales():
+    """20 pairs over V ∈ {3, 4, 7, 16, 40}, logits scaled by 0.3, 1, 3, 6 in turn: the range of
+    log π grows with the scale (range / scale of order 1–5 for a standard normal's range)."""
+    pairs = GRPO.categorical_pairs(0)
+    assert [len(a) for a, _ in pairs] == [3, 4, 7, 16, 40] * 4
+    for logp, logp_ref in pairs:
+        assert logp.dtype == torch.float64 and logp.shape == logp_ref.shape
+        zero = torch.zeros((), dtype=torch.float64)
+        torch.testing.assert_close(torch.logsumexp(logp, -1), zero)
+        torch.testing.assert_close(torch.logsumexp(logp_ref, -1), zero)
+        assert not torch.equal(logp, logp_ref)
+    for i, scale in enumerate((0.3, 1.0, 3.0, 6.0)):
+        ranges = [(a.max() - a.min()).item() / scale for a, _ in pairs[i::4]]
+        assert 1.5 < sum(ranges) / len(ranges) < 5, (scale, ranges)
+    assert GRPO.enumerate_estimators(0)["k1"]["pairs"] == 20
+
+
+def test_counter_counts_calls_per_module_copies_and_gradients():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(2, 4)
+    counter = GRPO._Counter({"policy": a, "reference": b})
+    twin = copy.deepcopy(a)  # made after the hooks: shares them, reported by its own id
+    x = torch.randn(5, 3)
+    a(x).sum().backward()
+    a(x)
+    with torch.no_grad():
+        b(twin(x))
+    report = counter.report()
+    assert report["policy"] == {"forward_calls": 2, "parameters": 8, "trained": True}
+    assert report["reference"] == {"forward_calls": 1, "parameters": 12, "trained": False}
+    assert report["made inside the update"] == {"forward_calls": 1, "parameters": 8,
+                                                "trained": False}  # fmt: skip
+    a(x)  # the hooks are gone after the report
+    assert counter.calls[id(a)] == 2
+
+
+def test_gold_reward_model_scores_by_r_star_and_values_with_its_own_trunk():
+    """Scores are r* (wrong answers score lower); per token it is the critic PPO copies: a
+    value head on its own copy of the trunk (training the policy afterwards leaves it alone)."""
+    from repro.models.gpt import GPT
+
+    torch.manual_seed(0)
+    lm = GPT(PretrainConfig().gpt_config()).eval()
+    rm = GRPO.GoldRewardModel(lm, WORLD)
+    g = torch.Generator().manual_seed(1)
+    inst = WORLD.sample_instances(16, g)
+    prompts, right = WORLD.prompts(inst), WORLD.gold_responses(inst)
+    wrong = right.clone()
+    wrong[:, 0] = WORLD.vocab.digit0 + (right[:, 0] - WORLD.vocab.digit0 + 1) % 10
+    for resp in (right, wrong):
+        torch.testing.assert_close(rm(torch.cat([prompts, resp], 1)), WORLD.gold_reward(inst, resp))
+    tokens = torch.cat([prompts, right], 1)
+    with torch.no_grad():
+        rm.head.weight.normal_(generator=g)
+        before = rm(tokens, per_token=True)
+        assert before.shape == tokens.shape
+        peer = RewardModel(copy.deepcopy(rm.lm))
+        peer.head.load_state_dict(rm.head.state_dict())
+        torch.testing.assert_close(before, peer(tokens, per_token=True))
+        lm.wte.weight.add_(1.0)  # the policy moves; the critic's trunk is a copy
+        torch.testing.assert_close(rm(tokens, per_token=True), before)
+
+
+def test_smooth_defaults_to_the_last_five_points():
+    ys = [1.0, 4.0, 2.0, 8.0, 5.0, 7.0, 0.0, 3.0]
+    want = [sum(ys[max(0, i - 4) : i + 1]) / len(ys[max(0, i - 4) : i + 1]) for i in range(8)]
+    assert GRPO.smooth(ys) == pytest.approx(want)
+
+
+def test_save_plots_draws_gold_by_sampled_responses(monkeypatch, tmp_path):
+    hist = {
+        "grpo": [{"gold": v} for v in (0.1, 0.3, 0.2)],
+        "ppo": [{"gold": v} for v in (0.2, 0.1, 0.4)],
+        "permuted": [{"gold": v} for v in (0.3, 0.3, 0.1)],
+    }
+    plots = []
+    monkeypatch.setattr(GRPO, "save_line_plot", lambda path, series, *a, **k: plots.append(
+        (path, series)))  # fmt: skip
+    GRPO.save_plots({"lm": [{"responses_per_iteration": 64, "history": hist}]}, tmp_path)
+    ((path, series),) = plots
+    assert path == tmp_path / "gold_reward_vs_responses.svg"
+    assert len(series) == 4
+    lines = list(series.values())
+    for (xs, ys), name in zip(lines[:3], ("grpo", "ppo", "permuted"), strict=True):
+        assert xs == [64, 128, 192]
+        assert ys == pytest.approx(GRPO.smooth([h["gold"] for h in hist[name]]))
+    assert lines[3] == ([64, 128, 192], [pytest.approx(0.2)] * 3)  # mean of the first batches
+
+
+def test_lm_reads_the_experiments_runs():
+    runs = [{"eval": {}}, {"eval": {"sft": {}}}]
+    ctx = Context(run_experiment=lambda cfg, ctx: {"lm": runs, "cpu_seconds": 1.0})
+    assert GRPO._lm(ctx) == runs
+
+
+def test_seeded_numbers_default_to_seed_0_and_repeat():
+    assert torch.equal(GRPO.reward_groups(), GRPO.reward_groups(0))
+    for (a, b), (c, d) in zip(GRPO.categorical_pairs(), GRPO.categorical_pairs(0), strict=True):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    other = GRPO.categorical_pairs(1)
+    assert not torch.equal(GRPO.categorical_pairs(0)[0][0], other[0][0])
+
+
+def test_centring_error_sees_nonzero_advantages_in_flat_groups_and_groups_that_cancel():
+    """Two wrong advantages with finite values: one centred in every group but giving flat
+    groups ±1 (∞: the flat-group guard), one whose group sums are +1 and −1 in turn (1, not
+    the batch sum 0)."""
+    r = GRPO.reward_groups(0)
+    flat = (r == r[:, :1]).all(1)
+
+    def noisy_flat(x: torch.Tensor) -> torch.Tensor:
+        adv = group_advantages(x).clone()
+        adv[flat, 0], adv[flat, 1] = 1.0, -1.0
+        return adv
+
+    assert GRPO.centring_error(r, noisy_flat) == math.inf
+
+    def cancelling(x: torch.Tensor) -> torch.Tensor:
+        adv = group_advantages(x).clone()
+        adv[~flat, 0] += torch.tensor([1.0, -1.0]).repeat(28).double()
+        return adv
+
+    assert GRPO.centring_error(r, cancelling) == pytest.approx(1.0)
+
+
+def test_affine_error_is_the_change_under_a_times_r_plus_b():
+    """For Â(x) = x the error is max |(a − 1)·r + b| over the maps (closed form)."""
+    r = GRPO.reward_groups(2)
+    for a, b in ((2.0, 3.0), (0.5, -7.0)):
+        want = ((a - 1) * r + b).abs().max().item()
+        assert GRPO.affine_error(r, [(a, b)], advantages=lambda x: x) == pytest.approx(want)
