@@ -706,3 +706,22 @@ def test_short_answer_limits_at_their_edges() -> None:
     # a trailing comma or dash before the cut is dropped
     comma = " ".join(words[:39]) + " w39, " + " ".join(words[40:70]) + "."
     assert short_answer(comma) == " ".join(words[:40]) + " …"
+
+
+@pytest.mark.parametrize("priority", ["must-know", "core", "further"])
+def test_only_a_must_know_papers_cards_carry_the_must_know_tag(
+    tmp_path: Path, priority: str
+) -> None:
+    import csv
+    import io
+
+    def edit(note: dict) -> None:
+        note["priority"] = priority
+
+    paper = _toy_paper(tmp_path, edit)
+    rows = list(csv.reader(io.StringIO(render_tsv([paper]).split("\n", 5)[5]), delimiter="\t"))
+    assert len(rows) == len(paper_cards(paper)) >= 5
+    for row in rows:
+        tags = row[4].split()
+        assert tags[:2] == ["toy", priority]
+        assert ("paperlab::must-know" in tags) == (priority == "must-know")
