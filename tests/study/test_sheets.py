@@ -571,3 +571,16 @@ def test_a_note_over_the_math_budget_is_one_located_error_not_a_slow_sheet(
     assert within_math_budget({"formulas": formulas}) is True
     assert within_math_budget({"a": ["$x$ " * 1_000]}) is True
     assert within_math_budget({"a": ["$x$ " * 1_000, {"b": "$y$"}]}) is False
+
+
+def test_inline_math_sits_in_its_own_scrolling_box_display_math_does_not() -> None:
+    """On a page each inline formula is wrapped in `span.mi` (it scrolls by itself on a phone);
+    a displayed one is a block already; an Anki card or a bare fragment gets no wrapper."""
+    from repro.study.sheets import markdown_html, text_html
+
+    html = str(text_html("a $x_1$ and $y$ then $$z = 1$$", block=True))
+    assert html.count('<span class="mi"><math') == 2
+    assert (
+        html.count('display="block"') == 1 and '<span class="mi"><math display="block"' not in html
+    )
+    assert '<span class="mi">' not in str(markdown_html("a $x_1$"))
