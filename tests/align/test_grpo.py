@@ -302,6 +302,21 @@ def grpo_ref(policy, reference, reward_fn, world, cfg, pool, gold_fn):
     return history
 
 
+class EotBias(torch.nn.Module):
+    """A GPT whose `<eot>` logit is raised by 2, so that many sampled responses end early (a
+    random tiny model would hardly ever stop, and padding after `<eot>` would go untested)."""
+
+    def __init__(self, lm, eot):
+        super().__init__()
+        self.lm = lm
+        self.register_buffer(
+            "bias", 2.0 * torch.nn.functional.one_hot(torch.tensor(eot), lm.cfg.vocab_size)
+        )
+
+    def forward(self, idx):
+        return self.lm(idx) + self.bias
+
+
 def test_grpo_matches_the_reference_loop():
     """Two iterations, two epochs of minibatches that do not divide N = 12 (the last is short),
     a reference of another init (KL ≠ 0) passed in train mode, dropout in the policy: the
@@ -316,11 +331,14 @@ def test_grpo_matches_the_reference_loop():
         max_seq_len=2 * world.slot_len,
         dropout=0.2,
     )
-    policy, reference = GPT(cfg).train(), GPT(cfg).train()
-    pool = world.prompts(world.sample_instances(9, torch.Generator().manual_seed(1)))
     eot = world.vocab.eot
+    policy, reference = EotBias(GPT(cfg), eot).train(), EotBias(GPT(cfg), eot).train()
+    pool = world.prompts(world.sample_instances(9, torch.Generator().manual_seed(1)))
+
+    stopped = []
 
     def reward(idx, resp):  # a function of the response (and of the question)
+        stopped.append(int((resp == eot).any(1).sum()))
         return (resp[:, 0] % 3 + (resp == eot).any(1) * (idx % 2)).float()
 
     def gold(idx, resp):
@@ -344,6 +362,7 @@ def test_grpo_matches_the_reference_loop():
         for key in row_want:
             assert row_got[key] == pytest.approx(row_want[key], rel=1e-5, abs=1e-6), key
     assert want[0]["kl_k3"] > 0.01 and want[0]["reward"] > 0 and want[0]["equal_groups"] < 1
+    assert 0 < stopped[0] < 12  # some responses end with <eot> and padding, some run to R
     weights = zip(policy.state_dict().items(), ref_models[0].state_dict().values(), strict=True)
     for (name, a), b in weights:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
