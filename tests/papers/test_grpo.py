@@ -123,7 +123,7 @@ def test_permuted_rewards_lose_the_group_signal():
 
 def test_reward_groups_are_the_documented_mix():
     """64 groups of 5 in fp64: the first 8 flat (and only those), integer scores 0..3 with
-    +25 outliers on about 10% of outputs, small Gaussian noise on odd groups only."""
+    +25 outliers on about 10% of outputs, Gaussian noise of std 0.37 on odd groups only."""
     for seed in (0, 1):
         r = GRPO.reward_groups(seed)
         assert r.shape == (64, 5) and r.dtype == torch.float64
@@ -136,7 +136,8 @@ def test_reward_groups_are_the_documented_mix():
         assert torch.equal(even, even.round())
         assert set(even.flatten().tolist()) == {0.0, 1.0, 2.0, 3.0}
         noise = odd - odd.round()
-        assert (noise != 0).all() and noise.abs().max() < 0.5
+        assert (noise != 0).all()
+        assert odd.min() > -1.5 and odd.max() < 4.5  # 0..3 plus noise of std 0.37 (< 4σ)
         assert torch.equal(r, GRPO.reward_groups(seed))
     assert not torch.equal(GRPO.reward_groups(0), GRPO.reward_groups(1))
 
