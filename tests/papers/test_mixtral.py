@@ -134,3 +134,15 @@ def test_max_load_is_the_largest_over_layers_and_experts():
     assert loads[0].max() < 0.45
     assert MIXTRAL.max_load(model) == pytest.approx(max(v.max().item() for v in loads))
     assert MIXTRAL.max_load(model) == pytest.approx(1 / cfg.top_k)
+
+
+def test_config_checks_the_rope_head_split_and_allows_top_k_equal_to_n_experts():
+    with pytest.raises(ValueError):
+        MIXTRAL.Config(d_model=30, n_heads=2)  # head dim 15: RoPE rotates pairs
+    MIXTRAL.Config(n_experts=2, top_k=2)  # every expert on every token is allowed
+
+
+def test_model_takes_the_head_counts_of_the_config():
+    cfg = MIXTRAL.Config(n_heads=2, n_kv_heads=1)
+    c = MIXTRAL._model(cfg, 0.0).cfg
+    assert (c.n_heads, c.n_kv_heads) == (2, 1)
