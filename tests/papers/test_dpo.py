@@ -111,3 +111,17 @@ def test_presets_and_settings():
     assert quick.repeats == 1 and full.repeats == 3
     assert quick.large_beta >= 1000 * quick.beta  # the β → ∞ control is far from DPO's β
     assert quick.curve_prompts <= quick.n_eval
+
+
+def test_the_bandit_reward_is_on_the_labelers_bradley_terry_scale():
+    """With two responses, Plackett–Luce labels prefer y to y' with probability σ(r − r') for
+    the reward the claims use: measured on 20,000 labels, within 4 standard errors."""
+    import math
+
+    b = bandit_lib.Bandit(bandit_lib.BanditConfig(n_prompts=1, n_responses=2, seed=3))
+    r = DPO._bandit_reward(b)[0]
+    x, y, ranking = b.rankings(20_000, 2, torch.Generator().manual_seed(1))
+    first_wins = (y.gather(1, ranking)[:, 0] == 0).double().mean().item()
+    p = 1 / (1 + math.exp(-(r[0] - r[1]).item()))
+    assert 0.6 < max(p, 1 - p) < 0.97  # neither a coin flip nor certain
+    assert abs(first_wins - p) < 4 * math.sqrt(p * (1 - p) / 20_000)
