@@ -28,8 +28,8 @@ The text is printed only when everything it was made from is unchanged (the key,
 
 `list` is keyed the same way by the rows it shows (each paper's title, year, priority, tags and
 claim counts, or the first problem of a note that does not load), the code and the console: its
-rows cost little to read from the note cache, but rich's table, imported and laid out, was more
-than half of the command's time.
+rows cost little to read from the note cache, but rich's table, imported and laid out, was about
+a third of the command's time.
 
 The key is computed again after a render and the entry is written only if it did not change
 meanwhile (an edit or a new run while rendering). Nothing is cached when the output cannot be
