@@ -302,22 +302,7 @@ def grpo_ref(policy, reference, reward_fn, world, cfg, pool, gold_fn):
     return history
 
 
-class EotBias(torch.nn.Module):
-    """A GPT whose `<eot>` logit is raised by 2, so that many sampled responses end early (a
-    random tiny model would hardly ever stop, and padding after `<eot>` would go untested)."""
-
-    def __init__(self, lm, eot):
-        super().__init__()
-        self.lm = lm
-        self.register_buffer(
-            "bias", 2.0 * torch.nn.functional.one_hot(torch.tensor(eot), lm.cfg.vocab_size)
-        )
-
-    def forward(self, idx):
-        return self.lm(idx) + self.bias
-
-
-def test_grpo_matches_the_reference_loop():
+def test_grpo_matches_the_reference_loop(eot_biased):
     """Two iterations, two epochs of minibatches that do not divide N = 12 (the last is short),
     a reference of another init (KL ≠ 0) passed in train mode, dropout in the policy: the
     weights, the statistics and the progress calls agree with `grpo_ref`."""
@@ -332,7 +317,7 @@ def test_grpo_matches_the_reference_loop():
         dropout=0.2,
     )
     eot = world.vocab.eot
-    policy, reference = EotBias(GPT(cfg), eot).train(), EotBias(GPT(cfg), eot).train()
+    policy, reference = eot_biased(GPT(cfg), eot).train(), eot_biased(GPT(cfg), eot).train()
     pool = world.prompts(world.sample_instances(9, torch.Generator().manual_seed(1)))
 
     stopped = []

@@ -205,13 +205,15 @@ def ppo_ref(policy, reference, rm, world, cfg, pool, text, gold_fn):
 @pytest.mark.parametrize(
     "ptx_coef, with_text, same_start", [(0.5, True, False), (0.0, True, False), (0.5, False, True)]
 )
-def test_ppo_matches_the_reference_loop(ptx_coef, with_text, same_start) -> None:
+def test_ppo_matches_the_reference_loop(ptx_coef, with_text, same_start, eot_biased) -> None:
     """Two iterations (the second uses the value function the first trained), two epochs of
     minibatches: the policy's weights, the statistics and the progress calls agree with
     `ppo_ref`. γ = 0 with text given, or γ > 0 with none, must not touch the text. A policy
     that starts as the reference has k1 = 0 exactly at first: no sample counts as negative."""
     world = InstructionWorld(WorldConfig())
-    models = _ppo_models(world)
+    policy, reference, rm = _ppo_models(world)
+    eot = world.vocab.eot  # responses that stop early, so that padding is masked out
+    models = [eot_biased(policy, eot).train(), eot_biased(reference, eot).train(), rm]
     if same_start:
         models[1].load_state_dict(models[0].state_dict())
     pool = world.prompts(world.sample_instances(12, torch.Generator().manual_seed(1)))
@@ -221,7 +223,10 @@ def test_ppo_matches_the_reference_loop(ptx_coef, with_text, same_start) -> None
         lr=3e-3, vf_lr=2e-2, clip=0.15, lam=0.8, ptx_batch=3, seed=7,
     )  # fmt: skip
 
+    stopped = []
+
     def gold(idx, resp):  # any function of the prompt and the response
+        stopped.append(int((resp == eot).any(1).sum()))
         return (idx[:, None] * (resp + 1)).double().sum(1)
 
     ref_models = copy.deepcopy(models)
@@ -235,6 +240,7 @@ def test_ppo_matches_the_reference_loop(ptx_coef, with_text, same_start) -> None
         for key in row_want:
             assert row_got[key] == pytest.approx(row_want[key], rel=1e-5, abs=1e-6), key
     assert want[0]["score"] != 0
+    assert 0 < stopped[0] < cfg.batch  # some responses end with <eot> and padding, some run on
     if same_start:
         assert want[0]["kl_k1"] == want[0]["kl_full"] == want[0]["k1_negative"] == 0
     else:
