@@ -245,6 +245,10 @@ def test_stop_pool_terminates_the_running_workers() -> None:
     workers = list(pool._processes.values())
     time.sleep(1.0)  # the worker is now inside time.sleep(120)
     _stop_pool(pool)
+    # The executor's own thread reaps the workers too: while it does, a join here can return at
+    # once with the exit code not yet recorded, so wait until it is (or 30 s have passed).
+    deadline = time.monotonic() + 30
     for process in workers:
-        process.join(timeout=10)
+        while process.is_alive() and time.monotonic() < deadline:
+            process.join(timeout=0.1)
         assert not process.is_alive()
