@@ -125,3 +125,29 @@ def test_the_bandit_reward_is_on_the_labelers_bradley_terry_scale():
     p = 1 / (1 + math.exp(-(r[0] - r[1]).item()))
     assert 0.6 < max(p, 1 - p) < 0.97  # neither a coin flip nor certain
     assert abs(first_wins - p) < 4 * math.sqrt(p * (1 - p) / 20_000)
+
+
+def test_toy_pairs_follow_their_seed_and_stop_at_eot():
+    """The pairs come from the seed alone (not the global generator), and a response that says
+    `<eot>` is padded after it, as generation with the world's `<eot>` stops."""
+    from repro.align.pretrain import PretrainConfig
+    from repro.data.instructions import InstructionWorld
+
+    vocab = InstructionWorld(PretrainConfig().world).vocab
+    drawn = []
+    for global_seed, seed in ((0, 0), (1, 0), (0, 1)):
+        torch.manual_seed(global_seed)
+        model, pairs = DPO._toy_pairs(seed, n=40)
+        drawn.append((next(model.parameters()).detach().clone(), pairs))
+    (w0, p0), (w1, p1), (w2, p2) = drawn
+    assert torch.equal(w0, w1) and torch.equal(p0.prompts, p1.prompts)
+    assert torch.equal(p0.chosen, p1.chosen) and torch.equal(p0.rejected, p1.rejected)
+    assert not torch.equal(w0, w2) and not torch.equal(p0.prompts, p2.prompts)
+    early = 0
+    for resp in (p0.chosen, p0.rejected, p2.chosen, p2.rejected):
+        for row in resp.tolist():
+            if vocab.eot in row:
+                stop = row.index(vocab.eot)
+                early += stop < len(row) - 1
+                assert all(t == vocab.pad for t in row[stop + 1 :]), row
+    assert early > 0  # some response stops before its last position
