@@ -208,16 +208,10 @@ def test_grpo_loss_against_a_loop_reference():
         grpo_loss(logp[:0], logp_old[:0], logp_ref[:0], adv[:0], mask[:0], 0.2, 0.04)
 
 
-def test_grpo_runs_groups_and_rejects_an_empty_pool():
+def test_grpo_runs_groups_and_rejects_an_empty_pool(world_gpt_config):
     world = InstructionWorld(WorldConfig())
     torch.manual_seed(0)
-    cfg = GPTConfig(
-        n_layers=1,
-        d_model=16,
-        n_heads=2,
-        vocab_size=world.vocab_size,
-        max_seq_len=2 * world.slot_len,
-    )
+    cfg = world_gpt_config(world)
     policy, reference = GPT(cfg), GPT(cfg)
     reference.load_state_dict(policy.state_dict())
     pool = world.prompts(world.sample_instances(16, torch.Generator().manual_seed(1)))
@@ -302,20 +296,13 @@ def grpo_ref(policy, reference, reward_fn, world, cfg, pool, gold_fn):
     return history
 
 
-def test_grpo_matches_the_reference_loop(eot_biased):
+def test_grpo_matches_the_reference_loop(eot_biased, world_gpt_config):
     """Two iterations, two epochs of minibatches that do not divide N = 12 (the last is short),
     a reference of another init (KL ≠ 0) passed in train mode, dropout in the policy: the
     weights, the statistics and the progress calls agree with `grpo_ref`."""
     world = InstructionWorld(WorldConfig())
     torch.manual_seed(0)
-    cfg = GPTConfig(
-        n_layers=1,
-        d_model=16,
-        n_heads=2,
-        vocab_size=world.vocab_size,
-        max_seq_len=2 * world.slot_len,
-        dropout=0.2,
-    )
+    cfg = world_gpt_config(world, dropout=0.2)
     eot = world.vocab.eot
     policy, reference = eot_biased(GPT(cfg), eot).train(), eot_biased(GPT(cfg), eot).train()
     pool = world.prompts(world.sample_instances(9, torch.Generator().manual_seed(1)))

@@ -21,7 +21,7 @@ from repro.align.ppo import (
 )
 from repro.align.reward import RewardModel
 from repro.data.instructions import InstructionWorld, WorldConfig
-from repro.models.gpt import GPT, GPTConfig
+from repro.models.gpt import GPT
 
 
 def test_kl_penalised_rewards_match_eq2_per_token() -> None:
@@ -123,19 +123,11 @@ def test_whiten_has_unit_variance_over_the_mask() -> None:
 # --- the training loop against a reference written out from §3.5 / App. C.4 ---------------------
 
 
-def _ppo_models(world):
+def _ppo_models(cfg):
     """Policy, reference (another init, so the KL is not 0), an RM with a random head (its zero
     init would score everything 0); all with dropout and passed in train mode, so a model left in
     the wrong mode computes something else."""
     torch.manual_seed(0)
-    cfg = GPTConfig(
-        n_layers=1,
-        d_model=16,
-        n_heads=2,
-        vocab_size=world.vocab_size,
-        max_seq_len=2 * world.slot_len,
-        dropout=0.2,
-    )
     policy, reference, rm = GPT(cfg), GPT(cfg), RewardModel(GPT(cfg))
     nn.init.normal_(rm.head.weight)
     nn.init.normal_(rm.head.bias)
@@ -205,13 +197,15 @@ def ppo_ref(policy, reference, rm, world, cfg, pool, text, gold_fn):
 @pytest.mark.parametrize(
     "ptx_coef, with_text, same_start", [(0.5, True, False), (0.0, True, False), (0.5, False, True)]
 )
-def test_ppo_matches_the_reference_loop(ptx_coef, with_text, same_start, eot_biased) -> None:
+def test_ppo_matches_the_reference_loop(
+    ptx_coef, with_text, same_start, eot_biased, world_gpt_config
+) -> None:
     """Two iterations (the second uses the value function the first trained), two epochs of
     minibatches: the policy's weights, the statistics and the progress calls agree with
     `ppo_ref`. γ = 0 with text given, or γ > 0 with none, must not touch the text. A policy
     that starts as the reference has k1 = 0 exactly at first: no sample counts as negative."""
     world = InstructionWorld(WorldConfig())
-    policy, reference, rm = _ppo_models(world)
+    policy, reference, rm = _ppo_models(world_gpt_config(world, dropout=0.2))
     eot = world.vocab.eot  # responses that stop early, so that padding is masked out
     models = [eot_biased(policy, eot).train(), eot_biased(reference, eot).train(), rm]
     if same_start:
