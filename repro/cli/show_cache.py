@@ -302,7 +302,6 @@ def list_key(rows: list[dict], library: Library, runs_dir: Path) -> dict | None:
         "library": os.path.abspath(library.root),
         "runs_dir": os.path.abspath(runs_dir),
         "rows": json.loads(json.dumps(rows)),  # as an entry reads back (tuples as lists)
-        "lang": "en",
         "console": terminal,
     }
 
@@ -329,10 +328,10 @@ def entry_path(key: dict) -> Path:
     language and colour or not: a new key replaces it."""
     from repro.lab.cache import cache_root
 
-    subject = key["note"] if key["command"] == "show" else key["library"]
+    subject = f"{key['note']}\0{key['lang']}" if key["command"] == "show" else key["library"]
     env = key["console"]["environment"]  # what picks rich's colour system, when it colours
     colour = f"{env['TERM']} {env['COLORTERM']}" if colour_possible(key["console"]) else "plain"
-    name = "\0".join([key["command"], subject, key["runs_dir"], key["lang"], colour])
+    name = "\0".join([key["command"], subject, key["runs_dir"], colour])
     return cache_root() / KIND / hashlib.sha256(name.encode()).hexdigest()[:16]
 
 

@@ -39,21 +39,30 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The slugs of the sheets rendered (a hit renders none)."""
-    calls: list[str] = []
-    real = sheets.render_sheet
+    return counted_calls(monkeypatch, sheets, "render_sheet", lambda sheet, *rest: sheet.slug)
 
-    def counted(sheet, mode="md", lang="en"):
-        calls.append(sheet.slug)
-        return real(sheet, mode, lang)
 
-    monkeypatch.setattr(sheets, "render_sheet", counted)
+def counted_calls(monkeypatch: pytest.MonkeyPatch, owner, name: str, note) -> list:
+    """`owner.name` still called, and `note(*args)` of each call listed."""
+    calls: list = []
+    real = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(note(*args, **kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
     return calls
 
 
-def show(*args: str, env: dict | None = None) -> str:
-    result = CliRunner().invoke(cli, ["show", *args], env=env, catch_exceptions=False)
+def paperlab(*args: str, env: dict | None = None) -> str:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.stdout
+
+
+def show(*args: str, env: dict | None = None) -> str:
+    return paperlab("show", *args, env=env)
 
 
 def uncached(monkeypatch: pytest.MonkeyPatch, *args: str, env: dict | None = None) -> str:
@@ -592,21 +601,11 @@ def tables(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The number of rows of each table `list` lays out (a hit lays out none)."""
     from repro.cli import notes
 
-    calls: list[int] = []
-    real = notes.listing_table
-
-    def counted(rows: list[dict]):
-        calls.append(len(rows))
-        return real(rows)
-
-    monkeypatch.setattr(notes, "listing_table", counted)
-    return calls
+    return counted_calls(monkeypatch, notes, "listing_table", len)
 
 
 def listing(*args: str, env: dict | None = None) -> str:
-    result = CliRunner().invoke(cli, ["list", *args], env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
+    return paperlab("list", *args, env=env)
 
 
 def test_a_repeated_list_is_a_hit_that_equals_a_fresh_render(
@@ -656,22 +655,3 @@ def test_an_escape_injected_into_a_stored_list_is_refused(
         assert listing() == good
     assert "holds control characters or escape sequences" in caplog.records[0].getMessage()
     assert len(tables) == 2
-
-
-def test_a_warm_list_imports_no_rich(library_dir: Path, cache_dir: Path) -> None:
-    script = """
-import sys
-from paperlab import cli
-try:
-    cli.main(["list"], prog_name="paperlab", standalone_mode=False)
-except SystemExit:
-    pass
-print(sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("rich", "pydantic")}))
-"""
-    cold = run_python(script)
-    assert cold.returncode == 0, cold.stderr
-    *shown, imported = cold.stdout.splitlines()
-    assert imported == "['pydantic', 'rich']"
-    warm = run_python(script)
-    *again, imported = warm.stdout.splitlines()
-    assert imported == "[]" and again == shown and "Toy: a paper for tests" in warm.stdout

@@ -280,7 +280,10 @@ def test_validate_reads_the_note_not_the_cache(library_dir: Path, cache_dir: Pat
     assert runner.invoke(cli, ["show", "toy", "--json"]).exit_code == 2
 
 
-def test_a_warm_list_imports_neither_yaml_nor_pydantic(library_dir: Path, cache_dir: Path) -> None:
+def test_a_warm_list_imports_neither_yaml_pydantic_nor_rich(
+    library_dir: Path, cache_dir: Path
+) -> None:
+    """The rows from the note cache, the table from the show cache (repro.cli.show_cache)."""
     script = """
 import sys
 from paperlab import cli
@@ -288,7 +291,7 @@ try:
     cli.main(["list"], prog_name="paperlab", standalone_mode=False)
 except SystemExit:
     pass
-print(sorted(m for m in ("pydantic", "yaml", "jinja2", "torch") if m in sys.modules))
+print(sorted(m for m in ("pydantic", "yaml", "jinja2", "torch", "rich") if m in sys.modules))
 """
     command = [sys.executable, "-c", script]
     env = {
@@ -297,11 +300,12 @@ print(sorted(m for m in ("pydantic", "yaml", "jinja2", "torch") if m in sys.modu
     }
     cold = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert cold.returncode == 0, cold.stderr
-    assert cold.stdout.strip().splitlines()[-1] == "['pydantic', 'yaml']"  # a full load
+    *shown, imported = cold.stdout.strip().splitlines()
+    assert imported == "['pydantic', 'rich', 'yaml']"  # a full load, a table laid out
     warm = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert warm.returncode == 0, warm.stderr
-    assert "Toy: a paper for tests" in warm.stdout
-    assert warm.stdout.strip().splitlines()[-1] == "[]"
+    *again, imported = warm.stdout.strip().splitlines()
+    assert imported == "[]" and again == shown and "Toy: a paper for tests" in warm.stdout
 
 
 def test_an_entry_rewritten_while_it_is_read_is_a_miss_without_a_warning(
