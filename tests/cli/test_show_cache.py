@@ -160,8 +160,8 @@ def test_an_edit_of_a_related_note_renders_again(related: Path, renders: list[st
     assert len(renders) == 4
 
 
-def test_a_new_run_renders_again(library_dir: Path, cache_dir: Path, renders: list[str]) -> None:
-    assert "No stored run yet" in show("toy")
+def store_verified_run() -> Path:
+    """A run of toy in which two-plus-two was verified; its folder."""
     run = Path(os.environ["PAPERLAB_RUNS"]) / "toy" / "20260101T000000000000Z"
     run.mkdir(parents=True)
     result = ClaimResult(
@@ -170,6 +170,12 @@ def test_a_new_run_renders_again(library_dir: Path, cache_dir: Path, renders: li
         when="2026-01-01T00:00:00Z",
     )  # fmt: skip
     (run / "claims.json").write_text(json.dumps([result.to_json()]))
+    return run
+
+
+def test_a_new_run_renders_again(library_dir: Path, cache_dir: Path, renders: list[str]) -> None:
+    assert "No stored run yet" in show("toy")
+    run = store_verified_run()
     out = show("toy")
     assert "20260101T000000000000Z" in out and "2026-01-01T00:00:00Z" in out
     assert len(renders) == 2
@@ -628,14 +634,7 @@ def test_a_repeated_list_is_a_hit_that_equals_a_fresh_render(
 
 def test_a_new_run_or_an_edited_title_lists_again(library_dir: Path, cache_dir: Path, tables):
     assert "5 not yet run" in listing() and "Toy: a paper for tests" in listing()
-    run = Path(os.environ["PAPERLAB_RUNS"]) / "toy" / "20260101T000000000000Z"
-    run.mkdir(parents=True)
-    result = ClaimResult(
-        paper="toy", id="two-plus-two", statement="Two plus two is four.", kind="derived",
-        expected=4, tolerance="exact", verdict=Verdict.VERIFIED, measured=4,
-        when="2026-01-01T00:00:00Z",
-    )  # fmt: skip
-    (run / "claims.json").write_text(json.dumps([result.to_json()]))
+    store_verified_run()
     assert "4 not yet run, 1 verified" in listing() and len(tables) == 2
     note = library_dir / "toy" / "note.yaml"
     note.write_text(note.read_text().replace('title: "Toy:', 'title: "Tay:'))
