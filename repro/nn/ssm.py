@@ -176,18 +176,20 @@ def safe_chunk(delta: Tensor, A: Tensor, longest: int = CHUNK_MAX) -> int:
 
     The log-decay over a chunk is S = A·ΣΔ per channel and state (A ≤ 0), so its size is largest
     for the channel's most negative A: the bound is checked on max_n |A[d, n]| · Σ_chunk Δ for
-    every batch row, channel and chunk, from one prefix sum of Δ (fp64, so that differences of
-    long sums stay exact). Returns 1 when even two steps exceed it.
+    every batch row, channel and chunk. The sums are taken chunk by chunk (a reshape and one sum,
+    at least in fp32: ≤ 64 positive terms, relative error ~1e-6, far inside the bound's margin),
+    not as differences of one prefix sum over the whole sequence, which needed fp64 to stay exact
+    and cost up to a sixth of the scan at D = 512. Returns 1 when even two steps exceed it.
     """
     with torch.no_grad():
-        rate = delta.detach().double() * A.detach().double().abs().amax(-1)  # (B, L, D)
-        L = rate.shape[1]
-        prefix = F.pad(torch.cumsum(rate, 1), (0, 0, 1, 0))  # (B, L + 1, D)
+        dtype = torch.promote_types(delta.dtype, torch.float32)
+        rate = delta.detach().to(dtype) * A.detach().to(dtype).abs().amax(-1)  # (B, L, D)
+        Bsz, L, Dch = rate.shape
         K = 1 << max(0, min(longest, L).bit_length() - 1)
         while K > 1:
-            ends = torch.arange(K, L + K, K).clamp(max=L)  # the last chunk may be shorter
-            starts = torch.arange(0, L, K)
-            if (prefix[:, ends] - prefix[:, starts]).amax() <= LOG_DECAY_BOUND:
+            n_chunks = -(-L // K)  # the last chunk may be shorter: padded with zeros
+            padded = F.pad(rate, (0, 0, 0, n_chunks * K - L))
+            if padded.view(Bsz, n_chunks, K, Dch).sum(2).amax() <= LOG_DECAY_BOUND:
                 break
             K //= 2
     return K

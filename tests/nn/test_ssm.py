@@ -328,6 +328,15 @@ def test_safe_chunk_checks_the_exact_chunks_of_every_channel_with_its_own_a() ->
     assert safe_chunk(delta, A, longest=64) == 64
 
 
+def test_safe_chunk_sums_low_precision_steps_in_fp32() -> None:
+    """64 bf16 steps of Δ = 1 with |A| = 120.2/64: the chunk's log-decay is 120.2, over the bound.
+    Summed in bf16 (|A| rounds to 1.875) it would read 120.0 and let the chunk of 64 through."""
+    delta = torch.ones(1, 64, 1, dtype=torch.bfloat16)
+    A = torch.tensor([[-120.2 / 64]])
+    assert safe_chunk(delta, A) == 32
+    assert safe_chunk(delta.float(), A) == 32
+
+
 def test_chunked_scan_passes_its_chunk_limit_on() -> None:
     """`chunk` bounds the chunk length (the result is the same for any length, so only the call
     shows it)."""
