@@ -1,12 +1,14 @@
-"""Attention benchmark: FlashAttention (tiled PyTorch, or Triton on CUDA) against PyTorch's SDPA.
+"""Attention benchmark: FlashAttention (tiled PyTorch, or Triton on CUDA) against PyTorch's SDPA,
+and against the flash-attn package (Dao's CUDA kernels) where it is installed and can run.
 
 Dao et al., "FlashAttention", https://arxiv.org/abs/2205.14135 (Sec. 4: runtime and memory against
 standard attention). Glossary: B batch, H heads, N sequence length (T = S = N), D head dim.
 
 FLOPs are counted as the paper does: 4·B·H·N²·D for the forward (Q Kᵀ and P V), half of it when
 causal, and 2.5× the forward for the backward (five matmuls instead of two). Times are medians of
-repeats that alternate flash and SDPA, so a busy machine slows both alike. Functions return plain
-dicts; `paperlab bench attention` renders them (`python -m repro.bench.attention` prints Markdown).
+repeats that alternate the implementations, so a busy machine slows them alike. Functions return
+plain dicts; `paperlab bench attention` renders them (`python -m repro.bench.attention` prints
+Markdown).
 """
 
 from __future__ import annotations
@@ -74,17 +76,47 @@ def _step(
     return lambda: torch.autograd.grad(fn(q, k, v, causal), (q, k, v), dout)
 
 
-def _time_pair(
-    a: Callable[[], object], b: Callable[[], object], device: str, repeats: int
-) -> tuple[float, float]:
-    """Median seconds of a and of b, alternating them after one warm-up each."""
-    a(), b()
+def _time_alternating(fns: list[Callable[[], object]], device: str, repeats: int) -> list[float]:
+    """Median seconds of each fn, taking turns after one warm-up each."""
+    for fn in fns:
+        fn()
     sync(device)
-    ta, tb = [], []
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        ta.append(seconds(a, device))
-        tb.append(seconds(b, device))
-    return statistics.median(ta), statistics.median(tb)
+        for fn, ts in zip(fns, times, strict=True):
+            ts.append(seconds(fn, device))
+    return [statistics.median(ts) for ts in times]
+
+
+FlashAttnPackage = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+
+def flash_attn_package(device: str, dtype: torch.dtype) -> tuple[FlashAttnPackage | None, str]:
+    """The flash-attn package's kernel in this module's (B, H, N, D) layout, or None and why."""
+    if not device.startswith("cuda"):
+        return None, "the flash-attn package runs on CUDA only"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return None, "the flash-attn package takes fp16 or bf16 only"
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return None, "the flash-attn package is not installed (pip install flash-attn)"
+    return in_bnhd_layout(flash_attn_func), "flash_attn.flash_attn_func"
+
+
+def in_bnhd_layout(fn: Callable[..., torch.Tensor]) -> FlashAttnPackage:
+    """flash-attn takes and returns (B, N, H, D): transposed views in and out (last dim unit
+    stride, as it requires), so its time includes no copy."""
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+        out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal)
+        return out.transpose(1, 2)
+
+    return attend
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 def bench_attention(
@@ -99,8 +131,10 @@ def bench_attention(
     progress: Progress | None = None,
     repeats: int = 5,
 ) -> list[dict]:
-    """One row per (N, causal, pass) with flash and SDPA times, GFLOP/s and their ratio."""
+    """One row per (N, causal, pass) with flash and SDPA times, GFLOP/s and their ratio; with the
+    flash-attn package's time and its largest difference from SDPA where it runs."""
     peak = measure_matmul_peak(device, dtype)
+    package, _ = flash_attn_package(device, dtype)
     passes = ("fwd", "fwd+bwd") if backward else ("fwd",)
     total = len(ns) * len(causal) * len(passes)
     rows: list[dict] = []
@@ -108,16 +142,15 @@ def bench_attention(
     for n in ns:
         q, k, v = (torch.randn(B, H, n, D, generator=g).to(device, dtype) for _ in range(3))
         impl, flash_fn = _flash_impl(q)
+        fns = [flash_fn, _sdpa] + ([package] if package is not None else [])
         for c in causal:
             for name in passes:
                 grad = name == "fwd+bwd"
                 qq, kk, vv = (x.detach().requires_grad_(grad) for x in (q, k, v))
-                t_flash, t_sdpa = _time_pair(
-                    _step(flash_fn, qq, kk, vv, c, grad),
-                    _step(lambda q, k, v, c: F.scaled_dot_product_attention(q, k, v, is_causal=c),
-                          qq, kk, vv, c, grad),
-                    device, repeats,
-                )  # fmt: skip
+                times = _time_alternating(
+                    [_step(fn, qq, kk, vv, c, grad) for fn in fns], device, repeats
+                )
+                t_flash, t_sdpa = times[:2]
                 gflop = attention_flops(n, c, grad, B, H, D) / 1e9
                 row = {
                     "n": n, "causal": c, "pass": name, "impl": impl, "device": device,
@@ -130,6 +163,14 @@ def bench_attention(
                     "sdpa_frac_peak": gflop / t_sdpa / peak,
                     "threads": torch.get_num_threads(),
                 }  # fmt: skip
+                if package is not None:
+                    with torch.no_grad():  # a kernel timed on a wrong layout would mean nothing
+                        err = (package(q, k, v, c).float() - _sdpa(q, k, v, c).float()).abs()
+                    row |= {
+                        "flash_attn_ms": 1e3 * times[2],
+                        "flash_attn_gflops": gflop / times[2],
+                        "flash_attn_max_abs_diff_vs_sdpa": float(err.max()),
+                    }
                 rows.append(row)
                 if progress is not None:
                     progress(len(rows), total, row)

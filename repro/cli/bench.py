@@ -56,16 +56,23 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Plain JSON on stdout.")
 def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_text, as_json):
-    """FlashAttention (tiled PyTorch on CPU, Triton on CUDA) vs SDPA: time, GFLOP/s, % of peak."""
+    """FlashAttention (tiled PyTorch on CPU, Triton on CUDA) vs SDPA, and the flash-attn package
+    where it runs: time, GFLOP/s, % of peak."""
     import torch
 
-    from repro.bench.attention import IMPLS, bench_attention, measure_peak_memory
+    from repro.bench.attention import (
+        IMPLS,
+        bench_attention,
+        flash_attn_package,
+        measure_peak_memory,
+    )
     from repro.lab.runner import resolve_device
 
     ns = _int_list(ns_text, "--n")
     memory_ns = _int_list(memory_text, "--memory") if memory_text else ()
     device = resolve_device(device)
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    package = flash_attn_package(device, torch_dtype)[1]
     total = len(ns) * 2 * (1 if no_backward else 2)
     with progress_bar(not as_json) as progress:
         rows = bench_attention(
@@ -90,7 +97,7 @@ def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_tex
                 )
             progress("peak memory", i + 1, len(memory_ns))
     if as_json:
-        emit_json({"rows": rows, "memory": memory})
+        emit_json({"rows": rows, "memory": memory, "flash_attn_package": package})
         return
     from rich.table import Table
 
@@ -99,20 +106,14 @@ def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_tex
         f"{rows[0]['peak_gflops']:.0f} GFLOP/s",
         title_justify="left",
     )
-    for col in (
-        "N",
-        "causal",
-        "pass",
-        "flash ms",
-        "SDPA ms",
-        "flash/SDPA",
-        "flash GFLOP/s",
-        "flash % peak",
-        "SDPA % peak",
-    ):
+    timed_package = all("flash_attn_ms" in r for r in rows)
+    columns = ["N", "causal", "pass", "flash ms", "SDPA ms", "flash/SDPA", "flash GFLOP/s"]
+    columns += ["flash % peak", "SDPA % peak"]
+    columns += ["flash-attn ms", "flash-attn max |Δ| vs SDPA"] if timed_package else []
+    for col in columns:
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(
+        cells = [
             str(r["n"]),
             "yes" if r["causal"] else "no",
             r["pass"],
@@ -122,8 +123,13 @@ def bench_attention_cmd(ns_text, no_backward, device, dtype, repeats, memory_tex
             f"{r['flash_gflops']:.0f}",
             _percent_of_peak(r["flash_frac_peak"]),
             _percent_of_peak(r["sdpa_frac_peak"]),
-        )
+        ]
+        if timed_package:
+            cells += [f"{r['flash_attn_ms']:.1f}", f"{r['flash_attn_max_abs_diff_vs_sdpa']:.1e}"]
+        table.add_row(*cells)
     console().print(table)
+    if not timed_package:
+        click.echo(f"flash-attn package: not timed: {package}")
     if any(max(r["flash_frac_peak"], r["sdpa_frac_peak"]) > 1 for r in rows):
         click.echo(
             "* above 100% of the matmul peak: the peak was measured while the machine was busy, "
