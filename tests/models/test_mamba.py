@@ -148,3 +148,99 @@ def test_lti_control_is_input_independent() -> None:
         assert torch.equal(a, b)
     sel = MambaBlock(MambaConfig())
     assert not torch.equal(sel.ssm_params(x1)[0], sel.ssm_params(x2)[0])
+
+
+def test_zoo_gives_the_released_vocabulary_and_the_asked_sizes() -> None:
+    """`_zoo` runs at import time to build PRESETS; called here so its own body is checked:
+    GPT-NeoX's 50277 tokens padded to a multiple of 8 (the README's checkpoints)."""
+    from repro.models.mamba import _zoo
+
+    assert _zoo(40, 3) == dict(d_model=40, n_layers=3, vocab_size=50277, pad_vocab_size_multiple=8)
+    assert MambaConfig(**_zoo(40, 3)).padded_vocab_size == 50280  # ⌈50277 / 8⌉ · 8
+
+
+def test_unknown_preset_is_refused_with_the_known_names() -> None:
+    with pytest.raises(ValueError, match="unknown Mamba preset 'mamba-7b'; known: mamba-130m, "):
+        MambaConfig.from_name("mamba-7b")
+
+
+def test_step_refuses_a_state_list_of_the_wrong_length() -> None:
+    """One state per layer: zip(strict=True) must not silently drop the extra layers."""
+    model = MambaLM(MambaConfig(vocab_size=11, n_layers=3))
+    with pytest.raises(ValueError):
+        model.step(torch.zeros(2, dtype=torch.long), model.init_state(2)[:2])
+
+
+def test_forward_composes_norms_blocks_and_tied_head_with_the_configured_eps() -> None:
+    """logits = RMSNorm_f(x_NL) Eᵀ with x_{l+1} = x_l + mixer(RMSNorm(x_l)), written out here with
+    the fp64 reference norm; norm_eps = 0.3 (not the default) at activations of size ~0.02,
+    so an ignored eps changes every logit."""
+    from repro.nn.norm import rms_norm_ref
+
+    torch.manual_seed(6)
+    cfg = MambaConfig(vocab_size=13, n_layers=3, norm_eps=0.3)
+    model = MambaLM(cfg).double()
+    with torch.no_grad():
+        for p in model.parameters():  # non-unit gains
+            if p.dim() == 1:
+                p.add_(0.5 * torch.randn_like(p))
+    idx = torch.randint(0, 13, (2, 6))
+    with torch.no_grad():
+        x = model.embedding.weight[idx]
+        for layer in model.layers:
+            x = x + layer.mixer(rms_norm_ref(x, layer.norm.weight, eps=0.3))
+        want = rms_norm_ref(x, model.norm_f.weight, eps=0.3) @ model.embedding.weight.T
+        torch.testing.assert_close(model(idx), want, rtol=1e-10, atol=1e-12)
+    assert model.lm_head.bias is None
+
+
+def test_deltas_are_each_layers_softplus_projection_on_its_own_input() -> None:
+    """deltas(idx)[l] is Δ of layer l's mixer on the residual stream entering layer l (so
+    earlier layers must be applied), recomputed here from the block's parts."""
+    torch.manual_seed(7)
+    model = MambaLM(MambaConfig(vocab_size=11, n_layers=3, d_state=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    idx = torch.randint(0, 11, (2, 5))
+    with torch.no_grad():
+        got = model.deltas(idx)
+        assert len(got) == 3
+        x = model.embedding(idx)
+        for layer, delta in zip(model.layers, got, strict=True):
+            m = layer.mixer
+            u = layer.norm(x)
+            xi = m.in_proj(u)[..., : m.cfg.d_inner]
+            xi = F.silu(m.conv1d(xi.transpose(1, 2))[..., :5].transpose(1, 2))
+            dt = m.x_proj(xi)[..., : m.cfg.dt_rank]
+            torch.testing.assert_close(delta, F.softplus(m.dt_proj(dt)))
+            x = layer(x)
+
+
+def test_output_projections_and_embedding_are_initialised_as_released() -> None:
+    """Embedding ~ N(0, 0.02²) (mixer_seq_simple's _init_weights); out_proj ~ kaiming_uniform
+    with a = √5, i.e. U(±1/√fan_in), then divided by √n_layers: bound 1/√(D · NL)."""
+    torch.manual_seed(8)
+    cfg = MambaConfig(d_model=32, vocab_size=2000, n_layers=4)
+    model = MambaLM(cfg)
+    assert model.embedding.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    bound = 1 / math.sqrt(cfg.d_inner * cfg.n_layers)
+    for layer in model.layers:
+        w = layer.mixer.out_proj.weight
+        assert w.abs().max().item() <= bound
+        assert w.abs().max().item() >= 0.95 * bound  # 2048 uniform draws reach the bound
+        assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+
+
+def test_dt_proj_weight_and_lti_c_are_initialised_at_their_scales() -> None:
+    """mamba_simple's dt_init="random": dt_proj.weight ~ U(±R^-½) (R = 3 here, so R^-½, R^-3/2
+    and R^½ all differ); the LTI control's C ~ N(0, 1/N) with N = 16 (std N^-½ = 0.25)."""
+    torch.manual_seed(9)
+    block = MambaBlock(MambaConfig(d_model=48))  # R = ⌈48/16⌉ = 3, D = 96: 288 draws
+    bound = 3**-0.5
+    w = block.dt_proj.weight
+    assert w.shape == (96, 3)
+    assert -bound <= w.min().item() <= -0.9 * bound and 0.9 * bound <= w.max().item() <= bound
+    lti = MambaBlock(MambaConfig(d_model=32, d_state=16, selective=False))
+    assert lti.C.std().item() == pytest.approx(16**-0.5, rel=0.1)  # 64 · 16 draws
+    assert lti.C.mean().abs().item() < 0.05
