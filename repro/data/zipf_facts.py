@@ -34,9 +34,9 @@ class ZipfFactsConfig:
 def entropy_floor(vocab_size: int, noise: float) -> float:
     """H = −q·ln q − (V−1)·(ε/V)·ln(ε/V) with q = 1 − ε + ε/V: the entropy of one key's labels."""
     V, eps = vocab_size, noise
-    q = 1 - eps + eps / V
+    q = 1 - eps + eps / V  # ≥ 1/V > 0 for 0 ≤ ε ≤ 1
     other = eps / V
-    h = -q * math.log(q) if q > 0 else 0.0
+    h = -q * math.log(q)
     if other > 0:
         h -= (V - 1) * other * math.log(other)
     return h
