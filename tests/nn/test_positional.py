@@ -77,7 +77,8 @@ def test_rope_scores_depend_only_on_relative_position():
 
 
 def test_rope_rejects_positions_past_the_table():
-    with pytest.raises(AssertionError, match="max_seq_len"):
+    # start_pos 2 + T 3: the message names the last position asked for and the table's length
+    with pytest.raises(AssertionError, match="positions up to 5 exceed max_seq_len=4"):
         RotaryEmbedding(8, max_seq_len=4)(torch.randn(1, 1, 3, 8), 2)
 
 
@@ -108,3 +109,46 @@ def test_sinusoid_frequencies_follow_section_3_5_written_out():
             w = pos / math.pow(10000.0, 2 * i / d)
             assert abs(pe[pos, 2 * i].item() - math.sin(w)) < 1e-5
             assert abs(pe[pos, 2 * i + 1].item() - math.cos(w)) < 1e-5
+
+
+def test_rope_ref_builds_its_tables_on_the_inputs_device():
+    """Positions, angles and rotation matrices follow x's device (what a CUDA input needs),
+    checked on CPU with a meta tensor: any table left on the CPU mixes devices and raises, or
+    pulls the result off the meta device."""
+    x = torch.empty(2, 3, 5, 8, device="meta")
+    out = apply_rope_ref(x, start_pos=4, base=500.0)
+    assert out.device.type == "meta" and out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_rope_frequencies_default_base_is_10000():
+    """θ_i = 10000^(−2(i−1)/D) (RoFormer Eq. 15's base) when no base is given."""
+    from repro.nn.positional import rope_frequencies
+
+    want = torch.tensor([math.pow(10000.0, -2 * i / 6) for i in range(3)], dtype=torch.float64)
+    torch.testing.assert_close(rope_frequencies(6), want, atol=0, rtol=1e-15)
+
+
+def test_rope_rotates_fp32_inputs_in_fp32():
+    """Eq. 34 in fp32 (tables rounded to fp32 first), bit for bit: the rotation must not run in
+    the tables' fp64, which gives different roundings here and is slow on GPUs."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 9, 16, generator=g) * 100
+    rope = RotaryEmbedding(16, max_seq_len=32)
+    cos, sin = rope.cos[4:13].float(), rope.sin[4:13].float()  # (T, D/2) fp32
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    want = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
+    got = rope(x, 4)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    x1d, x2d = x1.double(), x2.double()
+    in_fp64 = (
+        torch.stack(
+            (
+                x1d * rope.cos[4:13] - x2d * rope.sin[4:13],
+                x1d * rope.sin[4:13] + x2d * rope.cos[4:13],
+            ),
+            -1,
+        )
+        .flatten(-2)
+        .float()
+    )
+    assert not torch.equal(got, in_fp64)  # so the check above can tell the two apart
