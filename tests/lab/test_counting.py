@@ -128,6 +128,7 @@ def test_count_parameters_trainable_only_and_tied():
     assert total == sum(p.numel() for p in set(model.parameters()))
     model.wte.weight.requires_grad_(False)  # also the tied head
     assert count_parameters(model, trainable_only=True) == total - 37 * 24
+    assert count_parameters(model) == total  # by default frozen parameters count too
 
 
 def test_build_on_meta_takes_no_memory():
@@ -140,6 +141,40 @@ def test_unknown_preset():
         preset_config("gpt4-1t")
     with pytest.raises(ValueError, match="unknown GPT preset"):
         build_preset("gpt3-1t")
+
+
+def test_kaplan_count_takes_its_own_widths():
+    """N = 2·d_model·n_layer·(2·d_attn + d_ff) = 2·8·3·(2·5 + 7) with both widths given, and
+    d_attn = d_model, d_ff = 4·d_model when not."""
+    assert kaplan_param_count(3, 8, d_attn=5, d_ff=7) == 816
+    assert kaplan_param_count(3, 8) == 2 * 8 * 3 * (2 * 8 + 32)
+
+
+def test_presets_take_overrides_and_their_family_from_the_first_hyphen():
+    cfg = preset_config("llama-7b", n_layers=2)
+    assert cfg.n_layers == 2
+    small = build_preset("llama-7b", n_layers=2)
+    assert count_parameters(small) == param_count(cfg) < param_count(preset_config("llama-7b"))
+    with pytest.raises(ValueError, match="unknown GPT preset"):  # family gpt3, preset unknown
+        preset_config("gpt3-175b-extra")
+
+
+def test_initialisers_do_nothing_while_building_on_meta():
+    """Every public in-place initialiser of torch.nn.init is a no-op inside the factory (shown on
+    a CPU tensor, whose values could change), and works again afterwards."""
+    from torch.nn import init
+
+    def factory():
+        t = torch.ones(3, device="cpu")
+        init.zeros_(t)
+        init.normal_(t)
+        init.kaiming_uniform_(t.view(3, 1))
+        return t
+
+    assert torch.equal(build_on_meta(factory), torch.ones(3))
+    t = torch.ones(3)
+    init.zeros_(t)
+    assert torch.equal(t, torch.zeros(3))
 
 
 def test_flops():
