@@ -182,3 +182,104 @@ def test_ref_scale_argument_against_the_naive_formula(causal, pad):
     want = _naive(q * 0.3 * math.sqrt(8), k, v, causal, kpm)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
     assert not torch.allclose(got, attention_ref(q, k, v, causal, kpm, upcast=F64))
+
+
+def _kernel_spy(name, calls):
+    """A stand-in kernel that records which one ran and the mask arguments it was given."""
+
+    def kernel(q, k, v, causal=False, key_padding_mask=None):
+        calls.append((name, causal, key_padding_mask))
+        return torch.zeros_like(q)
+
+    return kernel
+
+
+def test_backend_names_pick_their_kernel_with_every_argument(monkeypatch):
+    """Each backend name reaches its own kernel with `causal` and the padding mask passed on;
+    no name given means 'auto' and non-causal; 'auto' takes Triton only for CUDA tensors (a CPU
+    tensor here, with Triton's own check patched to say yes)."""
+    import repro.nn.attention as A
+    from repro.nn import flash, flash_triton
+
+    calls = []
+    monkeypatch.setattr(A, "attention_ref", _kernel_spy("ref", calls))
+    monkeypatch.setattr(A, "_attention_sdpa", _kernel_spy("sdpa", calls))
+    monkeypatch.setattr(flash, "flash_attention", _kernel_spy("flash", calls))
+    monkeypatch.setattr(flash_triton, "flash_attention_triton", _kernel_spy("triton", calls))
+    monkeypatch.setattr(flash_triton, "supports", lambda *args: True)
+    q, k, v = _qkv()
+    kpm = torch.ones(2, 11, dtype=torch.bool)
+    for backend in ["ref", "sdpa", "flash", "auto"]:
+        attention(q, k, v, True, kpm, backend=backend)
+    attention(q, k, v)
+    assert [c[0] for c in calls] == ["ref", "sdpa", "flash", "flash", "flash"]
+    assert all(c[1] is True and c[2] is kpm for c in calls[:4])
+    assert calls[4][1:] == (False, None)
+
+
+def test_module_passes_its_backend_mask_and_position_zero(monkeypatch):
+    """Attention.forward hands the kernel its own backend, causal flag and the padding mask, and
+    rotates q and k at position 0 unless told otherwise (then at start_pos)."""
+    import repro.nn.attention as A
+
+    seen = []
+
+    def kernel(q, k, v, causal, key_padding_mask, backend):
+        seen.append((causal, key_padding_mask, backend))
+        return torch.zeros_like(q)
+
+    monkeypatch.setattr(A, "attention", kernel)
+    positions = []
+
+    def rope(x, start_pos):
+        positions.append(start_pos)
+        return x
+
+    attn = Attention(d_model=16, n_heads=4, n_kv_heads=2, causal=True, backend="sdpa")
+    kpm = torch.tensor([[True, True, False], [True, False, False]])
+    attn(torch.randn(2, 3, 16), key_padding_mask=kpm, rope=rope)
+    attn(torch.randn(2, 3, 16), rope=rope, start_pos=5)
+    assert seen[0][0] is True and seen[0][1] is kpm and seen[0][2] == "sdpa"
+    assert positions == [0, 0, 5, 5]  # q then k
+    plain = Attention(d_model=16, n_heads=4)  # defaults: MHA, non-causal, 'auto'
+    assert plain.n_kv_heads == 4 and plain.wk.weight.shape == (16, 16)
+    plain(torch.randn(1, 3, 16))
+    assert seen[-1] == (False, None, "auto")
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_sdpa_causal_with_fewer_queries_than_keys(T):
+    """No padding, causal, T < S: only T = 1 may drop the mask (its one query sees every key);
+    T = 2 and 3 must keep it. Against the test's own loop."""
+    q, k, v = (x.to(F64) for x in _qkv(T=T, S=6))
+    got = attention(q, k, v, causal=True, backend="sdpa")
+    torch.testing.assert_close(got, _naive(q, k, v, causal=True), atol=1e-12, rtol=1e-12)
+    if T > 1:
+        assert not torch.allclose(got, _naive(q, k, v))
+
+
+@pytest.mark.parametrize("backend", ["ref", "sdpa"])
+def test_masks_are_built_on_the_inputs_device(backend):
+    """Causal + padding masks follow q's device (what CUDA inputs need), checked on CPU with
+    meta tensors: a mask left on the CPU raises against meta q/k/v."""
+    q = torch.empty(2, 4, 3, 8, device="meta")
+    k = torch.empty(2, 2, 5, 8, device="meta")
+    kpm = torch.ones(2, 5, dtype=torch.bool, device="meta")
+    out = attention(q, k, k, True, kpm, backend=backend)
+    assert out.device.type == "meta" and out.shape == q.shape
+
+
+def test_ref_default_upcast_is_fp32_for_half_inputs():
+    """upcast=None means 'at least fp32': on fp16 inputs the default is the fp32 computation,
+    bit for bit, and not the fp16 one (which rounds differently on these inputs)."""
+    q, k, v = (x.half() * 3 for x in _qkv(T=6, S=6))
+    got = attention_ref(q, k, v, causal=True)
+    assert torch.equal(got, attention_ref(q, k, v, causal=True, upcast=torch.float32))
+    assert not torch.equal(got, attention_ref(q, k, v, causal=True, upcast=torch.float16))
+
+
+def test_module_without_bias_has_no_bias_anywhere():
+    attn = Attention(d_model=16, n_heads=4, n_kv_heads=2, bias=False)
+    assert [attn.wq.bias, attn.wk.bias, attn.wv.bias, attn.wo.bias] == [None] * 4
+    biased = Attention(d_model=16, n_heads=4, n_kv_heads=2)  # bias=True by default
+    assert all(lin.bias is not None for lin in (biased.wq, biased.wk, biased.wv, biased.wo))
