@@ -155,11 +155,12 @@ def test_update_writes_positions_and_returns_prefix():
     assert cache.k[:, :, 4:].abs().sum() == 0  # nothing written past pos + T
 
 
-@pytest.mark.parametrize("pos, T", [(-1, 1), (10, 1), (8, 3)])
-def test_update_out_of_range_raises(pos: int, T: int):
+@pytest.mark.parametrize("pos, T, span", [(-1, 1, "-1..-1"), (10, 1, "10..10"), (8, 3, "8..10")])
+def test_update_out_of_range_raises(pos: int, T: int, span: str):
+    """The message names the positions asked for, pos..pos+T-1, and the cache's range."""
     cache = KVCache(1, 10, 2, 4)
     x = torch.zeros(1, 2, T, 4)
-    with pytest.raises(ValueError, match=r"outside the cache \(0\.\.9\)"):
+    with pytest.raises(ValueError, match=rf"positions {span} are outside the cache \(0\.\.9\)"):
         cache.update(pos, x, x)
 
 
@@ -168,6 +169,10 @@ def test_update_wrong_shape_raises():
     x = torch.zeros(1, 4, 1, 4)  # H heads instead of Hkv
     with pytest.raises(ValueError, match=r"\(B, Hkv, T, D\) = \(1, 2, 1, 4\)"):
         cache.update(0, x, x)
+    good = torch.zeros(1, 2, 1, 4)
+    for k, v in [(good, x), (x, good)]:  # either one of the two wrong is enough
+        with pytest.raises(ValueError, match=r"\(B, Hkv, T, D\) = \(1, 2, 1, 4\)"):
+            cache.update(0, k, v)
 
 
 def test_generate_rejects_too_long_and_negative_temperature():
@@ -178,3 +183,39 @@ def test_generate_rejects_too_long_and_negative_temperature():
     with pytest.raises(ValueError, match="temperature"):
         generate(model, prompt, 1, temperature=-1.0)
     assert torch.equal(generate(model, prompt, 0), prompt)
+
+
+def test_sample_next_is_greedy_by_default():
+    """No temperature given means argmax, even where sampling would rarely pick the argmax:
+    50 near-equal logits (the top one has ≈ 2.2% of the softmax mass at temperature 1)."""
+    logits = torch.zeros(20, 50)
+    best = torch.arange(20) * 2 + 3  # a different argmax in every row
+    logits[torch.arange(20), best] = 0.1
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_next(logits, generator=g), best)
+
+
+def test_caches_for_any_config_with_the_asked_dtype_and_device():
+    """caches_for needs only n_layers, n_heads, n_kv_heads, d_model (head_dim optional): without
+    head_dim, D = d_model // n_heads; n_kv_heads None means MHA; dtype and device are passed on
+    (meta: nothing allocated)."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(n_layers=3, n_heads=4, n_kv_heads=None, d_model=40)
+    caches = caches_for(cfg, 2, 7, torch.bfloat16, "meta")
+    assert len(caches) == 3
+    for c in caches:
+        assert c.k.shape == c.v.shape == (2, 4, 7, 10)  # (B, Hkv = H, S_max, 40 // 4)
+        assert c.k.dtype == c.v.dtype == torch.bfloat16
+        assert c.k.device.type == c.v.device.type == "meta"
+    gqa = SimpleNamespace(n_layers=1, n_heads=4, n_kv_heads=2, d_model=40, head_dim=6)
+    assert caches_for(gqa, 2, 7)[0].k.shape == (2, 2, 7, 6)  # an explicit head_dim wins
+    assert caches_for(gqa, 2, 7)[0].k.dtype == torch.float32
+
+
+def test_cache_buffers_are_not_saved_with_the_model():
+    """k and v are scratch space: non-persistent, so a module holding caches saves and loads
+    checkpoints without them (and without their S_max-sized memory)."""
+    cache = KVCache(1, 8, 2, 4)
+    assert dict(cache.named_buffers()).keys() == {"k", "v"}
+    assert cache.state_dict() == {}
