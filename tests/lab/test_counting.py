@@ -10,6 +10,7 @@ from repro.lab.counting import (
     build_on_meta,
     build_preset,
     count_parameters,
+    counted_flops,
     kaplan_attention_flops,
     kaplan_forward_flops,
     kaplan_param_count,
@@ -17,6 +18,7 @@ from repro.lab.counting import (
     param_count,
     preset_config,
     preset_names,
+    ssm_state_bytes_per_layer,
     training_flops,
 )
 from repro.models.bert import Bert, BertConfig
@@ -175,6 +177,18 @@ def test_initialisers_do_nothing_while_building_on_meta():
     t = torch.ones(3)
     init.zeros_(t)
     assert torch.equal(t, torch.zeros(3))
+
+
+def test_counted_flops_names_ops_without_their_namespace():
+    """A (3×4)·(4×5) matmul is 2·3·4·5 FLOPs, filed under `mm` (not `aten.mm`)."""
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    assert counted_flops(lambda: a @ b)["Global"] == {"mm": 120}
+
+
+def test_ssm_state_bytes_default_to_two_bytes_per_element():
+    """B·(D·N + D·(K−1)) elements: 1·(4·3 + 4·3) = 24, in fp16 by default."""
+    assert ssm_state_bytes_per_layer(1, 4, 3, 4) == 48
+    assert ssm_state_bytes_per_layer(2, 4, 3, 4, bytes_per_elem=4) == 192
 
 
 def test_flops():
