@@ -78,3 +78,59 @@ def test_rms_norm_module_follows_eq_4_written_out_in_fp64(eps: float):
     torch.testing.assert_close(norm(a), want, atol=1e-12, rtol=1e-12)
     layer_norm = (a - a.mean(-1, keepdim=True)) / a.std(-1, correction=0, keepdim=True)
     assert (norm(a) - layer_norm * norm.weight).abs().max() > 0.1, "must not re-centre"
+
+
+def test_default_eps_values_written_out():
+    """Defaults: 1e-5 for layer norm (torch's and Ba et al.'s implementations), 1e-6 for
+    RMSNorm (Meta's LLaMA code), for both references and the module. Inputs of size ~1e-3 make
+    mean(a²) ≈ eps, so another default changes the outputs by far more than the tolerance."""
+    g = torch.Generator().manual_seed(4)
+    a = (torch.randn(3, 16, generator=g, dtype=torch.float64) + 0.5) * 1e-3
+    mu = a.mean(-1, keepdim=True)
+    var = ((a - mu) ** 2).mean(-1, keepdim=True)
+    torch.testing.assert_close(layer_norm_ref(a), (a - mu) / torch.sqrt(var + 1e-5))
+    rms = a / torch.sqrt((a**2).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(rms_norm_ref(a), rms)
+    torch.testing.assert_close(RMSNorm(16).double()(a), rms)
+
+
+def test_layer_norm_ref_applies_gain_and_bias_each_on_its_own():
+    """Gain only, bias only, both: (a − μ)/σ · g + b with the missing one left out."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(2, 3, 8, generator=g, dtype=torch.float64) * 2 + 1
+    w = torch.randn(8, generator=g, dtype=torch.float64)
+    b = torch.randn(8, generator=g, dtype=torch.float64)
+    n = (a - a.mean(-1, keepdim=True)) / torch.sqrt(a.var(-1, correction=0, keepdim=True) + 0.1)
+    torch.testing.assert_close(layer_norm_ref(a, w, eps=0.1), n * w)
+    torch.testing.assert_close(layer_norm_ref(a, bias=b, eps=0.1), n + b)
+    torch.testing.assert_close(layer_norm_ref(a, w, b, eps=0.1), n * w + b)
+    torch.testing.assert_close(
+        rms_norm_ref(a, eps=0.1), a / torch.sqrt((a**2).mean(-1, True) + 0.1)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_references_compute_half_inputs_in_fp32(dtype: torch.dtype):
+    """Statistics in fp32 for half inputs (the module docstring): bit for bit the fp32
+    computation rounded once, with fp16/bf16 gain and bias cast up too."""
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(4, 64, generator=g) * 10 + 3).to(dtype)
+    w, b = torch.randn(64, generator=g).to(dtype), torch.randn(64, generator=g).to(dtype)
+    ln = layer_norm_ref(x.float(), w.float(), b.float()).to(dtype)
+    assert layer_norm_ref(x, w, b).dtype == dtype
+    assert torch.equal(layer_norm_ref(x, w, b), ln)
+    assert torch.equal(rms_norm_ref(x, w), rms_norm_ref(x.float(), w.float()).to(dtype))
+
+
+def test_gain_and_bias_are_cast_to_the_computation_dtype():
+    """fp32 input with fp64 gain and bias: the references compute in fp32 (the input's
+    promotion with fp32), so the result is bit for bit that of fp32 gain and bias, not the
+    (differently rounded) fp64 product."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(8, 32, generator=g) * 3 + 1
+    w = torch.randn(32, generator=g, dtype=torch.float64) * 1.7
+    b = torch.randn(32, generator=g, dtype=torch.float64)
+    assert torch.equal(layer_norm_ref(x, w, b), layer_norm_ref(x, w.float(), b.float()))
+    assert torch.equal(rms_norm_ref(x, w), rms_norm_ref(x, w.float()))
+    in_fp64 = (rms_norm_ref(x) * w).float()
+    assert not torch.equal(rms_norm_ref(x, w), in_fp64)  # the two can be told apart
