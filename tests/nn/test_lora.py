@@ -189,10 +189,44 @@ def test_apply_lora_on_attention_wq_wv():
 
 
 def test_apply_lora_rejects_unknown_target():
-    with pytest.raises(ValueError, match="wz"):
+    """The messages name every missing target (sorted, comma-separated) and the empty set."""
+    with pytest.raises(ValueError, match="^no nn.Linear submodule named wz in the model$"):
         apply_lora(TinyAttentionModel(), {"wq", "wz"}, r=2)
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="^no nn.Linear submodule named wx, wz in the model$"):
+        apply_lora(TinyAttentionModel(), {"wz", "wq", "wx"}, r=2)
+    with pytest.raises(ValueError, match="^apply_lora needs at least one target module name$"):
         apply_lora(TinyAttentionModel(), set(), r=2)
+
+
+def test_apply_lora_passes_alpha_and_dropout_to_every_layer():
+    """alpha ≠ r and dropout > 0 reach each wrapped layer (scaling α/r = 6/4, Dropout(0.25))."""
+    model = apply_lora(TinyAttentionModel(), {"wq", "wv"}, r=4, alpha=6, dropout=0.25)
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert len(layers) == 4
+    for layer in layers:
+        assert layer.r == 4 and layer.alpha == 6.0 and layer.scaling == 1.5
+        assert isinstance(layer.dropout, nn.Dropout) and layer.dropout.p == 0.25
+    assert "r=4, alpha=6, merged=False" in repr(layers[0])
+
+
+def test_a_is_gaussian_with_std_one_over_sqrt_k():
+    """A ~ N(0, 1/k) (the module's documented scale), k = 400 inputs: 8 · 400 draws."""
+    torch.manual_seed(2)
+    layer = LoRALinear(nn.Linear(400, 30), r=8)
+    assert layer.lora_A.std().item() == pytest.approx(400**-0.5, rel=0.05)
+    assert layer.lora_A.mean().abs().item() < 0.01
+
+
+def test_bf16_delta_weight_is_computed_in_fp32_and_returned_in_bf16():
+    """ΔW = (α/r)·BA for a bf16 layer: the fp32 product rounded once to bf16, bit for bit
+    (a bf16 matmul rounds differently), in the base weight's dtype."""
+    torch.manual_seed(3)
+    layer = _randomised(LoRALinear(nn.Linear(64, 48).to(torch.bfloat16), r=8, alpha=12))
+    B, A = layer.lora_B.detach(), layer.lora_A.detach()
+    want = ((B.float() @ A.float()) * 1.5).to(torch.bfloat16)
+    got = layer.delta_weight()
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert not torch.equal(want, (B @ A) * 1.5)  # the bf16 product differs
 
 
 def test_meta_device_counting_and_merge():
