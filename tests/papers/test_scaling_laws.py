@@ -112,8 +112,8 @@ def test_flop_counts_of_the_small_gpt_by_hand() -> None:
     n = 12 * L * d**2
     attention, head = L * 4 * T * d, 2 * d * V
     six = REPRO.six_n_per_token(None)
-    assert six.value == pytest.approx(1.0)
-    assert six.details == pytest.approx({
+    assert six.value == 1.0  # integer counts: exact
+    assert six.details == pytest.approx(rel=1e-15, expected={
         "counted_train_per_token": 6 * n,
         "six_n": 6 * n,
         "forward_over_2n": 1.0,
@@ -122,7 +122,7 @@ def test_flop_counts_of_the_small_gpt_by_hand() -> None:
     })  # fmt: skip
     att = REPRO.attention_flops_eq_2_2(None)
     assert att.value == pytest.approx(attention / (2 * L * T * d))
-    assert att.details == pytest.approx({
+    assert att.details == pytest.approx(rel=1e-15, expected={
         "counted_attention_per_token": attention,
         "kaplan_term": 2 * L * T * d,
         "counted_forward_without_head": 2 * n + attention,
@@ -159,6 +159,7 @@ def test_samples_to_is_the_first_point_at_or_below_the_target() -> None:
     assert REPRO.samples_to(curve, 1.5) == 20
     assert REPRO.samples_to(curve, 1.1) == 30  # the first, not a later one
     assert REPRO.samples_to(curve, 1.0 - 1e-13) == 30  # within 1e-12 counts as reached
+    assert REPRO.samples_to(curve, 1.0 - 1e-12) == 30  # and 1e-12 itself
     assert REPRO.samples_to(curve, 0.5) == math.inf
 
 
@@ -314,6 +315,8 @@ def test_claims_read_the_experiment_metrics() -> None:
     assert out.value == 3.0
     assert out.details == {"target_loss": 1.0, "samples_small": 900, "samples_large": 300,
                            "n_params": [1, 2]}  # fmt: skip
+    control["ci"] = [-0.2, 0.0]  # an interval ending at 0 covers it
+    assert _claim("control_no_law", metrics).value == 1
     main["decades"] = 1.49
     with pytest.raises(ValueError) as info:
         _claim("excess_power_law_r2", metrics)
@@ -338,7 +341,7 @@ def test_experiment_sweeps_main_tail_and_control_and_fits_each(monkeypatch, tmp_
         return [{"point": p} for p in points]
 
     monkeypatch.setattr(REPRO, "_sweep", fake_sweep)
-    monkeypatch.setattr(REPRO, "_law", lambda runs, cfg_: ("law", [r["point"] for r in runs]))
+    monkeypatch.setattr(REPRO, "_law", lambda runs, cfg_: ("law", [r["point"] for r in runs], cfg_))
     monkeypatch.setattr(REPRO, "_efficiency", lambda cfg_, ctx_: ("efficiency", cfg_, ctx_))
     monkeypatch.setattr(REPRO, "_plots", lambda m, cfg_, ctx_: plotted.append((m, cfg_, ctx_)))
     m = REPRO.experiment(cfg, ctx)
@@ -352,10 +355,10 @@ def test_experiment_sweeps_main_tail_and_control_and_fits_each(monkeypatch, tmp_
     assert sweeps == [("L(N), s main", main), ("L(N), heavy tail", heavy),
                       ("L(N), ε = 1 control", control)]  # fmt: skip
     assert m == {
-        "main": ("law", main),
-        "tail_light": ("law", [p for p in main if p["width"] in (8, 16)]),
-        "tail_heavy": ("law", heavy),
-        "control": ("law", control),
+        "main": ("law", main, cfg),
+        "tail_light": ("law", [p for p in main if p["width"] in (8, 16)], cfg),
+        "tail_heavy": ("law", heavy, cfg),
+        "control": ("law", control, cfg),
         "efficiency": ("efficiency", cfg, ctx),
     }
     assert plotted == [(m, cfg, ctx)]
@@ -384,7 +387,7 @@ def test_plots_draw_the_measured_law_the_fits_and_the_curves(monkeypatch, tmp_pa
             "excess": [0.8, 0.3, 1.0, 0.5, 0.1], "floor": 1.2, "alpha": 0.6, "coef": 5.0,
             "floor_fit": {"E": 1.1, "A": 9.0, "alpha": 0.7}}  # fmt: skip
     heavy = {"n_nonembed": [20, 72], "excess": [0.9, 0.6], "alpha": 0.3, "coef": 2.0}
-    eff = {"n_params": [11, 22], "curves": [[(0, 3.0), (8, 2.0), (16, 1.5)],
+    eff = {"n_params": [11, 22], "curves": [[(0, 3.0), (1, 2.5), (8, 2.0), (16, 1.5)],
                                             [(0, 3.1), (8, 1.8), (16, 1.2)]]}  # fmt: skip
     cfg = REPRO.Config(zipf_s=2.0, tail_s=1.3)
     REPRO._plots({"main": main, "tail_heavy": heavy, "efficiency": eff}, cfg,
@@ -408,4 +411,14 @@ def test_plots_draw_the_measured_law_the_fits_and_the_curves(monkeypatch, tmp_pa
     ]
     assert list(excess)[0].startswith("s = 2.0") and list(excess)[2].startswith("s = 1.3")
     assert p3 == tmp_path / "learning_curves.svg" and kw3["logx"] is True
-    assert curves == {"N = 11": ([8, 16], [2.0, 1.5]), "N = 22": ([8, 16], [1.8, 1.2])}
+    assert curves == {"N = 11": ([1, 8, 16], [2.5, 2.0, 1.5]), "N = 22": ([8, 16], [1.8, 1.2])}
+
+
+def test_efficiency_compares_the_first_and_the_last_width(monkeypatch) -> None:
+    """With three widths the large model is the last one, not the second."""
+    cfg = REPRO.Config(efficiency_widths=(8, 16, 32))
+    curves = [[(0, 3.0), (100, 1.0)], [(0, 3.0), (60, 1.0)], [(0, 3.0), (20, 1.0)]]
+    monkeypatch.setattr(REPRO, "run_sweep", lambda *a, **kw: [
+        {"loss": 1.0, "n_params": i, "curve": c} for i, c in enumerate(curves)])  # fmt: skip
+    got = REPRO._efficiency(cfg, types.SimpleNamespace(device="cpu", progress=None))
+    assert got["samples_small"] == 100 and got["samples_large"] == 20
