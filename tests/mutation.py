@@ -52,6 +52,7 @@ RELEVANT: dict[str, list[str]] = {
     "repro/align/policy.py": ["tests/align/test_policy.py", "tests/align/test_ppo.py"],
     "papers/instructgpt/repro.py": ["tests/papers/test_instructgpt.py"],
     "papers/lora/repro.py": ["tests/papers/test_lora_paper.py"],
+    "repro/lab/settings.py": ["tests/lab/test_settings.py", "tests/lab/test_device_limits.py"],
     # the Mamba and MLP counts are checked against the built models in their own mirrors
     "repro/lab/counting.py": [
         "tests/lab/test_counting.py",

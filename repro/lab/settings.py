@@ -16,6 +16,7 @@ and `--device` reaches its timing checks. See `device_limit`.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import os
 import typing
@@ -48,7 +49,8 @@ def setting(
     `distinct`: a tuple of points where each may appear once. `parallel`: a count of worker
     processes, bounded by `MAX_WORKERS` (unless `max` is lower) and left out of work estimates."""
     if parallel:
-        max = MAX_WORKERS if max is None else min(max, MAX_WORKERS)
+        # `min` and `max` are this function's parameters here: the builtin is named in full
+        max = MAX_WORKERS if max is None else builtins.min(max, MAX_WORKERS)
     meta = {
         "distinct": distinct,
         "parallel": parallel,

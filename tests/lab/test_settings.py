@@ -140,3 +140,78 @@ def test_jobs_of_the_sweep_papers_are_parallel_settings() -> None:
             make_config(module, True, ("jobs=1000",), confirmed=False)
     with pytest.raises(BadOption, match=r"budgets: 30000000\.0 is listed twice"):
         make_config(library.get("chinchilla").module(), True, ("budgets=3e7,3e7",))
+
+
+# --- the helpers one by one (classes built inside the tests, so `setting` runs in them) ---------
+
+
+def test_worker_count_takes_the_least_of_jobs_cpus_maximum_and_tasks(monkeypatch) -> None:
+    import repro.lab.settings as settings
+
+    monkeypatch.setattr(settings.os, "cpu_count", lambda: 200)
+    assert settings.worker_count(1000) == settings.MAX_WORKERS
+    assert settings.worker_count(10, tasks=4) == 4
+    monkeypatch.setattr(settings.os, "cpu_count", lambda: None)  # unknown: one worker
+    assert settings.worker_count(8) == 1
+
+
+def test_setting_metadata_bounds_and_help() -> None:
+    from repro.lab.settings import MAX_WORKERS, is_parallel
+
+    @dataclass(frozen=True)
+    class P:
+        free: int = 3
+        a: int = setting(1, "workers", min=1, parallel=True)
+        b: int = setting(1, "workers", min=1, max=8, parallel=True)
+        c: int = setting(1, "workers", min=1, max=1000, parallel=True)
+        frac: float = setting(0.5, "a fraction", min=0, max=1, min_exclusive=True)
+        mode: str = setting("x", "mode", choices=["x", "y"])
+        any_: int = setting(1, "anything")
+        pts: tuple[int, ...] = setting((1, 2), "points", distinct=True)
+
+    f = {x.name: x for x in dataclasses.fields(P)}
+    assert setting_bounds(f["a"]) == f"[1, {MAX_WORKERS}]"
+    assert setting_bounds(f["b"]) == "[1, 8]"
+    assert setting_bounds(f["c"]) == f"[1, {MAX_WORKERS}]"
+    assert setting_bounds(f["frac"]) == "(0, 1]"
+    assert setting_bounds(f["mode"]) == "one of x, y"
+    assert setting_bounds(f["any_"]) == "" and setting_bounds(f["free"]) == ""
+    assert is_parallel(f["a"]) and not is_parallel(f["any_"]) and not is_parallel(f["free"])
+    assert setting_help(f["free"]) == "" and setting_help(f["a"]) == "workers"
+    assert config_problems(P(pts=(2, 2))) == ["pts: 2 is listed twice (each point once)"]
+    assert config_problems(P(mode="z")) == ["mode: 'z' is out of range (expected one of x, y)"]
+
+
+def test_every_field_is_checked_past_an_unbounded_one_and_text_is_not_ranged() -> None:
+    @dataclass(frozen=True)
+    class Q:
+        free: int = 3
+        n: int = setting(1, "n", min=1)
+        name: str = setting("abc", "a name", min=1)
+
+    assert config_problems(Q(n=0)) == ["n: 0 is out of range (expected ≥ 1)"]
+    assert config_problems(Q(name="zzz")) == []
+
+
+def test_type_names_as_a_reader_writes_them() -> None:
+    import typing
+
+    from repro.lab.settings import type_name
+
+    assert type_name(int) == "int"
+    assert type_name(typing.Optional[int]) == "Optional[int]"  # noqa: UP045
+    assert type_name("int | None") == "int | None"  # a postponed annotation stays text
+
+
+def test_head_split_messages() -> None:
+    import pytest
+
+    from repro.lab.settings import check_head_split
+
+    with pytest.raises(ValueError) as caught:
+        check_head_split(50, 4)
+    assert str(caught.value) == "d_model 50 is not a multiple of n_heads 4"
+    with pytest.raises(ValueError) as caught:
+        check_head_split(36, 4, rotary=True)
+    assert str(caught.value) == "RoPE rotates pairs: d_model / n_heads must be even"
+    check_head_split(36, 0, rotary=True)  # n_heads < 1 is left to the field's range check
