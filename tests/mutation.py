@@ -13,7 +13,9 @@ The repository is copied to a work folder (a temporary one unless `--workdir`), 
 made the only `only_mutate` target of a `[tool.mutmut]` section written into the copy's
 pyproject.toml, and `mutmut run` executes there: it records which tests call which function and
 runs, for each mutant, only those tests (pytest in a fork server, one torch thread, xdist off).
-The working tree is never touched.
+The working tree is never touched. mutmut 3 leaves decorated functions alone, so in the copy a
+module's `@claim(...)` and `@torch.no_grad()` functions are undecorated first (the decorator is
+applied below the function instead: the same object under the same name) and get mutated too.
 
 Tests used: `--tests` if given, else `RELEVANT[module]`, else the mirror file
 `tests/<dir>/test_<name>.py`.
@@ -28,6 +30,7 @@ Not part of the default suite or CI: a module takes minutes to tens of minutes o
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -118,6 +121,33 @@ def name_module_as_mutmut_does(path: Path) -> None:
     path.write_text("".join(lines), encoding="utf-8")
 
 
+# mutmut 3 does not mutate decorated functions (only @staticmethod/@classmethod ones), so a
+# paper's @claim helpers and @torch.no_grad() functions would never be mutated.
+UNDECORATE = ("claim(", "torch.no_grad(")
+
+
+def undecorate(path: Path) -> None:
+    """In the copy, move each module-level `@claim(...)` / `@torch.no_grad()` decorator below its
+    function as `name = decorator(name)`: the same object under the same name, and mutmut
+    mutates the function (the working tree is not touched)."""
+    src = path.read_text(encoding="utf-8")
+    lines = src.splitlines(keepends=True)
+    edits = []
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.FunctionDef) and node.decorator_list:
+            texts = [ast.get_source_segment(src, d) or "" for d in node.decorator_list]
+            if all(t.startswith(UNDECORATE) for t in texts):
+                first = min(d.lineno for d in node.decorator_list)
+                edits.append((first, node.lineno, node.end_lineno, node.name, texts))
+    for first, def_line, end, name, texts in sorted(edits, reverse=True):
+        applied = name
+        for text in reversed(texts):  # the decorator nearest the def applies first
+            applied = f"{text}({applied})"
+        lines.insert(end, f"{name} = {applied}  # tests/mutation.py: undecorated for mutmut\n")
+        del lines[first - 1 : def_line - 1]
+    path.write_text("".join(lines), encoding="utf-8")
+
+
 def results(work: Path) -> dict[str, str]:
     """mutant name → status (killed, survived, no tests, timeout, …)."""
     done = subprocess.run(
@@ -165,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp.name) / "repo"
     try:
         shutil.copytree(REPO, work, ignore=SKIP_COPY)
+        undecorate(work / module)
         if module.startswith("papers/"):
             name_module_as_mutmut_does(work / module)
         pyproject = work / "pyproject.toml"
