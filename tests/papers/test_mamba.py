@@ -607,3 +607,21 @@ def test_timing_claims_share_one_benchmark_and_read_its_exponents(
     other = Context(config=mamba.Config(time_lengths=(8, 16)))  # a new context measures again
     mamba.scan_linear_time(other)
     assert len(calls) == 2 and len(plots) == 1
+
+
+def test_a_context_with_a_freed_contexts_id_measures_again(monkeypatch: pytest.MonkeyPatch):
+    """Python reuses the id of a freed object: a new context must not get the old benchmark."""
+    calls = []
+
+    def fake_bench(lengths, impls):
+        calls.append(lengths)
+        return {"rows": [], "exponents": {"scan_loop": float(len(calls)), "naive": 2.0}}
+
+    monkeypatch.setattr(mamba.scan_bench, "bench_scan", fake_bench)
+    first = Context(config=mamba.Config(time_lengths=(8, 16)))
+    assert mamba.scan_linear_time(first).value == 1.0
+    stale = id(first)
+    del first
+    second = Context(config=mamba.Config(time_lengths=(32, 64)))
+    monkeypatch.setitem(mamba._TIMINGS, id(second), mamba._TIMINGS[stale])  # as if id reused
+    assert mamba.scan_linear_time(second).value == 2.0 and calls[-1] == (32, 64)
