@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass
 
 import pytest
@@ -215,3 +216,32 @@ def test_head_split_messages() -> None:
         check_head_split(36, 4, rotary=True)
     assert str(caught.value) == "RoPE rotates pairs: d_model / n_heads must be even"
     check_head_split(36, 0, rotary=True)  # n_heads < 1 is left to the field's range check
+
+
+Mode = typing.Literal["a", "b"]
+
+
+def test_describe_settings_resolves_postponed_annotations_and_as_set_value_reads_back() -> None:
+    """With `from __future__ import annotations` a field's type is the text `Mode`; the row shows
+    what it names. `--set` values: tuples comma-separated, booleans lower-case."""
+    from repro.lab.settings import as_set_value
+
+    @dataclass(frozen=True)
+    class M:
+        mode: Mode = setting("a", "mode", choices=("a", "b"))
+        n: int = 2
+
+    (mode, n) = describe_settings({"quick": M(), "full": M(mode="b")})
+    assert mode["type"] == "Literal['a', 'b']" and n["type"] == "int"
+    assert (mode["quick"], mode["full"]) == ("a", "b")
+    assert as_set_value((1, 2.5, True, False, "x")) == "1,2.5,true,false,x"
+    assert as_set_value(3) == "3" and as_set_value(False) == "false"
+
+
+def test_rope_needs_an_even_head_width_with_one_head_too() -> None:
+    import pytest
+
+    from repro.lab.settings import check_head_split
+
+    with pytest.raises(ValueError, match="pairs"):
+        check_head_split(5, 1, rotary=True)
