@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
@@ -363,9 +362,7 @@ def test_experiment_fits_both_approaches_to_the_same_runs(
     assert a3_args[0][3] is None and len(plotted) == 1
 
 
-def test_plots_draw_mean_profiles_parabolas_and_both_fits(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_plots_draw_mean_profiles_parabolas_and_both_fits(line_plots, tmp_path: Path) -> None:
     """Plot data (titles and labels are plot text): per budget the mean loss over seeds at each
     size and the least-squares parabola in ln N (numpy's polyfit) on 41 log-spaced points;
     the minima; N_opt against C with the Approach-2 line through the minima's mean intercept
@@ -376,14 +373,7 @@ def test_plots_draw_mean_profiles_parabolas_and_both_fits(
     cfg = CH.Config(n_boot=20)
     a2 = CH._approach2(runs, cfg)
     a3 = {"E": 1.1, "A": 300.0, "B": 500.0, "alpha": 0.3, "beta": 0.5, "a": 0.5 / 0.8}
-    drawn = []
-    signature = inspect.signature(CH.save_line_plot)
-
-    def record(*args, **kwargs):  # bound to the real signature: a dropped argument fails
-        bound = signature.bind(*args, **kwargs).arguments
-        drawn.append((bound.pop("path"), bound.pop("series"), bound))
-
-    monkeypatch.setattr(CH, "save_line_plot", record)
+    drawn = line_plots(CH)
     CH._plots({"runs": runs, "approach2": a2, "approach3": a3}, Context(out_dir=tmp_path))
     (p1, profiles, kw1), (p2, nopt, kw2) = drawn
     assert p1 == tmp_path / "isoflop_profiles.svg"

@@ -84,12 +84,18 @@ def test_one_update_finds_the_value_model_inside_ppo():
     assert not grpo["reference"]["trained"] and grpo["policy"]["trained"]
 
 
-def test_gold_from_tokens_matches_the_world_and_sees_a_wrong_answer():
-    g = torch.Generator().manual_seed(0)
-    inst = WORLD.sample_instances(64, g)
+def _right_and_wrong(n: int, seed: int):
+    """n instances, their prompts, the gold responses, and the same with the first digit off
+    by one (a wrong answer)."""
+    inst = WORLD.sample_instances(n, torch.Generator().manual_seed(seed))
     prompts, right = WORLD.prompts(inst), WORLD.gold_responses(inst)
     wrong = right.clone()
     wrong[:, 0] = WORLD.vocab.digit0 + (right[:, 0] - WORLD.vocab.digit0 + 1) % 10
+    return inst, prompts, right, wrong
+
+
+def test_gold_from_tokens_matches_the_world_and_sees_a_wrong_answer():
+    inst, prompts, right, wrong = _right_and_wrong(64, seed=0)
     for resp in (right, wrong):
         got = GRPO.gold_from_tokens(WORLD, torch.cat([prompts, resp], 1))
         torch.testing.assert_close(got, WORLD.gold_reward(inst, resp))
@@ -185,16 +191,12 @@ def test_gold_reward_model_scores_by_r_star_and_values_with_its_own_trunk():
     torch.manual_seed(0)
     lm = GPT(PretrainConfig().gpt_config()).eval()
     rm = GRPO.GoldRewardModel(lm, WORLD)
-    g = torch.Generator().manual_seed(1)
-    inst = WORLD.sample_instances(16, g)
-    prompts, right = WORLD.prompts(inst), WORLD.gold_responses(inst)
-    wrong = right.clone()
-    wrong[:, 0] = WORLD.vocab.digit0 + (right[:, 0] - WORLD.vocab.digit0 + 1) % 10
+    inst, prompts, right, wrong = _right_and_wrong(16, seed=1)
     for resp in (right, wrong):
         torch.testing.assert_close(rm(torch.cat([prompts, resp], 1)), WORLD.gold_reward(inst, resp))
     tokens = torch.cat([prompts, right], 1)
     with torch.no_grad():
-        rm.head.weight.normal_(generator=g)
+        rm.head.weight.normal_(generator=torch.Generator().manual_seed(2))
         before = rm(tokens, per_token=True)
         assert before.shape == tokens.shape
         peer = RewardModel(copy.deepcopy(rm.lm))

@@ -367,22 +367,13 @@ def test_experiment_sweeps_main_tail_and_control_and_fits_each(monkeypatch, tmp_
     assert len(plotted) == 1
 
 
-def test_plots_draw_the_measured_law_the_fits_and_the_curves(monkeypatch, tmp_path) -> None:
+def test_plots_draw_the_measured_law_the_fits_and_the_curves(line_plots, tmp_path) -> None:
     """Plot data (titles and axis labels are plot text): mean loss over seeds per size, the floor
     fit and both floors, the excess of both sources with their fitted lines over the main
     sizes, and the learning curves without their zero-sample point."""
-    import inspect
-
     from repro.lab.claims import Context
 
-    drawn = []
-    signature = inspect.signature(REPRO.save_line_plot)
-
-    def record(*args, **kwargs):  # bound to the real signature: a dropped argument fails
-        bound = signature.bind(*args, **kwargs).arguments
-        drawn.append((bound.pop("path"), bound.pop("series"), bound))
-
-    monkeypatch.setattr(REPRO, "save_line_plot", record)
+    drawn = line_plots(REPRO)
     main = {"n_nonembed": [20, 72, 20, 72, 272], "loss": [2.0, 1.5, 2.2, 1.7, 1.3],
             "excess": [0.8, 0.3, 1.0, 0.5, 0.1], "floor": 1.2, "alpha": 0.6, "coef": 5.0,
             "floor_fit": {"E": 1.1, "A": 9.0, "alpha": 0.7}}  # fmt: skip
