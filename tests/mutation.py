@@ -18,7 +18,8 @@ module's `@claim(...)` and `@torch.no_grad()` functions are undecorated first (t
 applied below the function instead: the same object under the same name) and get mutated too.
 
 Tests used: `--tests` if given, else `RELEVANT[module]`, else the mirror file
-`tests/<dir>/test_<name>.py`.
+`tests/<dir>/test_<name>.py` (for a paper: `tests/papers/test_<slug>.py`, its `_claim_logic`
+companion if any, and the tests that break the library under every paper's claim helpers).
 A mutant whose function no selected test calls is reported as "no tests" and counts as not
 killed (a decorator body that runs only at import time is one: call it inside a test).
 
@@ -46,6 +47,13 @@ REPO = Path(__file__).resolve().parents[1]
 SKIP_COPY = shutil.ignore_patterns(
     ".git", "runs", "mutants", "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info"
 )
+# Tests that break the library under every paper's claim helpers (they call helpers of many
+# papers; mutmut runs, for each mutant, only the tests that reached its function).
+PAPER_HELPER_TESTS = [
+    "tests/papers/test_comparison_helpers.py",
+    "tests/papers/test_difference_claims.py",
+    "tests/papers/test_helpers_report_breaks.py",
+]
 # Modules whose tests are not (only) the mirror file. Claims (tests/papers/test_claims.py) are
 # left out: they train models and would make a module take hours.
 RELEVANT: dict[str, list[str]] = {
@@ -53,8 +61,7 @@ RELEVANT: dict[str, list[str]] = {
     "repro/scaling/lbfgs.py": ["tests/scaling/test_lbfgs.py", "tests/scaling/test_approach3.py"],
     "repro/scaling/closed_form.py": ["tests/scaling/test_closed_form.py"],
     "repro/align/policy.py": ["tests/align/test_policy.py", "tests/align/test_ppo.py"],
-    "papers/instructgpt/repro.py": ["tests/papers/test_instructgpt.py"],
-    "papers/lora/repro.py": ["tests/papers/test_lora_paper.py"],
+    "papers/lora/repro.py": ["tests/papers/test_lora_paper.py", *PAPER_HELPER_TESTS],
     "repro/lab/settings.py": ["tests/lab/test_settings.py", "tests/lab/test_device_limits.py"],
     # the Mamba and MLP counts are checked against the built models in their own mirrors
     "repro/lab/counting.py": [
@@ -82,7 +89,9 @@ def relevant_tests(module: str) -> list[str]:
         return RELEVANT[module]
     path = Path(module)
     if path.parts[0] == "papers":
-        return [f"tests/papers/test_{path.parts[1].replace('-', '_')}.py"]
+        mirror = f"tests/papers/test_{path.parts[1].replace('-', '_')}"
+        own = [f"{mirror}.py", *(p for p in [f"{mirror}_claim_logic.py"] if (REPO / p).exists())]
+        return own + PAPER_HELPER_TESTS
     return [str(Path("tests", *path.parts[1:-1], f"test_{path.stem}.py"))]
 
 
