@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -228,3 +230,155 @@ def test_result_counts_tokens_per_call_over_the_steps_of_one_gamma() -> None:
     assert res.tokens_per_call(4) == pytest.approx(3.5)  # (5 + 2) / 2 steps that used γ = 4
     assert res.tokens_per_call() == pytest.approx(8 / 3)
     assert res.tokens_per_call(3) != res.tokens_per_call(3)  # no step used γ = 3: NaN
+
+
+def test_next_token_probs_divides_by_the_temperature() -> None:
+    logits = torch.tensor([[1.0, -0.5, 2.5, 0.0], [0.3, 0.2, -2.0, 1.0]])
+    for temperature in (0.5, 2.0):
+        want = [
+            [math.exp(v / temperature) / sum(math.exp(u / temperature) for u in row) for v in row]
+            for row in logits.tolist()
+        ]
+        got = next_token_probs(logits, temperature)
+        assert got.dtype == torch.float64
+        assert got.flatten().tolist() == pytest.approx(sum(want, []), rel=1e-12)
+    with pytest.raises(ValueError, match=r"^temperature must be >= 0, got -0\.1$"):
+        next_token_probs(logits, -0.1)
+
+
+def _rates_by_loop(p: list[float], q: list[float]) -> tuple[float, float, float]:
+    """β = Σ min(p, q), β as E_{x~q} min(1, p/q), and TV = ½ Σ |p − q|, one token at a time."""
+    beta = sum(min(a, b) for a, b in zip(p, q, strict=True))
+    beta_def = sum(b * min(1.0, a / b) for a, b in zip(p, q, strict=True) if b > 0)
+    tv = 0.5 * sum(abs(a - b) for a, b in zip(p, q, strict=True))
+    return beta, beta_def, tv
+
+
+def test_rates_reduce_over_the_vocabulary_only() -> None:
+    # (2, 3, V): a sum over any axis but the last gives another shape and other numbers
+    g = torch.Generator().manual_seed(7)
+    p = torch.softmax(2 * torch.randn(2, 3, 5, generator=g, dtype=torch.float64), -1)
+    q = torch.softmax(2 * torch.randn(2, 3, 5, generator=g, dtype=torch.float64), -1)
+    q[1, 2, 3] = 0.0  # a token the draft never proposes
+    q[1, 2] /= q[1, 2].sum()
+    for fn, which in ((acceptance_rate, 0), (acceptance_rate_ref, 1), (tv_distance, 2)):
+        got = fn(p, q)
+        assert got.shape == (2, 3)
+        for i in range(2):
+            for j in range(3):
+                want = _rates_by_loop(p[i, j].tolist(), q[i, j].tolist())[which]
+                assert got[i, j].item() == pytest.approx(want, rel=1e-12), fn.__name__
+
+
+def test_residual_of_equal_distributions_is_p() -> None:
+    # p == q: a rejection never happens (Σ max(0, p − q) = 0), and 0/0 must not come out
+    p = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    assert torch.equal(residual(p, p.clone()), p)
+    q = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    want = torch.tensor([0.3, 0.0, 0.0], dtype=torch.float64) / 0.3
+    assert torch.allclose(residual(p, q), want, atol=1e-15)
+
+
+def test_formulas_at_their_edges_and_their_refusals() -> None:
+    from repro.decoding.speculative import operations_factor
+
+    assert expected_tokens_per_call(0.6, 0) == 1.0  # γ = 0: plain decoding
+    assert walltime_factor(0.6, 3, 0.0) == pytest.approx((1 - 0.6**4) / 0.4)  # a free draft
+    # ĉ defaults to 0: the operations factor is then (γ + 1) / E[tokens]
+    assert operations_factor(0.6, 3) == pytest.approx(4 / ((1 - 0.6**4) / 0.4), rel=1e-12)
+    for call, message in (
+        (lambda: expected_tokens_per_call(0.5, -1), r"^gamma must be >= 0, got -1$"),
+        (lambda: expected_tokens_per_call(1.5, 2), r"^alpha must be in \[0, 1\], got 1\.5$"),
+        (lambda: walltime_factor(0.5, 2, -0.1), r"^cost ratio c must be >= 0, got -0\.1$"),
+        (lambda: best_gamma(0.5, 0.1, 0), r"^max_gamma must be >= 1, got 0$"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def _best_gamma_by_search(alpha: float, c: float, max_gamma: int) -> tuple[int, float]:
+    best = (1, walltime_factor(alpha, 1, c))
+    for g in range(2, max_gamma + 1):
+        f = walltime_factor(alpha, g, c)
+        if f > best[1]:  # strictly better: the smallest γ wins a tie
+            best = (g, f)
+    return best
+
+
+@pytest.mark.parametrize(
+    ("alpha", "c", "max_gamma"),
+    [
+        (0.8, 0.05, 64),  # an interior optimum (γ = 8)
+        (0.9999, 1e-6, 64),  # the optimum is past the cap: the cap is chosen
+        (0.1, 1.0, 64),  # speculation loses (factor < 1), yet γ ≥ 1 is returned
+        (0.0, 0.0, 5),  # every γ ties at 1: the smallest wins
+        (0.7, 0.2, 1),
+    ],
+)
+def test_best_gamma_is_a_search_over_1_to_max_gamma(alpha, c, max_gamma) -> None:
+    want = _best_gamma_by_search(alpha, c, max_gamma)
+    got = best_gamma(alpha, c) if max_gamma == 64 else best_gamma(alpha, c, max_gamma)
+    assert got[0] == want[0] and got[1] == pytest.approx(want[1], rel=1e-15)
+
+
+def test_torch_randomness_keeps_with_probability_from_its_own_stream() -> None:
+    rng = TorchRandomness(torch.Generator().manual_seed(3))
+    draws = torch.rand(200, generator=torch.Generator().manual_seed(3)).tolist()
+    probs = [0.1, 0.5, 0.9, 0.35] * 50
+    assert [rng.bernoulli(p) for p in probs] == [u < p for u, p in zip(draws, probs, strict=True)]
+    # a certain keep draws nothing, so the stream is where it was
+    rng = TorchRandomness(torch.Generator().manual_seed(3))
+    assert rng.bernoulli(1.0) and rng.bernoulli(1.0)
+    assert rng.bernoulli(draws[0] + 1e-6) and not rng.bernoulli(draws[1] - 1e-6)
+
+
+def test_exact_distributions_of_the_controls_are_distributions() -> None:
+    # a broken variant must still weight its branches by probabilities (they sum to 1)
+    target, draft = tiny(3, 11), tiny(3, 12)
+    prompt = torch.tensor([[2, 0]])
+    for variant in ("accept_all", "resample_p"):
+        bad = exact_output_distribution(target, draft, prompt, 2, 2, 0.7, variant)
+        assert abs(sum(bad.values()) - 1) < 1e-12, variant
+        assert all(w > 0 for w in bad.values())
+
+
+def test_refusals_say_exactly_what_is_wrong() -> None:
+    target, draft = tiny(3, 1), tiny(3, 2)
+    with pytest.raises(ValueError, match=r"^prompt is empty: speculative decoding needs at least"):
+        speculative_generate(target, draft, torch.zeros(1, 0, dtype=torch.long), 3, 2)
+    with pytest.raises(
+        ValueError, match=r"^prompt \(2\) \+ new_tokens \(15\) = 17 exceeds max_seq_len=16$"
+    ):
+        speculative_generate(target, draft, torch.zeros(1, 2, dtype=torch.long), 15, 2)
+    # up to max_seq_len exactly is allowed
+    res = speculative_generate(target, draft, torch.zeros(1, 2, dtype=torch.long), 14, 2)
+    assert res.tokens.shape == (1, 16)
+    with pytest.raises(ValueError, match=r"^target and draft vocabularies differ: 3 vs 4$"):
+        speculative_generate(target, tiny(4, 2), torch.zeros(1, 2, dtype=torch.long), 2, 1)
+
+
+def test_enumerate_outcomes_skips_impossible_branches_and_counts_its_runs() -> None:
+    def run(rng):
+        certain = rng.bernoulli(1.0)  # its False branch has probability 0: never run
+        second = rng.categorical(torch.tensor([0.25, 0.0, 0.75], dtype=torch.float64))
+        return torch.tensor([int(certain), second])
+
+    # runs: the empty script, [True], then [True, 0] and [True, 2]: 4 in all
+    assert enumerate_outcomes(run, max_runs=4) == {(1, 0): 0.25, (1, 2): 0.75}
+    with pytest.raises(ValueError, match=r"^more than 3 runs: the tree of outcomes is too large$"):
+        enumerate_outcomes(run, max_runs=3)
+
+
+def test_distribution_gap_counts_a_missing_outcome_as_probability_zero() -> None:
+    a = {(0,): 0.7, (1,): 0.3}
+    b = {(0,): 0.6, (2,): 0.4}
+    assert distribution_gap(a, b) == pytest.approx({"max_abs": 0.4, "tv": 0.4})
+    assert distribution_gap(b, a) == pytest.approx({"max_abs": 0.4, "tv": 0.4})
+    assert distribution_gap({}, {}) == {"max_abs": 0.0, "tv": 0.0}
+
+
+def test_caches_are_made_on_the_device_and_in_the_dtype_of_the_weights() -> None:
+    # the meta device stands in for a GPU: caches made on the default device would be on the CPU
+    model = tiny(3, 1).to(device="meta", dtype=torch.float16)
+    decoder = CachedDecoder(model, 8)
+    assert all(c.k.device.type == "meta" and c.v.dtype == torch.float16 for c in decoder.caches)
