@@ -202,3 +202,184 @@ def test_per_head_reference_agrees_with_the_module_beyond_the_claims_case():
         other = MultiHeadLatentAttention(DSV2.TINY).double()
         other.load_state_dict(mla.state_dict())
         assert (other.forward_naive(x) - ref).abs().max().item() > 1e-3 * scale
+
+
+# --- the claim helpers: Table 1's arithmetic, the counts, the 93.3%, the dispatch, MLA ---------
+
+_MLA = 512 + 64  # d_c + d_h^R per token and layer
+_MHA = 2 * 128 * 128  # 2·n_h·d_h
+
+
+def test_table1_claims_by_hand() -> None:
+    per_layer = DSV2.mla_cache_per_token_layer(Context())
+    assert per_layer.value == _MLA
+    assert per_layer.details == {"formula_dc_plus_dhR": _MLA, "mha_per_layer": _MHA,
+                                 "mla_over_mha": _MLA / _MHA, "nine_halves_dh": 576}  # fmt: skip
+    groups = DSV2.mla_equals_gqa_groups(Context())
+    assert groups.value == 2.25
+    assert groups.details == {"mla_elements": _MLA * 60, "mqa_elements": 2 * 128 * 60}
+    ratio = DSV2.mla_vs_mha_same_dims(Context())
+    assert ratio.value == pytest.approx(_MHA / _MLA)
+    assert ratio.details == {"mha_elements": _MHA * 60, "mla_elements": _MLA * 60,
+                             "mla_share": pytest.approx(_MLA / _MHA)}  # fmt: skip
+    table9 = DSV2.table9_mla_elements(Context())
+    assert table9.value == 34_560 and table9.details == {}
+
+
+def _analytic(preset: str) -> dict[str, int]:
+    cfg = DeepSeekV2Config.from_name(preset)
+    embedding = cfg.vocab_size * cfg.d_model
+    total, active = deepseek_v2_param_count(cfg), deepseek_v2_param_count(cfg, active=True)
+    return {"total": total, "active": active, "active_nonembedding": active - embedding,
+            "total_nonembedding": total - embedding}  # fmt: skip
+
+
+def test_params_claims_report_the_analytic_counts() -> None:
+    """The published 236B total, 21B active (input embedding excluded) and 15.7B for Lite."""
+    v2, lite = _analytic("deepseek-v2"), _analytic("deepseek-v2-lite")
+    total = DSV2.params_total(Context())
+    assert total.value == v2["total"] / 1e9 and total.details == v2
+    assert round(total.value) == 236
+    active = DSV2.params_active(Context())
+    assert active.value == v2["active_nonembedding"] / 1e9 and round(active.value) == 21
+    assert active.details == v2 | {
+        "convention": "2 shared + 6 of 160 routed experts per MoE layer; input embedding "
+        "excluded, output head included",
+        "with_input_embedding": v2["active"] / 1e9,
+    }
+    small = DSV2.lite_params_total(Context())
+    assert small.value == lite["total"] / 1e9 and round(small.value, 1) == 15.7
+    assert small.details == lite | {"active_nonembedding_b": lite["active_nonembedding"] / 1e9}
+
+
+def test_built_counts_check_each_count_against_the_formula(monkeypatch) -> None:
+    real = DSV2.deepseek_v2_param_count
+    monkeypatch.setattr(
+        DSV2, "deepseek_v2_param_count", lambda cfg, active, embeddings: real(cfg, active,
+                                                                              embeddings) + active
+    )  # fmt: skip
+    with pytest.raises(AssertionError, match="deepseek-v2-lite active: built .* != analytic"):
+        DSV2.built_counts.__wrapped__("deepseek-v2-lite")
+    monkeypatch.setattr(
+        DSV2, "deepseek_v2_param_count", lambda cfg, active, embeddings: real(cfg, active,
+                                                                              embeddings) + 1 -
+        embeddings
+    )  # fmt: skip
+    with pytest.raises(AssertionError, match="active_nonembedding: built"):
+        DSV2.built_counts.__wrapped__("deepseek-v2-lite")
+
+
+def test_reduction_claims_are_the_93_3_percent_and_its_element_part() -> None:
+    e67, ev2 = 2 * 8 * 128 * 95, _MLA * 60  # 194,560 and 34,560
+    want = {
+        "elements_67b": e67,
+        "elements_v2": ev2,
+        "reduction_elements_only": pytest.approx(1 - ev2 / e67),
+        "reduction_with_6bit": pytest.approx(1 - ev2 * 6 / (e67 * 16)),
+        "element_factor": pytest.approx(e67 / ev2),
+        "bit_factor": pytest.approx(16 / 6),
+        "share_of_log_reduction_from_elements": pytest.approx(
+            math.log(e67 / ev2) / math.log(e67 * 16 / (ev2 * 6))
+        ),
+        "reduction_vs_mha_same_dims_elements": pytest.approx(1 - _MLA / _MHA),
+    }
+    with_bits = DSV2.kv_reduction_933(Context())
+    assert with_bits.value == pytest.approx(0.9334, abs=1e-4) and with_bits.details == want
+    elements = DSV2.kv_reduction_elements_only(Context())
+    assert elements.value == pytest.approx(1 - ev2 / e67) and elements.details == want
+    saving = DSV2.training_cost_saving(Context())
+    assert saving.value == pytest.approx(1 - 172.8 / 300.6)  # 42.5%
+    assert saving.details == {"deepseek-67b": 300.6e3, "deepseek-v2": 172.8e3}
+
+
+def test_deepseekmoe_claims_report_the_gap_and_the_renormalised_control() -> None:
+    from repro.nn.moe import moe_ref
+
+    moe, x = DSV2.deepseek_moe_case(2)
+    with torch.no_grad():
+        dense, renorm = moe_ref(x, moe), moe_ref(x, moe, normalize=True)
+    scale = dense.abs().max().item()
+    control = (dense - renorm).abs().max().item() / scale
+    out = DSV2.deepseekmoe_dispatch_equals_dense(Context(seed=2))
+    assert out.value < 1e-12
+    assert out.details == {"max_abs_output": pytest.approx(scale, rel=1e-12),
+                           "renormalised_gates_diff": pytest.approx(control, rel=1e-9)}  # fmt: skip
+    assert control > 0.01
+    differs = DSV2.deepseekmoe_renormalised_differs(Context(seed=2))
+    assert differs.value == pytest.approx(control, rel=1e-9) and differs.details == {}
+
+
+def _off_by(monkeypatch, method: str, amount: float, when=lambda x, start: True) -> None:
+    """Make one of the module's paths add `amount` to its output where `when(x, start_pos)`."""
+    real = getattr(MultiHeadLatentAttention, method)
+
+    def shifted(self, x, cache=None, start_pos=0, **kw):
+        out = real(self, x, cache, start_pos, **kw)
+        return out + amount if when(x, start_pos) else out
+
+    monkeypatch.setattr(MultiHeadLatentAttention, method, shifted)
+
+
+def test_prefill_claim_is_the_largest_of_the_three_gaps(monkeypatch) -> None:
+    mla, x = DSV2.tiny_mla(3), DSV2._inputs(3)
+    with torch.no_grad():
+        scale = DSV2.mla_per_head(mla, x).abs().max().item()
+    out = DSV2.naive_equals_absorbed_prefill(Context(seed=3))
+    assert out.value < 1e-12
+    assert set(out.details) == {"naive_vs_absorbed", "naive_vs_per_head", "absorbed_vs_per_head",
+                                "max_abs_output"}  # fmt: skip
+    assert out.details["max_abs_output"] == pytest.approx(scale, rel=1e-12)
+    _off_by(monkeypatch, "forward_naive", 0.01)
+    out = DSV2.naive_equals_absorbed_prefill(Context(seed=3))
+    assert out.value == pytest.approx(0.01 / scale, rel=1e-6)
+    assert out.details["naive_vs_per_head"] == pytest.approx(0.01 / scale, rel=1e-6)
+    assert out.details["absorbed_vs_per_head"] < 1e-12
+
+
+def test_decode_claim_reads_the_one_token_steps_of_the_absorbed_path(monkeypatch) -> None:
+    """An absorbed path off at the first decode step only (position 19) moves the value; one
+    off in the prefill only moves the prefill detail; a naive path off in its steps moves its
+    detail only."""
+    mla, x = DSV2.tiny_mla(1), DSV2._inputs(1)
+    with torch.no_grad():
+        scale = DSV2.mla_per_head(mla, x).abs().max().item()
+    out = DSV2.naive_equals_absorbed_decode(Context(seed=1))
+    assert out.value < 1e-12 and out.details["decode_steps"] == 6
+    assert out.details["naive_cached_vs_full"] < 1e-12
+    assert out.details["absorbed_prefill_part"] < 1e-12
+    with monkeypatch.context() as m:
+        _off_by(m, "forward_absorbed", 0.02, lambda x, start: start == 19)
+        out = DSV2.naive_equals_absorbed_decode(Context(seed=1))
+        assert out.value == pytest.approx(0.02 / scale, rel=1e-6)
+        assert out.details["absorbed_prefill_part"] < 1e-12
+    with monkeypatch.context() as m:
+        _off_by(m, "forward_absorbed", 0.03, lambda x, start: start == 0)
+        out = DSV2.naive_equals_absorbed_decode(Context(seed=1))
+        assert out.value < 1e-12
+        assert out.details["absorbed_prefill_part"] == pytest.approx(0.03 / scale, rel=1e-6)
+    with monkeypatch.context() as m:
+        _off_by(m, "forward_naive", 0.04, lambda x, start: start == 24)  # the last step
+        out = DSV2.naive_equals_absorbed_decode(Context(seed=1))
+        assert out.value < 1e-12
+        assert out.details["naive_cached_vs_full"] == pytest.approx(0.04 / scale, rel=1e-6)
+
+
+def test_rope_on_compressed_claim_compares_the_coupled_model_with_the_absorbed_path() -> None:
+    mla, x = DSV2.tiny_mla(2), DSV2._inputs(2)
+    with torch.no_grad():
+        coupled = mla.forward_naive(x, rope_on_compressed=True)
+        ref = DSV2.mla_per_head(mla, x)  # what the absorbed path computes
+    scale = coupled.abs().max().item()
+    out = DSV2.rope_on_compressed_breaks_absorption(Context(seed=2))
+    assert out.value == pytest.approx((coupled - ref).abs().max().item() / scale, rel=1e-9)
+    assert out.details == {"max_abs_output": pytest.approx(scale, rel=1e-12)}
+    assert out.value > 0.01
+
+
+def test_latent_cache_claim_reads_the_largest_context() -> None:
+    m = {"tokens": [10, 40], "bytes": {"MHA": [1, 6400], "GQA-8": [1, 400], "MQA": [1, 50],
+                                       "MLA": [1, 100]}}  # fmt: skip
+    out = DSV2.latent_cache_bytes_vs_mha(Context(_metrics=m))
+    assert out.value == 64.0
+    assert out.details == {"tokens": 40, "bytes": {"MHA": 6400, "GQA-8": 400, "MQA": 50,
+                           "MLA": 100}, "gqa8_over_mla": 4.0, "mla_over_mqa": 2.0}  # fmt: skip
