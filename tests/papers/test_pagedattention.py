@@ -123,3 +123,87 @@ def test_experiment_plots_waste_in_percent_by_block_size(monkeypatch, tmp_path) 
     paged, prealloc = series.values()
     assert paged == ([8, 32], [100 * m["waste"][8], 100 * m["waste"][32]])
     assert prealloc == ([8, 32], [100 * m["prealloc_waste"]] * 2)
+
+
+# --- the claim helpers: OPT-13B's sizes, the waste bound, exactness and the trace's claims ------
+
+_OPT13B_PER_TOKEN = 2 * 40 * 5120 * 2  # k and v, 40 layers, d_model 5120, fp16: 800 KiB
+
+
+def test_size_claims_are_opt13b_by_hand() -> None:
+    per_token = PA.kv_bytes_per_token(Context())
+    assert per_token.value == _OPT13B_PER_TOKEN == 819_200
+    assert per_token.details == {
+        "bytes_2048_tokens": 2048 * 819_200,
+        "GiB_2048_tokens": 1.5625,
+        "GB_2048_tokens": pytest.approx(1.6777216),
+    }
+    slots = PA.kv_slots_12gb(Context())
+    assert slots.value == pytest.approx(12 * 2**30 / 819_200)  # 15,728.64 (Table 1)
+    assert slots.details == {"decimal_12e9_bytes": pytest.approx(12e9 / 819_200)}
+
+
+def test_internal_waste_is_at_most_one_block_minus_one_slot() -> None:
+    """S = 1 wastes B − 1 slots (the value, 1); the mean waste of S = 1..2048 is
+    Σ_S (⌈S/B⌉·B − S) / 2048, by hand."""
+    out = PA.internal_waste_below_one_block(Context())
+    assert out.value == 1.0
+    want = {}
+    for B in (8, 16, 32, 64, 128):
+        wastes = [math.ceil(S / B) * B - S for S in range(1, 2049)]
+        want[f"B={B}"] = {"max_waste_slots": B - 1, "mean_waste_slots": sum(wastes) / 2048}
+    assert out.details == want
+
+
+def test_internal_waste_sees_an_allocator_that_over_allocates(monkeypatch) -> None:
+    """One extra slot counted for B = 128 only: that block size's worst becomes 128/127."""
+    real = PA.PagedKVCache.slots_allocated
+
+    def one_more(self):
+        return real(self) + (self.block_size == 128)
+
+    monkeypatch.setattr(PA.PagedKVCache, "slots_allocated", one_more)
+    assert PA.internal_waste_below_one_block(Context()).value == pytest.approx(128 / 127)
+
+
+def test_exactness_claims_read_one_measurement() -> None:
+    """12 cases (2 queries for each of 4 sequences and 2 forks), two copy-on-write copies (each
+    child's first write copies the block it shares with the parent)."""
+    ctx = Context(seed=3)
+    exact, shuffled, nocow = (PA.paged_equals_contiguous(ctx), PA.shuffled_table_differs(ctx),
+                              PA.no_copy_on_write_corrupts(ctx))  # fmt: skip
+    m = exact.details
+    assert shuffled.details == nocow.details == m
+    assert set(m) == {"max_abs_diff", "shuffled_table_min_diff", "no_copy_on_write_diff",
+                      "copies", "cases"}  # fmt: skip
+    assert (m["copies"], m["cases"]) == (2, 12)
+    assert exact.value == m["max_abs_diff"] < 1e-12
+    assert shuffled.value == m["shuffled_table_min_diff"] > 0.05
+    assert nocow.value == m["no_copy_on_write_diff"] > 0.05
+    assert m == PA._exactness(3) and m != PA._exactness(4)
+
+
+def test_trace_claims_read_the_block_16_row_and_the_largest_n() -> None:
+    m = {
+        "waste": {32: 0.08, 8: 0.02, 16: 0.04},
+        "running": {8: 30, 16: 28, 32: 25},
+        "preemptions": {8: 1, 16: 2, 32: 3},
+        "prealloc_waste": 0.6,
+        "prealloc_running": 8,
+        "cow": {2: {"saving": 0.1}, 6: {"saving": 0.3}, 4: {"saving": 0.2}},
+    }
+    ctx = Context(_metrics=m)
+    waste = PA.waste_block_16(ctx)
+    assert waste.value == 4.0 and waste.details == {"waste_by_block_size": m["waste"]}
+    grows = PA.waste_grows_with_block_size(ctx)
+    assert grows.value is True and grows.details == {"waste_by_block_size": m["waste"]}
+    flat = Context(_metrics=m | {"waste": {8: 0.02, 16: 0.04, 32: 0.04}})
+    assert PA.waste_grows_with_block_size(flat).value is False  # strictly growing only
+    pre = PA.prealloc_waste_control(ctx)
+    assert pre.value == 60.0 and pre.details == {"paged_waste_B16": 0.04}
+    batched = PA.batched_sequences_ratio(ctx)
+    assert batched.value == 3.5
+    assert batched.details == {"paged_B16_running": 28, "prealloc_running": 8,
+                               "preemptions_B16": 2}  # fmt: skip
+    cow = PA.cow_parallel_sampling_saving(ctx)
+    assert cow.value == pytest.approx(30.0) and cow.details == {"by_samples": m["cow"]}
