@@ -633,3 +633,161 @@ def test_a_round_reports_what_is_due_now_next_and_the_time_over_budget(tmp_path:
     assert over == pytest.approx(
         {"background": 10 / 3, "innovation": 10.0, "details": 380 / 3, "impact": 0.0}
     )
+
+
+# --- the pieces of a round, one at a time ----------------------------------------------------
+
+
+def test_plain_writes_math_as_unicode_and_keeps_what_it_cannot_convert(monkeypatch) -> None:
+    assert drill.plain(r"scale $\alpha/r$ and $$x^{2}$$ here") == "scale α/r and x^2 here"
+    assert drill.plain("no math, 5 $ only") == "no math, 5 $ only"
+
+    def refuse(body: str) -> str:
+        raise drill.MathError(body)
+
+    monkeypatch.setattr(drill, "to_unicode", refuse)
+    assert drill.plain(r"a $\alpha$ b $$\beta$$ c") == r"a $\alpha$ b $$\beta$$ c"
+
+
+def test_provenance_names_each_kind_of_claim() -> None:
+    def claim(kind: str) -> Claim:
+        extra = {"why": "x"} if kind == "cited" else {"tolerance": "exact"}
+        return Claim(id="c", statement="s", source="§1", kind=kind, expected=1, **extra)
+
+    assert drill.provenance(claim("derived")) == "derived by code from the paper's configuration"
+    assert drill.provenance(claim("measured")) == "measured by an experiment here"
+    assert drill.provenance(claim("cited")) == "cited from the paper (not reproduced)"
+
+
+def test_an_exact_claim_takes_the_same_number_in_any_form() -> None:
+    exact = Claim(id="n", statement="It uses 256 heads.", source="§2", kind="derived",
+                  expected=256, tolerance="exact")  # fmt: skip
+    assert drill.grade_number(exact, "256.0") == (True, 256.0)
+    assert drill.grade_number(exact, "256.5") == (False, 256.5)
+    assert drill.grade_number(exact, "two hundred") == (False, None)
+    rel = Claim(id="r", statement="About 1,000 steps.", source="§3", kind="measured",
+                expected=1000, tolerance={"rel": 0.1})  # fmt: skip
+    assert drill.grade_number(rel, "1.09K") == (True, 1090.0)
+    assert drill.grade_number(rel, "1.11K")[0] is False
+
+
+def _events(*lines: str) -> list[tuple]:
+    return [(e.kind, e.value, e.line) for e in drill.parse_script(lines, "s.txt")]
+
+
+def test_a_script_reads_one_event_a_line() -> None:
+    assert _events(
+        "clock 2026-12-06T09:00Z", "", "  # a comment", "enter", "enter 12.5  # spoken",
+        "s", "SKIP", "q", "quit", "interrupt", "grade 4", "2", "answer 1.5M",
+    ) == [
+        ("clock", START, 1), ("enter", 0.0, 4), ("enter", 12.5, 5), ("skip", None, 6),
+        ("skip", None, 7), ("quit", None, 8), ("quit", None, 9), ("interrupt", None, 10),
+        ("grade", 4, 11), ("grade", 2, 12), ("answer", "1.5M", 13),
+    ]  # fmt: skip
+    # a clock without a zone is UTC; one with a zone keeps it
+    (naive,) = _events("clock 2026-12-06T09:00")
+    assert naive[1] == START and naive[1].tzinfo is not None
+    (zoned,) = _events("clock 2026-12-06T10:00+01:00")
+    assert zoned[1] == START and zoned[1].utcoffset() == timedelta(hours=1)
+    assert _events("enter 999999.5")[0][1] == 999999.5
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["enter -1", "enter 1000000", "enter 1 2", "grade 5", "grade", "0", "3 3", "answer",
+     "answer 1 2", "skip now", "q 1", "interrupt 2", "clock", "clock a b", "jump"],
+)  # fmt: skip
+def test_a_line_that_is_no_event_is_refused_with_its_place(line: str) -> None:
+    with pytest.raises(drill.BadOption) as err:
+        _events("enter 1", "# note", line)
+    assert str(err.value).startswith(f"s.txt:3: cannot read {line!r}")
+
+
+def test_the_refused_line_is_shown_collapsed_and_cut_at_sixty_characters() -> None:
+    line = "jump   " + "x" * 80
+    with pytest.raises(drill.BadOption) as err:
+        _events(line)
+    shown = ("jump " + "x" * 80)[:60]
+    assert str(err.value) == (f"s.txt:1: cannot read {shown!r} (see `paperlab drill --help`)")
+
+
+def test_the_clock_goes_on_the_first_event_line_only() -> None:
+    assert _events("# header", "", "clock 2026-12-06T09:00Z")[0][2] == 3
+    with pytest.raises(drill.BadOption, match=r"s.txt:2: `clock` goes on the first line"):
+        _events("enter 1", "clock 2026-12-06T09:00Z")
+
+
+def test_the_day_ends_at_its_last_second_and_the_week_after_seven_days(tmp_path: Path) -> None:
+    """Due at 23:59:59 is due today, a second later is not; due exactly seven days on is due
+    this week. Time over budget is rounded to 0.1 s; the weakest are the five lowest."""
+    from fsrs import State
+
+    now = START
+    at = {"last-second": START.replace(hour=23, minute=59, second=59),
+          "next-day": START.replace(hour=23, minute=59, second=59) + timedelta(seconds=1),
+          "week": now + timedelta(days=7), "week-and-a-second": now + timedelta(days=7, seconds=1),
+          "e": now + timedelta(days=30), "f": now + timedelta(days=40)}  # fmt: skip
+    pool = [_item(f"p:question:{name}", "core") for name in at]
+    stabilities = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    with StudyDb(tmp_path / "s.sqlite3") as db:
+        db.sync("p", {"question"}, {i.key: ("question", i.item_id) for i in pool}, now)
+        for (name, due), stability in zip(at.items(), stabilities, strict=True):
+            card = Card(state=State.Review, stability=stability, difficulty=5.0, due=due,
+                        last_review=now - timedelta(days=3))  # fmt: skip
+            db.record(f"p:question:{name}", card.to_json(), now - timedelta(days=3), 3,
+                      [["details", 120, 120 + stability * 1.03]], None, "en")  # fmt: skip
+        stats = drill.study_stats(db, pool, now)
+    paper = stats["papers"]["p"]
+    assert (paper["due_today"], paper["due_week"]) == (1, 3)
+    # (1 + 2 + 4 + 8 + 16 + 32) · 1.03 / 6 = 10.815 s over the 120 s budget
+    assert paper["over_budget_s"] == {"details": 10.8}
+    assert [w["key"] for w in stats["weakest"]] == [i.key for i in pool[:5]]
+    sched = drill.scheduler()
+    cards = [Card(state=State.Review, stability=s, difficulty=5.0, due=now,
+                  last_review=now - timedelta(days=3)) for s in stabilities]  # fmt: skip
+    want = [sched.get_card_retrievability(c, now) for c in cards]
+    assert paper["retention"] == pytest.approx(sum(want) / 6, rel=1e-12)
+    assert [w["retention"] for w in stats["weakest"]] == pytest.approx(want[:5], rel=1e-12)
+    assert stats["weakest"][0]["paper"] == "p" and stats["weakest"][0]["prompt"] == "?"
+
+
+class _NumberIO(_FakeIO):
+    def __init__(self, answers: list[tuple[str, float]]) -> None:
+        super().__init__([], [])
+        self.answers, self.revealed = list(answers), []
+
+    def number(self, item) -> str:
+        typed, seconds = self.answers.pop(0)
+        if typed == "quit":
+            raise drill.Quit
+        self.clock += timedelta(seconds=seconds)
+        return typed
+
+    def reveal(self, item, outcome) -> None:
+        self.revealed.append(outcome)
+
+    def grade(self, item, suggested) -> int:
+        raise AssertionError("a number is graded by its claim")
+
+
+def test_a_number_is_graded_good_or_again_by_its_claim_and_timed(tmp_path: Path) -> None:
+    claim = Claim(id="n", statement="It has 175B parameters.", source="§2", kind="derived",
+                  expected=175e9, tolerance={"rel": 0.01})  # fmt: skip
+    items = [drill.Item(f"p:number:n{k}", "p", "number", f"n{k}", "p", "core", k,
+                        drill.number_prompt(claim), claim=claim) for k in range(3)]  # fmt: skip
+    with StudyDb(tmp_path / "s.sqlite3") as db:
+        db.sync("p", {"number"}, {i.key: ("number", i.item_id) for i in items}, START)
+        io = _NumberIO([("175B", 12.5), ("17B", 40.0), ("quit", 0)])
+        result = drill.run_round(db, items, items, io, "zh")
+        stored = db.reviews()
+    assert result.stopped == "quit"
+    assert [(r.grade, r.correct, r.answer) for r in result.reviewed] == [
+        (3, True, "175B"), (1, False, "17B")
+    ]  # fmt: skip
+    assert [r.beats for r in result.reviewed] == [[("answer", 30, 12.5)], [("answer", 30, 40.0)]]
+    assert io.revealed == [{"correct": True, "value": 175e9}, {"correct": False, "value": 17e9}]
+    assert [(s["grade"], s["answer"], s["lang"], s["beats"]) for s in stored] == [
+        (3, "175B", "zh", [["answer", 30, 12.5]]), (1, "17B", "zh", [["answer", 30, 40.0]]),
+    ]  # fmt: skip
+    assert result.over_budget() == {"answer": 5.0}
+    assert result.reviewed[0].due == _fsrs_due((3, START + timedelta(seconds=12.5)))
