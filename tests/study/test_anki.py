@@ -725,3 +725,159 @@ def test_only_a_must_know_papers_cards_carry_the_must_know_tag(
         tags = row[4].split()
         assert tags[:2] == ["toy", priority]
         assert ("paperlab::must-know" in tags) == (priority == "must-know")
+
+
+def test_both_note_types_carry_the_styles_the_card_html_uses(tmp_path: Path) -> None:
+    """Every class a field or template uses (`short`, `full`, `untranslated`, `meta`) is
+    styled in both note types, with the CJK fonts: the package carries the stylesheet."""
+
+    def edit(note: dict) -> None:
+        note["interview"]["questions"] = [
+            {"id": "long", "question": "Why?", "answer": "It is so. " + "More words here. " * 20},
+            {"id": "short", "question": "How?", "answer": "Briefly."},
+        ]
+
+    paper = _toy_paper(tmp_path, edit)
+    out = tmp_path / "deck.apkg"
+    write_apkg([paper], out, "zh")
+    notes, models, _ = _collection(out, tmp_path)
+    html = "".join(flds for _, _, flds, _ in notes)
+    html += "".join(t["afmt"] for m in models.values() for t in m["tmpls"])
+    used = set(re.findall(r'class="([\w-]+)"', html))
+    assert used >= {"short", "full", "untranslated", "meta"}
+    assert {m["type"] for m in models.values()} == {0, 1}
+    for model in models.values():
+        css = model["css"]
+        assert all(re.search(rf"\.{name}\s*\{{", css) for name in used), model["name"]
+        assert "PingFang SC" in css and "Noto Sans CJK SC" in css
+
+
+def test_tsv_lines_end_with_a_bare_newline(tmp_path: Path) -> None:
+    """Anki's importer reads the header lines and rows split on `\\n`; a `\\r` would end up
+    in the last column (the tags)."""
+    paper = _toy_paper(tmp_path, lambda note: None)
+    tsv = render_tsv([paper])
+    assert "\r" not in tsv and tsv.endswith("\n")
+    assert len(tsv.splitlines()) == 5 + len(paper_cards(paper))
+
+
+def test_real_anki_renders_front_then_back_then_the_paper_and_source(tmp_path: Path) -> None:
+    """What the real Anki library shows: the card's stylesheet, then for a basic card the front
+    alone as the question and front, rule, back and `paper · source` as the answer; for a cloze
+    card the text with `[...]` for the hidden part as the question, and the whole text, the
+    back extra and `paper · source` as the answer."""
+    pytest.importorskip("anki", reason="the real Anki library: pip install -e '.[anki]'")
+    from anki.collection import Collection, ImportAnkiPackageOptions, ImportAnkiPackageRequest
+
+    paper = _toy_paper(tmp_path, lambda note: None)
+    out = tmp_path / "deck.apkg"
+    write_apkg([paper], out)
+    col = Collection(str(tmp_path / "collection.anki2"))
+    try:
+        col.import_anki_package(
+            ImportAnkiPackageRequest(package_path=str(out), options=ImportAnkiPackageOptions())
+        )
+        kinds = []
+        for cid in col.find_cards(""):
+            card = col.get_card(cid)
+            front, back, title, source = card.note().fields
+            style, question = card.question().split("</style>", 1)
+            assert style.startswith("<style>") and ".short {" in style and ".full {" in style
+            answer = card.answer().split("</style>", 1)[1]
+            meta = f'<div class="meta">{title} · {source}</div>'
+            if "cloze" in card.note().tags:
+                kinds.append("cloze")
+                cloze = re.compile(r"\{\{c1::(.*?)\}\}")  # inside MathJax: shown as text
+                assert question == cloze.sub("[...]", front)
+                assert answer == cloze.sub(r"\1", front) + f"<br>{back}{meta}"
+            else:
+                kinds.append("basic")
+                assert question == front
+                assert answer == f'{front}<hr id="answer">{back}{meta}'
+        assert kinds.count("cloze") == len(key_formulas(paper)) and "basic" in kinds
+    finally:
+        col.close()
+
+
+@pytest.mark.parametrize(
+    ("latex", "cloze"),
+    [
+        (r"x_{a_{i}} = y", r"\[x_{a_{i}} = {{c1::y}}\]"),  # nested braces close back to the top
+        (r"a \= b = c", r"\[a \= b = {{c1::c}}\]"),  # an escaped `=` is not the split
+        (r"L=\sum_i x_i", r"\[L= {{c1::\sum_i x_i}}\]"),  # the `=` right after one character
+        (r"y = \frac{a}{b_{i}}", r"\[y = {{c1::\frac{a}{b_{i} }}}\]"),  # `}}` spaced, once
+        (r"s = \text{it's \"q\"}", r"\[s = {{c1::\text{it's \"q\"}}}\]"),  # quotes stay as is
+    ],
+)
+def test_the_cloze_splits_at_the_top_level_and_keeps_quotes(latex: str, cloze: str) -> None:
+    assert cloze_text(latex) == cloze
+
+
+@pytest.mark.parametrize(
+    ("head", "cue"),
+    [
+        ("one two three four five six seven eight", "one two three four five six seven eight"),
+        ("one two three four five six seven eight nine", "one two three four five"),
+    ],
+)
+def test_a_cue_is_the_head_up_to_eight_words(tmp_path: Path, head: str, cue: str) -> None:
+    def edit(note: dict) -> None:
+        note["contributions"] = [
+            {"id": f"c{n}", "text": f"{head}: and then the rest {n}"} for n in range(3)
+        ]
+
+    cards = [c for c in paper_cards(_toy_paper(tmp_path, edit)) if c.kind == "contribution"]
+    assert cards[0].front.endswith(f" 1/3: {cue} …?")
+
+
+def test_a_cut_short_answer_keeps_the_letters_of_its_last_word() -> None:
+    """Only punctuation and spaces are dropped before the `…`, never a letter (here an X)."""
+    words = [f"w{i}" for i in range(70)]
+    words[39] = "MAX"
+    assert short_answer(" ".join(words) + ".") == " ".join(words[:40]) + " …"
+
+
+def test_an_item_without_an_id_is_keyed_by_its_text_not_its_place(tmp_path: Path) -> None:
+    """Until it gets an id, a question's key is the first 10 hex digits of its text's SHA-1:
+    inserting another question before it changes neither its key nor its GUID."""
+    import hashlib
+
+    def questions(*texts: str):
+        def edit(note: dict) -> None:
+            note["interview"]["questions"] = [{"question": t, "answer": "a"} for t in texts]
+
+        return edit
+
+    digest = hashlib.sha1(b"Why a low rank?").hexdigest()[:10]
+    keys = [c.key for c in paper_cards(_toy_paper(tmp_path, questions("Why a low rank?", "B?")))]
+    assert f"question:text-{digest}" in keys
+    again = _toy_paper(tmp_path, questions("Inserted?", "Why a low rank?", "B?"))
+    assert f"question:text-{digest}" in [c.key for c in paper_cards(again)]
+
+
+def test_the_report_names_each_card_by_its_front_as_plain_text(tmp_path: Path) -> None:
+    """The deck report (and the list of removed cards built from it) shows each front with its
+    tags taken out and its spaces collapsed, the zh marker included."""
+
+    def edit(note: dict) -> None:
+        note["interview"]["questions"] = [
+            {"id": "q1", "question": "What is **bold**   here?", "answer": "a"},
+            {"id": "q2", "question": "Plain?", "answer": "b"},
+        ]
+
+    paper = _toy_paper(tmp_path, edit)
+    report = write_apkg([paper], tmp_path / "deck.apkg", "zh")
+    fronts = {card_guid("toy", c.key, "zh"): c.front for c in paper_cards(paper, "zh")}
+    assert report.guids.keys() == fronts.keys()
+    q1 = card_guid("toy", "question:q1", "zh")
+    assert report.guids[q1] == "【英文原文】 [Toy: a paper for tests] What is bold here?"
+    for guid, text in report.guids.items():
+        assert "<" not in text and "  " not in text and text == text.strip()
+        assert text.replace(" ", "") == re.sub(r"<[^>]+>|\s", "", fronts[guid])
+
+
+def test_inline_and_display_math_keep_their_quotes() -> None:
+    from repro.study.anki import anki_math
+
+    assert anki_math('\\text{it\'s "q"}', False) == '\\(\\text{it\'s "q"}\\)'
+    assert anki_math('\\text{it\'s "q"} < 1', True) == '\\[\\text{it\'s "q"} &lt; 1\\]'
