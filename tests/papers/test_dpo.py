@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from repro.align import bandit as bandit_lib
+from repro.align.dpo import dpo_gradient_ref, dpo_loss
 from repro.align.preferences import sequence_logps
 from repro.lab.claims import Context
 from repro.lab.library import Library
@@ -67,7 +68,20 @@ def test_gradient_claim_tells_the_paper_weight_from_the_mirror_one():
                                                   pairs.eot)  # fmt: skip
     rw = logp["pi", "chosen"] - logp["ref", "chosen"]
     rl = logp["pi", "rejected"] - logp["ref", "rejected"]
-    assert m.details["weights"] == pytest.approx(torch.sigmoid(0.5 * (rl - rw)).tolist(), rel=1e-9)
+    w = torch.sigmoid(0.5 * (rl - rw))
+    assert m.details["weights"] == pytest.approx(w.tolist(), rel=1e-9)
+    # the errors: closed forms weighted by σ(r̂_w − r̂_l) = 1 − w and by 1, relative to autograd
+    params = list(policy.parameters())
+    lw = sequence_logps(policy, pairs.prompts, pairs.chosen, pairs.eot)
+    ll = sequence_logps(policy, pairs.prompts, pairs.rejected, pairs.eot)
+    ref_w, ref_l = logp["ref", "chosen"], logp["ref", "rejected"]
+    auto = torch.cat([g.flatten() for g in torch.autograd.grad(
+        dpo_loss(lw, ll, ref_w, ref_l, 0.5), params)])  # fmt: skip
+    for name, weights in (("appendix_a4", 1 - w), ("unweighted", torch.ones_like(w))):
+        closed = dpo_gradient_ref(policy, pairs, ref_w, ref_l, 0.5, weights=weights)
+        closed = torch.cat([g.flatten() for g in closed])
+        want = (closed - auto).abs().max().item() / auto.abs().max().item()
+        assert errors[name] == pytest.approx(want, rel=1e-6)
 
 
 def test_run_bandit_reaches_the_optimum_and_its_controls_do_not():
@@ -263,7 +277,8 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def _same_pairs(a, b) -> bool:
-    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("prompts", "chosen", "rejected"))
+    fields = ("prompts", "chosen", "rejected")
+    return a.eot == b.eot and all(torch.equal(getattr(a, f), getattr(b, f)) for f in fields)
 
 
 def test_run_lm_follows_the_documented_recipe(monkeypatch) -> None:
@@ -291,12 +306,22 @@ def test_run_lm_follows_the_documented_recipe(monkeypatch) -> None:
     world = InstructionWorld(pcfg.world)
     bases, tuned, runs, progress = [], [], [], []
 
+    def fresh() -> torch.nn.Module:
+        """A fresh tiny GPT whose <eot> logit is raised (final LayerNorm bias along its
+        embedding): samples of varied length, hence varied r*."""
+        model = fresh_model(pcfg, seed=0)
+        with torch.no_grad():
+            e = model.wte.weight[world.vocab.eot]
+            model.ln_f.bias.copy_(2.5 * e / e.dot(e))
+        return model
+
     def base(p):
         assert p == PretrainConfig()
-        bases.append(fresh_model(pcfg, seed=0))
+        bases.append(fresh())
         return bases[-1]
 
     def fake_sft(model, w, cfg):
+        assert w.cfg == world.cfg
         tuned.append((model, cfg))
         with torch.no_grad():
             model.wte.weight.mul_(1.5)  # SFT moves its copy
@@ -310,16 +335,19 @@ def test_run_lm_follows_the_documented_recipe(monkeypatch) -> None:
             on_step(step, policy)
             with torch.no_grad():
                 policy.wte.weight[:, :3].add_(0.3 * len(runs))  # each run its own way
-        return [{"loss": 0.7 + len(runs), "reward_accuracy": 0.1}, {"loss": 0.2,
-                "reward_accuracy": 0.5 + len(runs)}]  # fmt: skip
+        k = len(runs)
+        return [{"loss": 0.7 + k, "reward_accuracy": 0.1}, {"loss": 0.3, "reward_accuracy": 0.2},
+                {"loss": 0.2, "reward_accuracy": 0.5 + k}]  # fmt: skip
 
+    worlds = []  # every world run_lm builds: the task's and the calibrated labelers'
+    monkeypatch.setattr(DPO, "InstructionWorld", lambda c: worlds.append(c) or InstructionWorld(c))
     monkeypatch.setattr(DPO, "pretrained_model", base)
     monkeypatch.setattr(DPO, "sft", fake_sft)
     monkeypatch.setattr(DPO, "dpo", fake_dpo)
     clock = iter([1.0, 2.0, 4.0, 7.0, 11.0])
     monkeypatch.setattr(DPO, "time", SimpleNamespace(process_time=lambda: next(clock)))
     cfg = replace(DPO.PRESETS["quick"], sft_examples=7, sft_epochs=3, sft_lr=2e-3, pair_prompts=6,
-                  K=3, labeler_agreement=0.8, beta=0.4, large_beta=900.0, dpo_epochs=2,
+                  K=3, labeler_agreement=0.8, beta=0.4, large_beta=900.0, dpo_epochs=3,
                   dpo_batch=5, dpo_lr=1e-2, n_eval=10, curve_every=2, curve_prompts=4)  # fmt: skip
     s = 3
     ctx = Context(progress=lambda *a: progress.append(a))
@@ -327,6 +355,7 @@ def test_run_lm_follows_the_documented_recipe(monkeypatch) -> None:
 
     ((ref, sft_cfg),) = tuned
     assert ref is not bases[0] and sft_cfg == SFTConfig(n_examples=7, epochs=3, lr=2e-3, seed=s)
+    assert _same_weights(bases[0], fresh())  # the cached base is left alone
     assert not ref.training
     g = torch.Generator().manual_seed(s)
     cmp = sample_comparisons(ref, world, 6, 3, g)
@@ -335,6 +364,8 @@ def test_run_lm_follows_the_documented_recipe(monkeypatch) -> None:
     pairs = preference_pairs(cmp, labelers.rank(cmp.gold, g), world.vocab.eot)
     shuffled = pairs.shuffled_labels(torch.Generator().manual_seed(s + 3))
     assert (out["pairs"], out["tau"]) == (len(pairs), tau)
+    assert worlds == [pcfg.world, replace(pcfg.world, label_temperature=tau)]
+    assert tau != pcfg.world.label_temperature
     assert out["label_gold_agreement"] == pairs.gold_agreement()
     assert out["shuffled_gold_agreement"] == shuffled.gold_agreement()
     assert not _same_pairs(pairs, shuffled)
@@ -351,7 +382,7 @@ def test_run_lm_follows_the_documented_recipe(monkeypatch) -> None:
         policy, reference, got_pairs, dcfg, prog, seen = runs[i]
         assert reference is ref and policy is not ref and _same_weights(seen[0][1], ref)
         assert _same_pairs(got_pairs, want_pairs) and prog is ctx.progress
-        assert dcfg == DPOConfig(beta=beta, epochs=2, batch=5, lr=1e-2, seed=s)
+        assert dcfg == DPOConfig(beta=beta, epochs=3, batch=5, lr=1e-2, seed=s)
         want_curve = []
         for step, model in seen[::2]:  # steps 0 and 2
             gold = sampled_gold(model, world, curve_inst, torch.Generator().manual_seed(s + 11))
@@ -387,7 +418,12 @@ def test_experiment_runs_the_bandit_and_the_lm_per_seed_on_one_thread(
     monkeypatch.setattr(DPO, "time", SimpleNamespace(process_time=lambda: next(clock)))
     cfg = replace(DPO.PRESETS["quick"], repeats=2)
     ctx = Context(seed=5, out_dir=None if out_dir is None else tmp_path / out_dir)
-    m = DPO.experiment(cfg, ctx)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # experiment sets one thread, whatever it found
+    try:
+        m = DPO.experiment(cfg, ctx)
+    finally:
+        torch.set_num_threads(before)
     assert m == {"seeds": [5, 1005], "bandit": [{"bandit": 5}, {"bandit": 1005}],
                  "lm": [{"lm": 5}, {"lm": 1005}], "cpu_seconds": 7.5}  # fmt: skip
     assert calls == [("bandit", cfg, 5, 1), ("bandit", cfg, 1005, 1), ("lm", cfg, 5, ctx),
@@ -479,3 +515,30 @@ def test_curve_point_samples_with_its_seed_and_compares_with_sft() -> None:
     wins = ((gold > sft_gold).double() + 0.5 * (gold == sft_gold).double()).mean().item()
     assert point == {"gold": pytest.approx(gold.mean().item()), "win_vs_sft": pytest.approx(wins)}
     assert 0 < wins < 1
+
+
+def test_toy_pairs_are_drawn_from_their_seeds_generator_in_order() -> None:
+    """Rebuilt draw by draw: the seed's fresh fp64 model, n instances and then two responses per
+    prompt from one generator seeded s; the first response is y_w unless r* prefers the second
+    (a tie keeps the order)."""
+    from repro.align.policy import generate
+    from repro.align.pretrain import PretrainConfig, fresh_model
+    from repro.data.instructions import InstructionWorld
+
+    world = InstructionWorld(PretrainConfig().world)
+    n, seed = 24, 4
+    model, pairs = DPO._toy_pairs(seed, n=n)
+    want_model = fresh_model(PretrainConfig(), seed=seed).double()
+    assert _same_weights(model, want_model)
+    g = torch.Generator().manual_seed(seed)
+    inst = world.sample_instances(n, g)
+    prompts = world.prompts(inst)
+    a = generate(want_model, prompts, world.response_len, world.vocab.eot, generator=g)
+    c = generate(want_model, prompts, world.response_len, world.vocab.eot, generator=g)
+    ga, gc = world.gold_reward(inst, a), world.gold_reward(inst, c)
+    first = (ga >= gc)[:, None]
+    assert torch.equal(pairs.prompts, prompts) and pairs.eot == world.vocab.eot
+    assert torch.equal(pairs.chosen, torch.where(first, a, c))
+    assert torch.equal(pairs.rejected, torch.where(first, c, a))
+    tie = (ga == gc) & (a != c).any(1)
+    assert tie.any() and (ga != gc).any()  # ties with different responses, and real labels
