@@ -4,6 +4,7 @@ start of the load-balancing experiment and the dispatch case."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -226,6 +227,7 @@ def test_kv_cache_claim_is_two_fp16_vectors_per_kv_head_and_layer() -> None:
     out = MIXTRAL.kv_cache_per_token(Context())
     per_token = 2 * 32 * 8 * 128 * 2  # k and v, L, Hkv, D, 2 bytes
     assert out.value == per_token == 131072
+    assert all(type(v) is int for k, v in out.details.items() if k != "gib_at_32k_tokens")
     assert out.details == {
         "elements": per_token // 2,
         "gib_at_32k_tokens": 4.0,
@@ -320,7 +322,7 @@ def test_experiment_trains_on_seeded_markov_text_with_and_without_the_loss(
     from repro.data.markov import MarkovConfig, MarkovSource
 
     plots = line_plots(MIXTRAL)
-    cfg = MIXTRAL.Config(**_TINY, order=2, unbiased_control=unbiased)
+    cfg = MIXTRAL.Config(**_TINY, order=3, unbiased_control=unbiased)
     runs = []
 
     def fake_train_moe(c, data, test, alpha, bias, ctx):
@@ -332,7 +334,7 @@ def test_experiment_trains_on_seeded_markov_text_with_and_without_the_loss(
     monkeypatch.setattr(MIXTRAL, "train_moe", fake_train_moe)
     ctx = Context(seed=7, out_dir=tmp_path)
     m = MIXTRAL.experiment(cfg, ctx)
-    source = MarkovSource(MarkovConfig(vocab_size=6, order=2))
+    source = MarkovSource(MarkovConfig(vocab_size=6, order=3))
     g = torch.Generator().manual_seed(7)
     data = source.sample(20, 6, g).view(10, 2, 6)
     test = source.sample(3, 6, g)
@@ -367,7 +369,12 @@ def test_experiment_draws_no_plot_without_an_output_folder(monkeypatch, line_plo
         return {"curve": [0.5], "final_max_load": 0.3, "test_loss": 2.0}
 
     monkeypatch.setattr(MIXTRAL, "train_moe", fake_train_moe)
-    MIXTRAL.experiment(MIXTRAL.Config(**_TINY), Context())
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # experiment sets one thread, whatever it found
+    try:
+        MIXTRAL.experiment(MIXTRAL.Config(**_TINY), Context())
+    finally:
+        torch.set_num_threads(before)
     assert plots == [] and threads == [1, 1]
 
 
@@ -377,3 +384,33 @@ def test_load_claims_read_each_runs_final_max_load() -> None:
     balanced, collapsed = MIXTRAL.aux_loss_balances(ctx), MIXTRAL.no_aux_stays_collapsed(ctx)
     assert (balanced.value, collapsed.value) == (0.16, 0.49)
     assert balanced.details == m == collapsed.details
+
+
+def test_experiment_moves_data_and_test_to_the_contexts_device(monkeypatch) -> None:
+    """On another device (meta here) the sampled sequences follow the model there."""
+    devices = []
+
+    def fake_train_moe(c, data, test, alpha, bias, ctx):
+        devices.append((data.device.type, test.device.type, tuple(data.shape)))
+        return {"curve": [0.5], "final_max_load": 0.3, "test_loss": 2.0}
+
+    monkeypatch.setattr(MIXTRAL, "train_moe", fake_train_moe)
+    MIXTRAL._experiment(MIXTRAL.Config(**_TINY), Context(device="meta"))
+    assert devices == [("meta", "meta", (10, 2, 6))] * 2
+
+
+def test_train_moe_builds_the_model_on_the_contexts_device(monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(MIXTRAL, "train", lambda model, *a, **k: seen.append(model))
+    monkeypatch.setattr(MIXTRAL, "evaluate_lm", lambda model, test: 2.5)
+    monkeypatch.setattr(MIXTRAL, "max_load", lambda model: 0.25)
+    cfg = MIXTRAL.Config(**_TINY)
+    out = MIXTRAL.train_moe(cfg, None, None, 0.0, 3.0, Context(device="meta"))
+    assert out == {"curve": [], "final_max_load": 0.25, "test_loss": 2.5}
+    assert {p.device.type for p in seen[0].parameters()} == {"meta"}
+
+
+def test_config_says_what_is_wrong_with_the_heads_or_experts() -> None:
+    message = "n_heads must be a multiple of n_kv_heads and top_k <= n_experts"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        MIXTRAL.Config(n_heads=4, n_kv_heads=3)
