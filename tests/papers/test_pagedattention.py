@@ -111,15 +111,14 @@ def test_experiment_reports_the_librarys_simulation_of_its_settings() -> None:
     assert set(m["cow"]) == {2, 3}
 
 
-def test_experiment_plots_waste_in_percent_by_block_size(monkeypatch, tmp_path) -> None:
+def test_experiment_plots_waste_in_percent_by_block_size(line_plots, tmp_path) -> None:
     cfg = PA.Config(requests=12, block_sizes=(32, 8), budget_slots=4096, samples=(2,),
                     cow_requests=2)  # fmt: skip
-    plots = []
-    monkeypatch.setattr(PA, "save_line_plot", lambda path, series, *a, **k: plots.append(
-        (path, series, k)))  # fmt: skip
+    plots = line_plots(PA)  # bound to save_line_plot's signature: a dropped label fails
     m = PA.experiment(cfg, Context(seed=5, out_dir=tmp_path))
-    ((path, series, kwargs),) = plots
-    assert path == tmp_path / "waste_by_block_size.svg" and kwargs == {"logx": True}
+    ((path, series, other),) = plots
+    assert path == tmp_path / "waste_by_block_size.svg"
+    assert other["logx"] is True and "logy" not in other
     paged, prealloc = series.values()
     assert paged == ([8, 32], [100 * m["waste"][8], 100 * m["waste"][32]])
     assert prealloc == ([8, 32], [100 * m["prealloc_waste"]] * 2)
@@ -207,3 +206,19 @@ def test_trace_claims_read_the_block_16_row_and_the_largest_n() -> None:
                                "preemptions_B16": 2}  # fmt: skip
     cow = PA.cow_parallel_sampling_saving(ctx)
     assert cow.value == pytest.approx(30.0) and cow.details == {"by_samples": m["cow"]}
+
+
+def test_exactness_claims_measure_on_one_thread(monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(PA, "_exactness", lambda seed: seen.append((seed, torch.get_num_threads()))
+                        or {"max_abs_diff": 1.0, "shuffled_table_min_diff": 2.0,
+                            "no_copy_on_write_diff": 3.0})  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ctx = Context(seed=8)
+        values = [f(ctx).value for f in (PA.paged_equals_contiguous, PA.shuffled_table_differs,
+                                         PA.no_copy_on_write_corrupts)]  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    assert values == [1.0, 2.0, 3.0] and seen == [(8, 1)] * 3
