@@ -881,3 +881,36 @@ def test_inline_and_display_math_keep_their_quotes() -> None:
 
     assert anki_math('\\text{it\'s "q"}', False) == '\\(\\text{it\'s "q"}\\)'
     assert anki_math('\\text{it\'s "q"} < 1', True) == '\\[\\text{it\'s "q"} &lt; 1\\]'
+
+
+def test_a_deck_and_a_guid_are_english_unless_told() -> None:
+    import genanki
+
+    from repro.study.anki import deck_name
+
+    assert deck_name("lora") == "paperlab::en::lora" and deck_name("lora", "zh") == (
+        "paperlab::zh::lora"
+    )
+    assert card_guid("lora", "question:q1") == genanki.guid_for("paperlab", "lora", "en",
+                                                                "question:q1")  # fmt: skip
+
+
+def test_zh_contribution_cards_without_an_overlay_are_marked_and_id_less_ones_keyed_by_text(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+
+    def edit(note: dict) -> None:
+        note["contributions"] = [{"text": f"Contribution number {n}: more"} for n in range(3)]
+        note["zh"] = {"short_title": "玩具"}  # no contributions in Chinese
+
+    paper = _toy_paper(tmp_path, edit)
+    cards = [c for c in paper_cards(paper, "zh") if c.kind == "contribution"]
+    assert len(cards) == 3 and not any(c.translated for c in cards)
+    assert all(c.front.startswith('<span class="untranslated">') for c in cards)
+    keys = [c.key for c in paper_cards(paper) if c.kind == "contribution"]
+    assert keys == [
+        "contribution:text-"
+        + hashlib.sha1(f"Contribution number {n}: more".encode()).hexdigest()[:10]
+        for n in range(3)
+    ]
