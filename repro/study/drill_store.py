@@ -129,6 +129,8 @@ class StudyDb:
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, version: int) -> None:
+        if version not in MIGRATIONS:  # below 0: no paperlab ever wrote it
+            raise sqlite3.DatabaseError(f"schema version {version} is not one paperlab wrote")
         if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             raise sqlite3.DatabaseError("has tables but no paperlab schema version")
         while version < SCHEMA_VERSION:

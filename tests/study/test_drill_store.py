@@ -89,6 +89,21 @@ def test_a_folder_an_unversioned_or_a_newer_file_is_refused_and_left_alone(
     assert _raw(newer, "SELECT name FROM sqlite_master") == []
 
 
+def test_a_negative_schema_version_is_a_damaged_file_left_alone(tmp_path: Path) -> None:
+    # no paperlab writes a version below 0: one located error, not a KeyError from MIGRATIONS
+    odd = tmp_path / "odd.sqlite3"
+    con = sqlite3.connect(odd)
+    con.execute("PRAGMA user_version = -1")
+    con.close()
+    with pytest.raises(StudyDbError) as err:
+        StudyDb(odd)
+    assert f"{odd}: not a usable study database (schema version -1 is not one paperlab wrote);" in (
+        str(err.value)
+    )
+    assert _raw(odd, "PRAGMA user_version") == [(-1,)]
+    assert _raw(odd, "SELECT name FROM sqlite_master") == []
+
+
 def test_a_reader_never_creates_migrates_or_writes(tmp_path: Path) -> None:
     missing = tmp_path / "missing.sqlite3"
     with pytest.raises(StudyDbError, match="not a usable study database"):
