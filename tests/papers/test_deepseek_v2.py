@@ -214,7 +214,8 @@ _MHA = 2 * 128 * 128  # 2·n_h·d_h
 
 def test_table1_claims_by_hand() -> None:
     per_layer = DSV2.mla_cache_per_token_layer(Context())
-    assert per_layer.value == _MLA
+    assert per_layer.value == _MLA and type(per_layer.value) is int
+    assert type(per_layer.details["nine_halves_dh"]) is int
     assert per_layer.details == {"formula_dc_plus_dhR": _MLA, "mha_per_layer": _MHA,
                                  "mla_over_mha": _MLA / _MHA, "nine_halves_dh": 576}  # fmt: skip
     groups = DSV2.mla_equals_gqa_groups(Context())
@@ -379,9 +380,34 @@ def test_rope_on_compressed_claim_compares_the_coupled_model_with_the_absorbed_p
 
 
 def test_latent_cache_claim_reads_the_largest_context() -> None:
-    m = {"tokens": [10, 40], "bytes": {"MHA": [1, 6400], "GQA-8": [1, 400], "MQA": [1, 50],
-                                       "MLA": [1, 100]}}  # fmt: skip
+    m = {"tokens": [10, 20, 40], "bytes": {"MHA": [1, 2, 6400], "GQA-8": [1, 2, 400],
+                                           "MQA": [1, 2, 50], "MLA": [1, 3, 100]}}  # fmt: skip
     out = DSV2.latent_cache_bytes_vs_mha(Context(_metrics=m))
     assert out.value == 64.0
     assert out.details == {"tokens": 40, "bytes": {"MHA": 6400, "GQA-8": 400, "MQA": 50,
                            "MLA": 100}, "gqa8_over_mla": 4.0, "mla_over_mqa": 2.0}  # fmt: skip
+
+
+def test_absorption_plot_is_the_absorbed_decode_and_the_coupled_model_per_position(
+    line_plots, tmp_path
+) -> None:
+    """Per position: max over batch and width of |path − per-head reference| / max |reference|,
+    floored at 1e-18 — for absorbed cached decoding and for RoPE on the compressed key."""
+    plots = line_plots(DSV2)
+    DSV2._plot_absorption(Context(seed=2, out_dir=tmp_path))
+    mla, x = DSV2.tiny_mla(2), DSV2._inputs(2)
+    with torch.no_grad():
+        ref = DSV2.mla_per_head(mla, x)
+        absorbed = DSV2._decode(mla, x, "absorbed")
+        coupled = mla.forward_naive(x, rope_on_compressed=True)
+    scale = ref.abs().max()
+
+    def by_hand(y: torch.Tensor) -> list[float]:
+        return [max(float((y - ref)[:, t].abs().max() / scale), 1e-18) for t in range(25)]
+
+    ((path, series, _),) = plots
+    assert path == tmp_path / "absorption_error.svg"
+    (xs, got_absorbed), (xs2, got_coupled) = series.values()
+    assert xs == xs2 == list(range(25))
+    assert got_absorbed == pytest.approx(by_hand(absorbed), rel=1e-9)
+    assert got_coupled == pytest.approx(by_hand(coupled), rel=1e-9)
