@@ -61,6 +61,47 @@ def test_untrained_decoder_fails_both_length_claims() -> None:
 # --- the claims' own arithmetic --------------------------------------------------------------
 
 
+def test_offset_claim_recomputed_from_its_documented_draws() -> None:
+    """Unit q, k of (2, 4, 64, 64) from the context's seed: the fp32 score change under each
+    shift, and the additive-sinusoid contrast at s = 100, recomputed here."""
+    from repro.lab.claims import Context
+    from repro.nn.positional import RotaryEmbedding, sinusoidal_encoding
+
+    got = ROPE.scores_depend_on_offset_only(Context(seed=3))
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 64, 64, generator=g)
+    k = torch.randn(2, 4, 64, 64, generator=g)
+    q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+    rope = RotaryEmbedding(64, max_seq_len=4064)
+    base = rope(q, 0) @ rope(k, 0).mT
+    shifted = [(rope(q, s) @ rope(k, s).mT - base).abs().max() for s in (1, 7, 100, 1000, 4000)]
+    assert got.value == float(max(shifted))
+    pe = sinusoidal_encoding(164, 64)
+    add = (q + pe[:64]) @ (k + pe[:64]).mT
+    moved = (q + pe[100:164]) @ (k + pe[100:164]).mT
+    want = float((moved - add).abs().max())
+    assert got.details["additive_sinusoidal_max_diff_shift_100"] == pytest.approx(want, rel=1e-6)
+
+
+def test_unit_rows_have_norm_one_along_the_last_axis() -> None:
+    x = torch.tensor([[3.0, 4.0, 0.0], [1.0, 2.0, 2.0]])
+    assert torch.allclose(ROPE._unit(x), x / torch.tensor([[5.0], [3.0]]))
+
+
+def test_config_wants_an_even_head_width() -> None:
+    with pytest.raises(ValueError, match="RoPE rotates pairs"):
+        ROPE.Config(d_model=12, n_heads=4)  # heads of 3 channels
+
+
+def test_bound_uses_the_base_it_is_given() -> None:
+    D, r, base = 16, 37, 500.0
+    theta = [base ** (-2 * k / D) for k in range(D // 2)]
+    partial = [sum(cmath.exp(1j * r * t) for t in theta[:j]) for j in range(1, D // 2 + 1)]
+    direct = sum(abs(s) for s in partial) / (D // 2)
+    got = float(ROPE.relative_upper_bound(torch.tensor([r]), D, base=base)[0])
+    assert got == pytest.approx(direct, rel=1e-12)
+
+
 def test_offset_claim_reports_each_comparison_it_names() -> None:
     from repro.lab.claims import Context
 
@@ -81,9 +122,14 @@ def test_offset_claim_reports_each_comparison_it_names() -> None:
 
 def test_norm_claim_names_its_range() -> None:
     from repro.lab.claims import Context
+    from repro.nn.positional import RotaryEmbedding
 
     got = ROPE.rotation_preserves_norm(Context(seed=2))
     assert got.value < 1e-6 and got.details == {"positions": 4096, "head_dim": 64}
+    # the documented draw: x ~ N(0, 1) of (1, 2, 4096, 64) from the context's seed, positions 0…
+    x = torch.randn(1, 2, 4096, 64, generator=torch.Generator().manual_seed(2))
+    y = RotaryEmbedding(64, max_seq_len=4096)(x, 0)
+    assert got.value == float(((y.norm(dim=-1) - x.norm(dim=-1)).abs() / x.norm(dim=-1)).max())
 
 
 def _bound_by_direct_sum(r: int, D: int) -> float:
@@ -112,8 +158,31 @@ def test_decay_claim_is_the_window_maximum_over_the_bound_at_zero(line_plots, tm
     [(path, series, rest)] = drawn
     assert path == tmp_path / "long_term_decay.svg"
     [(xs, ys)] = series.values()
-    assert xs == list(range(1025)) and ys[:257] == pytest.approx(bound, rel=1e-9)
-    assert list(series) == ["D = 128"] and "§3.4.3" in rest["title"]
+    assert xs == list(range(1025)) and len(ys) == 1025
+    assert ys[:257] == pytest.approx(bound, rel=1e-9)
+    assert list(series) == ["D = 128"]
+    assert rest == {
+        "xlabel": "relative distance r",
+        "ylabel": "relative upper bound (1/(D/2)) Σ|S_j|",
+        "title": "RoPE long-term decay (RoFormer §3.4.3, Figure 2)",
+    }
+
+
+@pytest.mark.parametrize("peak", [128, 256, 257, 129])
+def test_decay_window_is_128_to_256_inclusive(monkeypatch, peak: int) -> None:
+    """A made-up bound, flat at 1 with one peak of 3 (and bound(0) = 2): the window sees the
+    peak exactly when 128 ≤ r ≤ 256; plateaus are not counted as increasing steps."""
+    from repro.lab.claims import Context
+
+    def bound(r: torch.Tensor, head_dim: int) -> torch.Tensor:
+        b = torch.ones(len(r), dtype=torch.float64)
+        b[0], b[peak] = 2.0, 3.0
+        return b
+
+    monkeypatch.setattr(ROPE, "relative_upper_bound", bound)
+    got = ROPE.long_term_decay(Context())
+    assert got.value == (1.5 if 128 <= peak <= 256 else 0.5)
+    assert got.details["increasing_steps_in_0_256"] == (1 if peak <= 256 else 0)
 
 
 def test_length_claims_read_the_experiment() -> None:
@@ -165,16 +234,21 @@ def test_experiment_recipe_and_per_position_metrics(monkeypatch, line_plots, tmp
 
     trained = []
 
+    def report(*args) -> None:
+        pass
+
     def train_lm(model, data, steps, lr, progress, description):
+        assert progress is report
         trained.append((model, data.clone(), steps, lr, description))
         return [0.0] * steps
 
     monkeypatch.setattr(ROPE, "train_lm", train_lm)
     drawn = line_plots(ROPE)
-    cfg = ROPE.Config(vocab_size=5, order=2, train_len=4, eval_factor=3, batch=2, steps=3)
-    cfg = ROPE.Config(**{**cfg.__dict__, "seeds": 2, "eval_batch": 6})
-    got = ROPE.experiment(cfg, Context(config=cfg, seed=4, out_dir=tmp_path))
-    source = MarkovSource(MarkovConfig(vocab_size=5, order=2))
+    cfg = ROPE.Config(vocab_size=5, order=3, train_len=4, eval_factor=3, batch=2, steps=3)
+    cfg = ROPE.Config(**{**cfg.__dict__, "seeds": 2, "eval_batch": 6, "n_heads": 2, "d_ff": 40})
+    ctx = Context(config=cfg, seed=4, out_dir=tmp_path, progress=report)
+    got = ROPE.experiment(cfg, ctx)
+    source = MarkovSource(MarkovConfig(vocab_size=5, order=3))
     losses, accs = [], []
     for i, (model, data, steps, lr, description) in enumerate(trained):
         g = torch.Generator().manual_seed(10_000 + 4 + i)
@@ -182,7 +256,7 @@ def test_experiment_recipe_and_per_position_metrics(monkeypatch, line_plots, tmp
         held_out = source.sample(6, 12 + 1, g)
         assert (steps, lr, description) == (3, cfg.lr, f"rope: train on length 4, seed {4 + i}")
         c = model.cfg
-        assert (c.n_layers, c.d_model, c.n_heads, c.vocab_size, c.d_ff) == (1, 48, 4, 5, 128)
+        assert (c.n_layers, c.d_model, c.n_heads, c.vocab_size, c.d_ff) == (1, 48, 2, 5, 40)
         assert (c.max_seq_len, c.backend) == (12, "sdpa")
         torch.manual_seed(4 + i)
         fresh = ROPE.Llama(c).parameters()
@@ -207,10 +281,10 @@ def test_experiment_recipe_and_per_position_metrics(monkeypatch, line_plots, tmp
         return sum(xs) / len(xs)
 
     # position p predicts token p + 1: inside is p = order − 1 … L − 1
-    for name, (a, b) in {"inside": (1, 4), "L_to_2L": (4, 8), "2L_to_4L": (8, 12)}.items():
+    for name, (a, b) in {"inside": (2, 4), "L_to_2L": (4, 8), "2L_to_4L": (8, 12)}.items():
         assert got["segments"][name]["loss"] == pytest.approx(mean(loss_t[a:b]), rel=1e-5)
         assert got["segments"][name]["accuracy"] == pytest.approx(mean(acc_t[a:b]), abs=1e-6)
-    per_seed = [mean(a[4:8]) / mean(a[1:4]) for a in accs]
+    per_seed = [mean(a[4:8]) / mean(a[2:4]) for a in accs]
     assert got["accuracy_ratio_2L_per_seed"] == pytest.approx(per_seed, rel=1e-6)
     seg = got["segments"]
     assert got["accuracy_ratio_2L"] == seg["L_to_2L"]["accuracy"] / seg["inside"]["accuracy"]
@@ -223,4 +297,8 @@ def test_experiment_recipe_and_per_position_metrics(monkeypatch, line_plots, tmp
     assert series["RoPE, trained on L = 4"] == (list(range(12)), pytest.approx(loss_t, rel=1e-5))
     assert series["entropy floor"] == (list(range(12)), [source.entropy_rate()] * 12)
     assert series["unigram entropy"] == (list(range(12)), [source.unigram_entropy()] * 12)
-    assert rest["title"] == "Loss by position: trained on 4 tokens, evaluated on 12"
+    assert rest == {
+        "xlabel": "position",
+        "ylabel": "held-out loss (nats/token)",
+        "title": "Loss by position: trained on 4 tokens, evaluated on 12",
+    }
