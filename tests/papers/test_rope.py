@@ -120,11 +120,20 @@ def test_offset_claim_reports_each_comparison_it_names() -> None:
     }
 
 
-def test_norm_claim_names_its_range() -> None:
+def test_norm_claim_names_its_range(monkeypatch) -> None:
     from repro.lab.claims import Context
     from repro.nn.positional import RotaryEmbedding
 
+    shapes = []
+
+    class Recorded(RotaryEmbedding):
+        def forward(self, x, start_pos=0):
+            shapes.append((tuple(x.shape), start_pos))
+            return super().forward(x, start_pos)
+
+    monkeypatch.setattr(ROPE, "RotaryEmbedding", Recorded)
     got = ROPE.rotation_preserves_norm(Context(seed=2))
+    assert shapes == [((1, 2, 4096, 64), 0)]
     assert got.value < 1e-6 and got.details == {"positions": 4096, "head_dim": 64}
     # the documented draw: x ~ N(0, 1) of (1, 2, 4096, 64) from the context's seed, positions 0…
     x = torch.randn(1, 2, 4096, 64, generator=torch.Generator().manual_seed(2))
