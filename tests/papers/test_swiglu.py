@@ -119,7 +119,11 @@ def test_experiment_recipe_with_training_recorded(monkeypatch, line_plots, tmp_p
 
     runs = []
 
+    def report(*args) -> None:
+        pass
+
     def train_lm(model, data, steps, lr, progress, description):
+        assert progress is report
         variant, seed = description.split(" ")[1], int(description.rsplit(" ", 1)[1])
         runs.append((variant, seed, data.clone(), steps, lr, description))
         model.held_out_loss = 5.0 + seed + {"relu": 0.5, "gelu": 0.4, "geglu": 0.3}.get(variant, 0)
@@ -134,10 +138,10 @@ def test_experiment_recipe_with_training_recorded(monkeypatch, line_plots, tmp_p
     monkeypatch.setattr(SWIGLU, "train_lm", train_lm)
     monkeypatch.setattr(SWIGLU, "evaluate_lm", evaluate_lm)
     drawn = line_plots(SWIGLU)
-    cfg = SWIGLU.Config(d_model=12, d_ff=18, n_heads=2, seq_len=4, batch=2, steps=120)
+    cfg = SWIGLU.Config(d_model=12, d_ff=18, n_heads=2, seq_len=4, batch=2, steps=120, order=3)
     cfg = SWIGLU.Config(**{**cfg.__dict__, "seeds": 2, "eval_batch": 3})
-    got = SWIGLU.experiment(cfg, Context(config=cfg, seed=3, out_dir=tmp_path))
-    source = MarkovSource(MarkovConfig(vocab_size=16, order=2))
+    got = SWIGLU.experiment(cfg, Context(config=cfg, seed=3, out_dir=tmp_path, progress=report))
+    source = MarkovSource(MarkovConfig(vocab_size=16, order=3))
     order = [(v, s) for s in (3, 4) for v in ("relu", "gelu", "geglu", "swiglu")]
     assert [(v, s) for v, s, *_ in runs] == order
     for i, (variant, seed, data, steps, lr, description) in enumerate(runs):
@@ -170,7 +174,11 @@ def test_experiment_recipe_with_training_recorded(monkeypatch, line_plots, tmp_p
         ]
         assert series[v] == (xs, pytest.approx(mean_curve))
     assert series["entropy floor"] == (xs, [source.entropy_rate()] * 120)
-    assert rest["title"] == "FFN variants at equal parameters (mean of 2 seeds)"
+    assert rest == {
+        "xlabel": "step",
+        "ylabel": "training loss (nats/token)",
+        "title": "FFN variants at equal parameters (mean of 2 seeds)",
+    }
 
 
 def test_claims_read_the_worst_glu_variant_and_the_early_losses() -> None:
