@@ -15,6 +15,7 @@ from repro.align.dpo import dpo_gradient_ref, dpo_loss
 from repro.align.preferences import sequence_logps
 from repro.lab.claims import Context
 from repro.lab.library import Library
+from repro.lab.threads import torch_threads
 
 DPO = Library().get("dpo").module()
 
@@ -418,12 +419,8 @@ def test_experiment_runs_the_bandit_and_the_lm_per_seed_on_one_thread(
     monkeypatch.setattr(DPO, "time", SimpleNamespace(process_time=lambda: next(clock)))
     cfg = replace(DPO.PRESETS["quick"], repeats=2)
     ctx = Context(seed=5, out_dir=None if out_dir is None else tmp_path / out_dir)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # experiment sets one thread, whatever it found
-    try:
+    with torch_threads(2):  # experiment sets one thread, whatever it found
         m = DPO.experiment(cfg, ctx)
-    finally:
-        torch.set_num_threads(before)
     assert m == {"seeds": [5, 1005], "bandit": [{"bandit": 5}, {"bandit": 1005}],
                  "lm": [{"lm": 5}, {"lm": 1005}], "cpu_seconds": 7.5}  # fmt: skip
     assert calls == [("bandit", cfg, 5, 1), ("bandit", cfg, 1005, 1), ("lm", cfg, 5, ctx),

@@ -6,6 +6,7 @@ import pytest
 
 from repro.lab.counting import kv_cache_bytes_per_token
 from repro.lab.library import Library
+from repro.lab.threads import torch_threads
 
 EI = Library().get("efficient-inference").module()
 
@@ -82,12 +83,8 @@ def test_experiment_runs_on_one_thread(monkeypatch) -> None:
 
     seen = []
     monkeypatch.setattr(EI, "_exactness", lambda cfg, ctx: seen.append(torch.get_num_threads()))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         EI.experiment(EI.Config(), None)
-    finally:
-        torch.set_num_threads(threads)
     assert seen == [1]
 
 
@@ -302,12 +299,8 @@ def test_bandwidth_claim_is_the_step_over_the_streaming_bound(monkeypatch) -> No
     monkeypatch.setattr(EI, "memory_bandwidth", bandwidth)
     monkeypatch.setattr(EI, "decode_step_seconds", step_seconds)
     cfg = EI.Config(big_d_model=256, big_layers=2, big_new_tokens=5, copy_bytes=4096)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the claim must bring it down to one
-    try:
+    with torch_threads(2):  # the claim must bring it down to one
         got = EI.decode_bandwidth_bound(Context(config=cfg, seed=5))
-    finally:
-        torch.set_num_threads(threads)
     (big, *big_args), (tiny, *tiny_args) = steps
     assert big_args == [16, 5, "cpu", "cpu"] and tiny_args == [16, 64, "cpu", "cpu"]
     c = big.cfg

@@ -17,6 +17,7 @@ from repro.align.reward import RewardModel
 from repro.data.instructions import InstructionWorld
 from repro.lab.claims import Context
 from repro.lab.library import Library
+from repro.lab.threads import torch_threads
 
 GRPO = Library().get("grpo").module()
 WORLD = InstructionWorld(PretrainConfig().world)
@@ -678,12 +679,8 @@ def test_experiment_runs_each_repeat_1000_seeds_apart_on_one_thread(
     monkeypatch.setattr(GRPO, "time", SimpleNamespace(process_time=lambda: next(clock)))
     cfg = GRPO.Config(repeats=3)
     ctx = Context(seed=4, out_dir=None if out_dir is None else tmp_path / out_dir)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # experiment sets one thread, whatever it found
-    try:
+    with torch_threads(2):  # experiment sets one thread, whatever it found
         m = GRPO.experiment(cfg, ctx)
-    finally:
-        torch.set_num_threads(before)
     assert m == {"lm": [{"seed": 4}, {"seed": 1004}, {"seed": 2004}], "cpu_seconds": 7.5}
     assert seen == [(cfg, ctx, 1)] * 3
     assert plotted == ([] if out_dir is None else [(m, tmp_path / out_dir)])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from repro.data.tasks import FIRST_SYMBOL, PAD, SEP, selective_copy
 from repro.lab.claims import Context
 from repro.lab.library import Library
+from repro.lab.threads import torch_threads
 from repro.models.mamba import MambaConfig, MambaLM
 from repro.train import train
 
@@ -404,12 +405,8 @@ def test_experiment_measures_both_trained_models_on_the_eval_sets(
     monkeypatch.setattr(mamba, "trained", fake_trained)
     monkeypatch.setattr(mamba, "save_plots", lambda *a: plots.append(a))
     ctx = Context(config=cfg, seed=4, out_dir=tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the experiment must go down to one whatever it is given
-    try:
+    with torch_threads(2):  # the experiment must go down to one whatever it is given
         got = mamba.experiment(cfg, ctx)
-    finally:
-        torch.set_num_threads(threads)
     assert asked == [(cfg, True, 4, ctx, 1), (cfg, False, 4, ctx, 1)]  # on one thread
     evals = mamba._eval_sets(cfg)
     (x, y), (x_long, y_long) = evals[6], evals[18]

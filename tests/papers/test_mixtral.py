@@ -11,6 +11,7 @@ import torch
 
 from repro.lab.claims import Context
 from repro.lab.library import Library
+from repro.lab.threads import torch_threads
 from repro.nn.moe import MoEFeedForward, expert_load
 
 MIXTRAL = Library().get("mixtral").module()
@@ -369,12 +370,8 @@ def test_experiment_draws_no_plot_without_an_output_folder(monkeypatch, line_plo
         return {"curve": [0.5], "final_max_load": 0.3, "test_loss": 2.0}
 
     monkeypatch.setattr(MIXTRAL, "train_moe", fake_train_moe)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # experiment sets one thread, whatever it found
-    try:
+    with torch_threads(2):  # experiment sets one thread, whatever it found
         MIXTRAL.experiment(MIXTRAL.Config(**_TINY), Context())
-    finally:
-        torch.set_num_threads(before)
     assert plots == [] and threads == [1, 1]
 
 

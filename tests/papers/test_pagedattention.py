@@ -9,6 +9,7 @@ import torch
 
 from repro.lab.claims import Context
 from repro.lab.library import Library
+from repro.lab.threads import torch_threads
 from repro.serving.trace import Request, make_trace, simulate
 
 PA = Library().get("pagedattention").module()
@@ -213,12 +214,8 @@ def test_exactness_claims_measure_on_one_thread(monkeypatch) -> None:
     monkeypatch.setattr(PA, "_exactness", lambda seed: seen.append((seed, torch.get_num_threads()))
                         or {"max_abs_diff": 1.0, "shuffled_table_min_diff": 2.0,
                             "no_copy_on_write_diff": 3.0})  # fmt: skip
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         ctx = Context(seed=8)
         values = [f(ctx).value for f in (PA.paged_equals_contiguous, PA.shuffled_table_differs,
                                          PA.no_copy_on_write_corrupts)]  # fmt: skip
-    finally:
-        torch.set_num_threads(before)
     assert values == [1.0, 2.0, 3.0] and seen == [(8, 1)] * 3

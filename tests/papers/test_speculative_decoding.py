@@ -19,6 +19,7 @@ from repro.decoding.speculative import (
 )
 from repro.lab.claims import Context
 from repro.lab.library import Library
+from repro.lab.threads import torch_threads
 
 SD = Library().get("speculative-decoding").module()
 
@@ -470,12 +471,8 @@ def test_efficiency_draws_no_plot_without_an_output_folder(
 def test_experiment_is_the_efficiency_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SD, "_efficiency", lambda cfg, ctx: (cfg, ctx, torch.get_num_threads()))
     cfg, ctx = SD.Config(), Context()
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         assert SD.experiment(cfg, ctx) == (cfg, ctx, 1)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_expected_tokens_formula_covers_exactly_its_grid(monkeypatch: pytest.MonkeyPatch) -> None:

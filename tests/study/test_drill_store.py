@@ -59,6 +59,14 @@ def test_a_new_file_gets_the_schema_its_version_and_a_write_ahead_log(tmp_path: 
         assert [i.key for i in db.items()] == sorted(KEYS)
 
 
+def _empty_at_version(path: Path, version: int) -> Path:
+    """A SQLite file with no tables whose user_version (paperlab's schema number) is `version`."""
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version = {version}")
+    con.close()
+    return path
+
+
 def test_a_folder_an_unversioned_or_a_newer_file_is_refused_and_left_alone(
     tmp_path: Path,
 ) -> None:
@@ -79,10 +87,7 @@ def test_a_folder_an_unversioned_or_a_newer_file_is_refused_and_left_alone(
     )
     assert _raw(other, "PRAGMA user_version") == [(0,)]
     assert {n for (n,) in _raw(other, "SELECT name FROM sqlite_master")} == {"mine"}
-    newer = tmp_path / "newer.sqlite3"
-    con = sqlite3.connect(newer)
-    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    con.close()
+    newer = _empty_at_version(tmp_path / "newer.sqlite3", SCHEMA_VERSION + 1)
     with pytest.raises(StudyDbError, match=f"schema {SCHEMA_VERSION + 1}, newer than"):
         StudyDb(newer)
     assert _raw(newer, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
@@ -91,10 +96,7 @@ def test_a_folder_an_unversioned_or_a_newer_file_is_refused_and_left_alone(
 
 def test_a_negative_schema_version_is_a_damaged_file_left_alone(tmp_path: Path) -> None:
     # no paperlab writes a version below 0: one located error, not a KeyError from MIGRATIONS
-    odd = tmp_path / "odd.sqlite3"
-    con = sqlite3.connect(odd)
-    con.execute("PRAGMA user_version = -1")
-    con.close()
+    odd = _empty_at_version(tmp_path / "odd.sqlite3", -1)
     with pytest.raises(StudyDbError) as err:
         StudyDb(odd)
     assert f"{odd}: not a usable study database (schema version -1 is not one paperlab wrote);" in (
