@@ -67,6 +67,12 @@ def _create_v1(db: sqlite3.Connection) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_v1}
 
 
+def _check_known(version: int) -> None:
+    """Below 0 no paperlab ever wrote: a damaged file, not one to migrate (or update for)."""
+    if version < 0:
+        raise sqlite3.DatabaseError(f"schema version {version} is not one paperlab wrote")
+
+
 @dataclass(frozen=True)
 class StoredItem:
     key: str
@@ -97,10 +103,7 @@ class StudyDb:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 db.close()
-                raise StudyDbError(
-                    f"{self.path}: study database of schema {version}, newer than this "
-                    f"paperlab's {SCHEMA_VERSION}; update paperlab (the file is left as it is)"
-                )
+                raise self._newer(version)
             if version < SCHEMA_VERSION:
                 self._migrate(db, version)
             db.execute("PRAGMA journal_mode = WAL")
@@ -120,6 +123,9 @@ class StudyDb:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version != SCHEMA_VERSION:
                 db.close()
+                _check_known(version)
+                if version > SCHEMA_VERSION:
+                    raise self._newer(version)
                 why = f"schema {version}, not {SCHEMA_VERSION}: `paperlab drill` updates it"
                 raise StudyDbError(f"{self.path}: study database of {why}")
             db.execute("SELECT count(*) FROM items").fetchone()
@@ -127,10 +133,15 @@ class StudyDb:
             raise StudyDbError(f"{self.path}: not a usable study database ({exc})") from None
         return db
 
+    def _newer(self, version: int) -> StudyDbError:
+        return StudyDbError(
+            f"{self.path}: study database of schema {version}, newer than this "
+            f"paperlab's {SCHEMA_VERSION}; update paperlab (the file is left as it is)"
+        )
+
     @staticmethod
     def _migrate(db: sqlite3.Connection, version: int) -> None:
-        if version not in MIGRATIONS:  # below 0: no paperlab ever wrote it
-            raise sqlite3.DatabaseError(f"schema version {version} is not one paperlab wrote")
+        _check_known(version)
         if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             raise sqlite3.DatabaseError("has tables but no paperlab schema version")
         while version < SCHEMA_VERSION:

@@ -94,16 +94,29 @@ def test_a_folder_an_unversioned_or_a_newer_file_is_refused_and_left_alone(
     assert _raw(newer, "SELECT name FROM sqlite_master") == []
 
 
-def test_a_negative_schema_version_is_a_damaged_file_left_alone(tmp_path: Path) -> None:
-    # no paperlab writes a version below 0: one located error, not a KeyError from MIGRATIONS
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_negative_schema_version_is_a_damaged_file_left_alone(
+    tmp_path: Path, readonly: bool
+) -> None:
+    # no paperlab writes a version below 0: one located error (not a KeyError from MIGRATIONS,
+    # nor a reader's "`paperlab drill` updates it", which it would not)
     odd = _empty_at_version(tmp_path / "odd.sqlite3", -1)
     with pytest.raises(StudyDbError) as err:
-        StudyDb(odd)
-    assert f"{odd}: not a usable study database (schema version -1 is not one paperlab wrote);" in (
-        str(err.value)
-    )
+        StudyDb(odd, readonly=readonly)
+    why = f"{odd}: not a usable study database (schema version -1 is not one paperlab wrote)"
+    assert str(err.value).startswith(why) and "updates it" not in str(err.value)
     assert _raw(odd, "PRAGMA user_version") == [(-1,)]
     assert _raw(odd, "SELECT name FROM sqlite_master") == []
+
+
+def test_a_reader_of_a_newer_file_asks_for_a_newer_paperlab(tmp_path: Path) -> None:
+    newer = _empty_at_version(tmp_path / "newer.sqlite3", SCHEMA_VERSION + 1)
+    with pytest.raises(StudyDbError) as err:
+        StudyDb(newer, readonly=True)
+    assert str(err.value) == (
+        f"{newer}: study database of schema {SCHEMA_VERSION + 1}, newer than this paperlab's "
+        f"{SCHEMA_VERSION}; update paperlab (the file is left as it is)"
+    )
 
 
 def test_a_reader_never_creates_migrates_or_writes(tmp_path: Path) -> None:
