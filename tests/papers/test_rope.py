@@ -253,8 +253,8 @@ def test_experiment_recipe_and_per_position_metrics(monkeypatch, line_plots, tmp
 
     monkeypatch.setattr(ROPE, "train_lm", train_lm)
     drawn = line_plots(ROPE)
-    cfg = ROPE.Config(vocab_size=5, order=3, train_len=4, eval_factor=3, batch=2, steps=3)
-    cfg = ROPE.Config(**{**cfg.__dict__, "seeds": 2, "eval_batch": 6, "n_heads": 2, "d_ff": 40})
+    cfg = ROPE.Config(vocab_size=5, order=3, n_heads=2, d_ff=40, train_len=4, eval_factor=3,
+                      batch=2, steps=3, seeds=2, eval_batch=6)  # fmt: skip
     ctx = Context(config=cfg, seed=4, out_dir=tmp_path, progress=report)
     got = ROPE.experiment(cfg, ctx)
     source = MarkovSource(MarkovConfig(vocab_size=5, order=3))

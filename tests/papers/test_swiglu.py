@@ -138,8 +138,8 @@ def test_experiment_recipe_with_training_recorded(monkeypatch, line_plots, tmp_p
     monkeypatch.setattr(SWIGLU, "train_lm", train_lm)
     monkeypatch.setattr(SWIGLU, "evaluate_lm", evaluate_lm)
     drawn = line_plots(SWIGLU)
-    cfg = SWIGLU.Config(d_model=12, d_ff=18, n_heads=2, seq_len=4, batch=2, steps=120, order=3)
-    cfg = SWIGLU.Config(**{**cfg.__dict__, "seeds": 2, "eval_batch": 3})
+    cfg = SWIGLU.Config(d_model=12, d_ff=18, n_heads=2, seq_len=4, batch=2, steps=120, order=3,
+                        seeds=2, eval_batch=3)  # fmt: skip
     got = SWIGLU.experiment(cfg, Context(config=cfg, seed=3, out_dir=tmp_path, progress=report))
     source = MarkovSource(MarkovConfig(vocab_size=16, order=3))
     order = [(v, s) for s in (3, 4) for v in ("relu", "gelu", "geglu", "swiglu")]
