@@ -135,8 +135,8 @@ def test_size_claims_are_opt13b_by_hand() -> None:
     assert per_token.value == _OPT13B_PER_TOKEN == 819_200
     assert per_token.details == {
         "bytes_2048_tokens": 2048 * 819_200,
-        "GiB_2048_tokens": 1.5625,
-        "GB_2048_tokens": pytest.approx(1.6777216),
+        "GiB_2048_tokens": 2048 * 819_200 / 2**30,  # 1.5625
+        "GB_2048_tokens": pytest.approx(2048 * 819_200 / 1e9),
     }
     slots = PA.kv_slots_12gb(Context())
     assert slots.value == pytest.approx(12 * 2**30 / 819_200)  # 15,728.64 (Table 1)
