@@ -143,3 +143,131 @@ def test_rm_metrics_on_an_rm_that_reverses_the_labelers() -> None:
     assert flat["agreement_with_labelers"] == pytest.approx(0.5)
     assert right["distinct_pairs"] == pytest.approx(11 / 12)
     assert right["tied_gold_pairs"] == pytest.approx(0.0)
+
+
+# --- every claim over two seeds: which seed it takes, and its details -------------------------
+
+
+def _two_seed_lms() -> dict:
+    a = _lm(ppo__win_vs_sft=0.7, ppo__kl_full=1.0, ppo__k1_negative=0.3, ppo__kl_k1=0.2)["lm"][0]
+    b = _lm(param_ratio=12.0, ppo__win_vs_sft=0.6, ppo__kl_full=2.5, ppo__k1_negative=0.45,
+            ppo__kl_k1=-0.1, ppo__pretrain_loss=2.5, ppo_ptx__pretrain_loss=2.25,
+            sft__gold_sampled=0.3, sft__compliance=0.95, beta0__kl_full=4.0,
+            beta0__gold_sampled=0.9, big_few_shot__win_of_small_aligned=0.6,
+            big_few_shot__compliance=0.3, pretrained__compliance=0.2)["lm"][0]  # fmt: skip
+    for lm, (agree, ceil, inter, tau) in zip((a, b), ((0.7, 0.9, 0.8, 0.5), (0.6, 0.7, 0.6, 0.25)),
+                                            strict=True):  # fmt: skip
+        lm["rm"] = {"agreement_with_labelers": agree, "labeler_ceiling": ceil,
+                    "inter_labeler_agreement": inter, "tau": tau, "curve": [(0, 0.5)]}  # fmt: skip
+    return {"lm": [a, b]}
+
+
+def test_lm_claims_over_two_seeds_take_the_worst_and_report_each() -> None:
+    ctx = _ctx(_two_seed_lms())
+    rm = IG.rm_agreement(ctx)
+    assert rm.value == pytest.approx(min((0.7 - 0.5) / (0.9 - 0.5), (0.6 - 0.5) / (0.7 - 0.5)))
+    assert rm.value == pytest.approx(0.5)  # the second seed: 0.1 / 0.2 (the first: 0.2 / 0.4)
+    assert rm.details == {"per_seed": [
+        {"agreement_with_labelers": 0.7, "labeler_ceiling": 0.9, "inter_labeler_agreement": 0.8,
+         "tau": 0.5},
+        {"agreement_with_labelers": 0.6, "labeler_ceiling": 0.7, "inter_labeler_agreement": 0.6,
+         "tau": 0.25}]}  # fmt: skip
+    beats = IG.ppo_beats_sft(ctx)
+    assert beats.value == 0.6
+    assert beats.details == {"per_seed_win": [0.7, 0.6], "per_seed_kl_full": [1.0, 2.5],
+                             "gold_sft": [0.5, 0.3], "gold_ppo": [0.8, 0.8]}  # fmt: skip
+    bounded = IG.ppo_kl_bounded(ctx)
+    assert bounded.value == 2.5 and bounded.details == {"beta0_kl_full": [5.0, 4.0]}
+    drift = IG.beta_zero_drifts_further(ctx)
+    assert drift.value == pytest.approx(4.0 / 2.5)  # the second seed (the first: 5)
+    assert drift.details == {"per_seed": [
+        {"proxy_up_gold_down": True,
+         "ppo": {"gold_sampled": 0.8, "proxy_sampled": 0.6, "kl_full": 1.0},
+         "beta0": {"gold_sampled": 0.4, "proxy_sampled": 0.9, "kl_full": 5.0}},
+        {"proxy_up_gold_down": False,
+         "ppo": {"gold_sampled": 0.8, "proxy_sampled": 0.6, "kl_full": 2.5},
+         "beta0": {"gold_sampled": 0.9, "proxy_sampled": 0.9, "kl_full": 4.0}}]}  # fmt: skip
+    small = IG.small_aligned_beats_big(ctx)
+    assert small.value == 0.6
+    assert small.details == {"per_seed": [
+        {"param_ratio": 10.0, "compliance": 0.1, "win_of_small_aligned": 0.8},
+        {"param_ratio": 12.0, "compliance": 0.3, "win_of_small_aligned": 0.6}]}  # fmt: skip
+    fmt = IG.pretrained_fails_format(ctx)
+    assert fmt.value == 0.3 and fmt.details == {"sft_compliance": [0.9, 0.95]}
+    tax = IG.alignment_tax(ctx)
+    assert tax.value == pytest.approx(0.3)  # the first seed (the second: 0.5)
+    assert tax.details == {"pretrained": [1.9, 1.9], "sft": [2.0, 2.0], "ppo": [2.3, 2.5],
+                           "ppo_ptx": [2.1, 2.25]}  # fmt: skip
+    ptx = IG.ptx_reduces_tax(ctx)
+    assert ptx.value == pytest.approx(0.5)  # the second seed: 0.25 / 0.5 (the first: 0.1 / 0.3)
+    assert ptx.details == {"win_vs_sft_ptx": [0.65, 0.65]}
+    k1 = IG.lm_k1_negative(ctx)
+    assert k1.value == 0.3
+    assert k1.details == {"kl_k1_mean": [0.2, -0.1], "kl_full_mean": [1.0, 2.5]}
+
+
+def test_a_ppo_run_without_kl_counts_as_no_drift_at_all() -> None:
+    """KL(β) = 0 is floored at 1e-9: the ratio is finite and huge, not a division by zero."""
+    m = IG.beta_zero_drifts_further(_ctx(_lm(ppo__kl_full=0.0)))
+    assert m.value == pytest.approx(5.0 / 1e-9)
+    tie = IG.beta_zero_drifts_further(_ctx(_lm(beta0__gold_sampled=0.8, beta0__proxy_sampled=0.6)))
+    assert not tie.details["per_seed"][0]["proxy_up_gold_down"]  # equal gold: not below
+    even = IG.beta_zero_drifts_further(_ctx(_lm(beta0__gold_sampled=0.7, beta0__proxy_sampled=0.6)))
+    assert even.details["per_seed"][0]["proxy_up_gold_down"]  # equal proxy counts as up
+    assert IG.small_aligned_beats_big(_ctx(_lm(param_ratio=8.0))).value == 0.8  # 8× is enough
+    assert IG.ptx_reduces_tax(_ctx(_lm(ppo__pretrain_loss=2.0))).value == math.inf  # no rise
+
+
+def _two_seed_bandits() -> dict:
+    a = _bandit([0.1, 0.5, 0.3, 0.2, 0.15], [0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.4, 0.25, 0.3, 0.2],
+                tvs=(0.01, 0.05), no_kl=0.4)["bandit"][0]  # fmt: skip
+    b = _bandit([0.2, 0.3, 0.6, 0.5, 0.45], [0.1, 0.1, 0.3, 0.4, 0.5], [0.1, 0.2, 0.3, 0.35, 0.1],
+                tvs=(0.03, 0.02), no_kl=0.25)["bandit"][0]  # fmt: skip
+    for r, kl in zip(a["sweep"]["weak"], (0.0, 0.1, 0.2, 0.3, 0.4), strict=True):
+        r["kl"] = kl
+    b["rl"][0]["history"] = [{"kl_exact": 0.0, "k1_negative": 0.9, "kl_k1": 0.0},
+                             {"kl_exact": 0.2, "k1_negative": 0.35, "kl_k1": -0.05}]  # fmt: skip
+    return {"bandit": [a, b]}
+
+
+def test_bandit_claims_over_two_seeds_take_the_worst_and_report_each() -> None:
+    ctx = _ctx(_two_seed_bandits())
+    opt = IG.bandit_reaches_kl_optimum(ctx)
+    assert opt.value == 0.05
+    assert opt.details == {"betas": [1.0, 1.0], "tv_per_seed": [[0.01, 0.05], [0.03, 0.02]]}
+    need = IG.bandit_kl_term_needed(ctx)
+    assert need.value == 0.25 and need.details == {"per_seed": [0.4, 0.25]}
+    over = IG.overoptimisation(ctx)
+    assert over.value == pytest.approx(0.6 - 0.45)  # the second seed (the first: 0.5 − 0.15)
+    first, second = over.details["per_seed"]
+    assert over.details["betas"] == IG.SWEEP_BETAS
+    assert first == {"gold": [0.1, 0.5, 0.3, 0.2, 0.15], "proxy": [0.1, 0.2, 0.3, 0.4, 0.5],
+                     "kl": [0.0, 0.1, 0.2, 0.3, 0.4], "peak_beta": IG.SWEEP_BETAS[1],
+                     "gold_sft_level": 0.1, "good_rm_gold": [0.1, 0.4, 0.25, 0.3, 0.2]}  # fmt: skip
+    assert second["peak_beta"] == IG.SWEEP_BETAS[2] and second["gold_sft_level"] == 0.2
+    control = IG.overoptimisation_control(ctx)
+    assert control.value == pytest.approx(0.35 - 0.1)  # the second seed (the first: 0.15)
+    assert control.details == {"per_seed": [pytest.approx(0.15), pytest.approx(0.25)]}
+    k1 = IG.bandit_k1_negative(ctx)
+    assert k1.value == 0.35  # the last iteration of the second seed
+    assert k1.details == {"last_iteration": [{"kl_exact": 0.1, "kl_k1_mean": 0.1},
+                                             {"kl_exact": 0.2, "kl_k1_mean": -0.05}]}  # fmt: skip
+
+
+def test_overoptimisation_edge_cases() -> None:
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5]
+    # a proxy that falls by less than 1e-9 still counts as rising; by more it does not
+    flat = _bandit([0.1, 0.5, 0.3, 0.2, 0.15], [0.1, 0.2, 0.2 - 5e-10, 0.4, 0.5], rising)
+    assert IG.overoptimisation(_ctx(flat)).value == pytest.approx(0.35)
+    dip = _bandit([0.1, 0.5, 0.3, 0.2, 0.15], [0.1, 0.2, 0.2 - 5e-9, 0.4, 0.5], rising)
+    assert IG.overoptimisation(_ctx(dip)).value == 0.0
+    # the peak at the first β (no interior peak) gives 0; a peak one before the end counts
+    first = _bandit([0.9, 0.5, 0.3, 0.2, 0.15], rising, rising)
+    assert IG.overoptimisation(_ctx(first)).value == 0.0
+    late = _bandit([0.1, 0.2, 0.3, 0.6, 0.4], rising, rising)
+    assert IG.overoptimisation(_ctx(late)).value == pytest.approx(0.2)
+    # gold that only rises: no fall; an exact KL just below 0 (rounding) is tolerated
+    assert IG.overoptimisation_control(_ctx(_bandit(rising, rising, rising))).value == 0.0
+    rounding = _bandit(rising, None, rising, kl_exact=(-1e-13, 0.1))
+    assert IG.bandit_k1_negative(_ctx(rounding)).value == 0.4
+    assert IG._drop([0.3, 0.7, 0.2]) == pytest.approx(0.5)
