@@ -65,7 +65,7 @@ def test_comparisons_per_prompt_and_a_broken_pair_list(monkeypatch) -> None:
     assert got.details == {"C(K,2)": {4: 6, 5: 10, 6: 15, 7: 21, 8: 28, 9: 36}}
     real = INSTRUCTGPT.all_pairs
     monkeypatch.setattr(INSTRUCTGPT, "all_pairs", lambda K: real(K - (K == 9)))
-    with pytest.raises(AssertionError, match="all_pairs disagrees"):
+    with pytest.raises(AssertionError, match="^all_pairs disagrees$"):
         INSTRUCTGPT.rm_comparisons(Context())
 
 
@@ -76,8 +76,29 @@ def test_dataset_sizes_and_compute_share_by_hand() -> None:
     assert sizes.value == "13k/33k/31k"  # 12,725 / 33,207 / 31,144
     assert sizes.details == {"sft": 12_725, "rm": 33_207, "ppo": 31_144}
     share = INSTRUCTGPT.rlhf_compute_share(Context())
-    assert share.value == pytest.approx(1.648, abs=1e-3)  # 60 / 3,640 PF/s-days
-    assert share.details == {"sft_share_percent": pytest.approx(0.1346, abs=1e-4)}  # 4.9 / 3,640
+    assert share.value == pytest.approx(100 * 60 / 3640, rel=1e-12)  # 60 of 3,640 PF/s-days
+    assert share.value == pytest.approx(1.648, abs=1e-3)
+    assert share.details == {"sft_share_percent": pytest.approx(100 * 4.9 / 3640, rel=1e-12)}
+
+
+def test_dataset_sizes_round_other_tables_to_thousands(monkeypatch) -> None:
+    from repro.lab.claims import Context
+
+    table = {"sft": (2_000_000, 0), "rm": (1_400, 99), "ppo": (0, 2_600)}
+    monkeypatch.setattr(INSTRUCTGPT, "TABLE6_TRAIN", table)
+    got = INSTRUCTGPT.dataset_sizes(Context())
+    assert got.value == "2000k/1k/3k"  # 1,499 rounds down, 2,600 up
+    assert got.details == {"sft": 2_000_000, "rm": 1_499, "ppo": 2_600}
+
+
+def test_big_config_keeps_at_least_one_row_a_step() -> None:
+    cfg = INSTRUCTGPT.Config(big_d_model=24, big_n_layers=3, big_slots=5, shots=2)
+    pcfg = PretrainConfig(batch=2, slots=2)  # 4 segments a step: fewer than one big row
+    big = INSTRUCTGPT.big_config(cfg, pcfg)
+    assert (big.d_model, big.n_layers, big.slots, big.batch) == (24, 3, 5, 1)
+    assert big.world == pcfg.world and big.steps == pcfg.steps and big.lr == pcfg.lr
+    wide = INSTRUCTGPT.big_config(cfg, PretrainConfig(batch=12, slots=2))
+    assert wide.batch == 4  # 24 segments in rows of 5
 
 
 # --- the exact bandit: run_bandit's recipe ----------------------------------------------------
@@ -175,6 +196,7 @@ def test_run_lm_follows_the_recipe_with_training_recorded(monkeypatch) -> None:
     world = InstructionWorld(pcfg.world)
     eot = world.vocab.eot
     loaded, tuned, rm_runs, ppo_runs, progress = [], [], [], [], []
+    loaded_models = []  # the objects handed to run_lm (`loaded` keeps their first weights)
 
     def pretrained(p: PretrainConfig) -> GPT:
         """A fresh GPT of p's shape whose <eot> logit is raised: responses of varied r*."""
@@ -184,6 +206,7 @@ def test_run_lm_follows_the_recipe_with_training_recorded(monkeypatch) -> None:
             e = model.wte.weight[eot]
             model.ln_f.bias.copy_(2.5 * e / e.dot(e))
         loaded.append((p, deepcopy(model)))
+        loaded_models.append(model)
         return model.eval()
 
     def fake_sft(model, w, cfg):
@@ -232,6 +255,26 @@ def test_run_lm_follows_the_recipe_with_training_recorded(monkeypatch) -> None:
         w = model.wte.weight.detach()
         return float(w.sum()) + 0.5 * float(w[1].sum())
 
+    generated, evaluated, few_shots = [], [], []
+    real_generate, real_evaluate = INSTRUCTGPT.generate, INSTRUCTGPT.evaluate
+    real_few_shot = InstructionWorld.few_shot_prompts
+
+    def spy_generate(model, prompts, length, eot_id, temperature=1.0, generator=None):
+        generated.append((model, prompts.clone(), length, eot_id, temperature, generator))
+        return real_generate(model, prompts, length, eot_id, temperature=temperature,
+                             generator=generator)  # fmt: skip
+
+    def spy_evaluate(model, w, inst, prompts=None):
+        evaluated.append((model, prompts))
+        return real_evaluate(model, w, inst, prompts=prompts)
+
+    def spy_few_shot(self, inst, shots, g):
+        few_shots.append((len(inst), shots, g.initial_seed()))
+        return real_few_shot(self, inst, shots, g)
+
+    monkeypatch.setattr(INSTRUCTGPT, "generate", spy_generate)
+    monkeypatch.setattr(INSTRUCTGPT, "evaluate", spy_evaluate)
+    monkeypatch.setattr(InstructionWorld, "few_shot_prompts", spy_few_shot)
     monkeypatch.setattr(INSTRUCTGPT, "sample_comparisons", comparisons)
     monkeypatch.setattr(INSTRUCTGPT, "heldout_loss", heldout)
     monkeypatch.setattr(INSTRUCTGPT, "PretrainConfig", lambda: pcfg)
@@ -351,6 +394,22 @@ def test_run_lm_follows_the_recipe_with_training_recorded(monkeypatch) -> None:
         "win_of_small_aligned": pytest.approx(win)
     }
     assert set(ev) == {"sft", "ppo", "ppo_ptx", "beta0", "pretrained", "big_few_shot"}
+    # which model answered which prompts, sampled from the evaluation generator or greedy
+    big_model, base_model = loaded_models
+    R = world.response_len
+    sampler = generated[0][5]
+    assert sampler.initial_seed() == s + 77
+    assert [(m, length, e, t, gen) for m, _, length, e, t, gen in generated] == [
+        *((policies[n], R, eot, 1.0, sampler) for n in ("ppo", "ppo_ptx", "beta0")),
+        (ref, R, eot, 1.0, sampler),
+        (big_model, R, eot, 0, None),
+        (policies["ppo_ptx"], R, eot, 0, None),
+    ]
+    assert all(torch.equal(p, prompts) for _, p, *_ in generated[:4] + generated[5:])
+    assert torch.equal(generated[4][1], few)
+    assert few_shots == [(10, 2, s + 5)] * 2  # run_lm's, then the one above
+    assert [m for m, _ in evaluated] == [ref, *policies.values(), base_model, big_model]
+    assert all(p is None for _, p in evaluated[:5]) and torch.equal(evaluated[5][1], few)
     assert out["cpu_seconds"] == {"pretraining": 1.0, "sft": 2.0, "reward_model": 3.0,
                                   "ppo": 4.0, "evaluation": 5.0}  # fmt: skip
 
