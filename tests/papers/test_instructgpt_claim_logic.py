@@ -143,6 +143,34 @@ def test_rm_metrics_on_an_rm_that_reverses_the_labelers() -> None:
     assert flat["agreement_with_labelers"] == pytest.approx(0.5)
     assert right["distinct_pairs"] == pytest.approx(11 / 12)
     assert right["tied_gold_pairs"] == pytest.approx(0.0)
+    # two labelers agree with probability p² + (1 − p)² on a pair
+    assert right["inter_labeler_agreement"] == pytest.approx(float((p**2 + (1 - p) ** 2).mean()))
+    assert set(right) == {"agreement_with_labelers", "labeler_ceiling", "inter_labeler_agreement",
+                          "gold_pair_accuracy", "tied_gold_pairs", "distinct_pairs"}  # fmt: skip
+
+
+def test_rm_metrics_counts_tied_gold_among_distinct_responses() -> None:
+    """Two different responses with the same r*: a tied pair, which the labelers call a coin flip
+    (p = ½) and the RM cannot get wrong."""
+    world = InstructionWorld()
+    gold = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.5, 0.5]], dtype=torch.float64)
+    i, j = all_pairs(3)
+    distinct = torch.ones(2, len(i), dtype=torch.bool)
+    distinct[0, 1] = False
+    cmp = Comparisons(None, None, None, gold, distinct)
+    scores = torch.tensor([[0.3, 0.1, 0.2], [0.0, 1.0, -1.0]], dtype=torch.float64)
+    got = IG.rm_metrics(world, scores, cmp)
+    assert got["tied_gold_pairs"] == pytest.approx(2 / 5)  # (0, 1) of prompt 0, (1, 2) of prompt 1
+    assert got["distinct_pairs"] == pytest.approx(5 / 6)
+    # by hand: per distinct pair, p(a ≻ b) if the RM picks a, 1 − p if it picks b
+    p = world.prefer_prob(gold[:, i], gold[:, j])
+    want = []
+    for n in range(2):
+        for c in range(3):
+            if distinct[n, c]:
+                ds = scores[n, i[c]] - scores[n, j[c]]
+                want.append(float(p[n, c]) if ds > 0 else 1 - float(p[n, c]))
+    assert got["agreement_with_labelers"] == pytest.approx(sum(want) / len(want))
 
 
 # --- every claim over two seeds: which seed it takes, and its details -------------------------
