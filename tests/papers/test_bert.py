@@ -290,6 +290,39 @@ def test_bert_size_asserts_the_analytic_count(monkeypatch) -> None:
         BERT.base_params(__import__("repro.lab.claims", fromlist=["Context"]).Context())
 
 
+class _Uniforms:
+    """Stands for torch in papers/bert/repro.py: `rand` hands out the given tensors in turn,
+    everything else is torch's."""
+
+    def __init__(self, *draws: torch.Tensor) -> None:
+        self.draws = list(draws)
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    def rand(self, *shape, generator=None, dtype=None):
+        draw = self.draws.pop(0)
+        assert draw.shape == shape and (dtype is None or draw.dtype == dtype)
+        return draw
+
+
+def test_mask_tokens_at_the_80_and_90_percent_boundaries(monkeypatch) -> None:
+    """Uniforms exactly at 0.8 and 0.9 (float32): u < 0.8 → [MASK], 0.8 ≤ u < 0.9 → random,
+    u ≥ 0.9 → unchanged; k = ⌊0.9·6 + 0.99⌋ = 6 positions chosen, the two specials never."""
+    f32 = torch.float32
+    keys = torch.tensor([[0.3, 0.1, 0.6, 0.2, 0.5, 0.4, 0.05, 0.7]], dtype=f32)
+    u = torch.tensor([[0.8, 0.9, 0.7999999, 0.85, 0.95, 0.0, 0.1, 0.1]], dtype=f32)
+    u_k = torch.tensor([0.99], dtype=torch.float64)
+    monkeypatch.setattr(BERT, "torch", _Uniforms(u_k, keys, u))
+    ids = torch.tensor([[9, 10, 11, 12, 13, 14, 1, 2]])
+    maskable = torch.tensor([[True] * 6 + [False, False]])
+    inputs, labels = BERT.mask_tokens(ids, maskable, 40, torch.Generator().manual_seed(8), rate=0.9)
+    r = torch.randint(4, 40, (2,), generator=torch.Generator().manual_seed(8))
+    M = BERT.MASK
+    assert inputs.tolist() == [[int(r[0]), 10, M, int(r[1]), 13, M, 1, 2]]
+    assert labels.tolist() == [[9, 10, 11, 12, 13, 14, -100, -100]]
+
+
 # --- the experiment with training recorded -----------------------------------------------------
 
 
@@ -324,6 +357,14 @@ def test_experiment_recipe_with_training_recorded(monkeypatch, line_plots, tmp_p
         runs.append((model, start, losses, steps, lr, description))
         return _fake_curve(len(runs), steps)
 
+    moved = []
+
+    class Recorded(Bert):
+        def to(self, *args):
+            moved.append(args)
+            return super().to(*args)
+
+    monkeypatch.setattr(BERT, "Bert", Recorded)
     monkeypatch.setattr(BERT, "train", train)
     drawn = line_plots(BERT)
     cfg = BERT.Config(markov_vocab=6, markov_concentration=0.2, markov_seed=3, seq_len=5,
@@ -363,6 +404,7 @@ def test_experiment_recipe_with_training_recorded(monkeypatch, line_plots, tmp_p
         with torch.no_grad():
             want[f"{name}_loss"] = pytest.approx(float(lm_loss(model(inputs)[0], labels)))
     assert got == want
+    assert moved == [("cpu",), ("cpu",)]  # each model to the context's device
     assert got["bidirectional_loss"] != pytest.approx(got["left_only_loss"])
     if out_dir is None:
         assert drawn == []
