@@ -296,6 +296,10 @@ def test_overoptimisation_edge_cases() -> None:
     assert IG.overoptimisation(_ctx(late)).value == pytest.approx(0.2)
     # gold that only rises: no fall; an exact KL just below 0 (rounding) is tolerated
     assert IG.overoptimisation_control(_ctx(_bandit(rising, rising, rising))).value == 0.0
-    rounding = _bandit(rising, None, rising, kl_exact=(-1e-13, 0.1))
-    assert IG.bandit_k1_negative(_ctx(rounding)).value == 0.4
+    for tolerated in (-1e-13, -1e-12):
+        rounding = _bandit(rising, None, rising, kl_exact=(tolerated, 0.1))
+        assert IG.bandit_k1_negative(_ctx(rounding)).value == 0.4
+    # a proxy step down of exactly 1e-9 still counts as rising
+    edge = _bandit([0.1, 0.5, 0.3, 0.2, 0.15], [0.1, 0.2, 0.2 - 1e-9, 0.4, 0.5], rising)
+    assert IG.overoptimisation(_ctx(edge)).value == pytest.approx(0.35)
     assert IG._drop([0.3, 0.7, 0.2]) == pytest.approx(0.5)
