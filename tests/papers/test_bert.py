@@ -158,7 +158,7 @@ def test_sentence_pairs_draw_by_draw() -> None:
     for b in range(7):
         want[b, 0], want[b, split[b]], want[b, 8] = 1, 2, 2  # [CLS] A [SEP] B [SEP]
     assert torch.equal(ids, want)
-    assert torch.equal(maskable, want >= 4)
+    assert torch.equal(maskable, want >= 4) and bool((want == 4).any())  # 4: the first ordinary
 
 
 def test_masking_stats_count_each_outcome() -> None:
@@ -321,6 +321,21 @@ def test_mask_tokens_at_the_80_and_90_percent_boundaries(monkeypatch) -> None:
     M = BERT.MASK
     assert inputs.tolist() == [[int(r[0]), 10, M, int(r[1]), 13, M, 1, 2]]
     assert labels.tolist() == [[9, 10, 11, 12, 13, 14, -100, -100]]
+
+
+def test_mask_tokens_rounds_the_quota_in_float64(monkeypatch) -> None:
+    """k = ⌊0.15·n + u⌋ with n = 14: 0.15·14 is 2.1 in float64 (2.10000014 in float32), so
+    u = 0.8999999 gives k = 2, as does u = 0.5."""
+    u_k = torch.tensor([0.8999999, 0.5], dtype=torch.float64)
+    keys = torch.linspace(0, 1, 29)[:28].view(2, 14).flip(1)
+    u = torch.full((2, 14), 0.5)
+    monkeypatch.setattr(BERT, "torch", _Uniforms(u_k, keys, u))
+    ids = torch.arange(4, 32).view(2, 14)
+    inputs, labels = BERT.mask_tokens(ids, torch.ones(2, 14, dtype=torch.bool), 50, None)
+    chosen = labels != BERT.IGNORE
+    assert chosen.sum(1).tolist() == [2, 2]
+    assert chosen[:, 12:].all()  # the two smallest keys: the last two positions
+    assert bool((inputs[chosen] == BERT.MASK).all())
 
 
 # --- the experiment with training recorded -----------------------------------------------------
