@@ -422,3 +422,18 @@ def test_closer_claim_finds_the_gqa_entry_whatever_its_order() -> None:
     m["losses"] = {"mqa": m["losses"]["mqa"], "gqa4": m["losses"]["gqa2"]}
     closer = GQA.gqa_closer_to_mha_than_mqa(Context(run_experiment=lambda c, x: m))
     assert closer.value == pytest.approx(0.3) and "gqa4_mean" in closer.details
+
+
+def test_reference_attentions_build_their_mask_on_the_input_device() -> None:
+    """On the meta device (shapes only) each reference runs end to end: its causal mask is made
+    where x lives, not on the default device."""
+    from repro.nn.attention import Attention
+
+    for H, Hkv, run in (
+        (4, 4, GQA.mha_per_head),
+        (4, 1, GQA.mqa_shared),
+        (4, 2, lambda x, attn: GQA.gqa_per_group(x, attn, lambda h: h // 2)),
+    ):
+        attn = Attention(24, H, Hkv, causal=True).to("meta")
+        y = run(torch.empty(2, 5, 24, device="meta"), attn)
+        assert y.device.type == "meta" and y.shape == (2, 5, 24)
