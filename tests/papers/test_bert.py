@@ -455,3 +455,28 @@ def test_mlm_claims_on_made_up_losses() -> None:
     assert gap.value == pytest.approx(2.25 - 1.5)
     assert gap.details == {"bidirectional_loss": 1.5, "left_only_loss": 2.25,
                            "floor_gap": pytest.approx(1.9 - 1.2)}  # fmt: skip
+
+
+def test_experiment_moves_models_inputs_and_labels_to_the_context_device(monkeypatch) -> None:
+    """On the meta device (shapes only): every forward pass and loss sees tensors on the
+    context's device, in training and in the held-out evaluation."""
+    from repro.lab.claims import Context
+
+    seen = []
+
+    def lm_loss(logits, labels, ignore_index):
+        seen.append((logits.device.type, labels.device.type, ignore_index))
+        return torch.tensor(1.5)
+
+    def train(model, loss_fn, steps, lr, progress, description):
+        assert next(model.parameters()).device.type == "meta"
+        loss_fn(0)
+        return [1.0] * steps
+
+    monkeypatch.setattr(BERT, "lm_loss", lm_loss)
+    monkeypatch.setattr(BERT, "train", train)
+    cfg = BERT.Config(markov_vocab=6, seq_len=5, n_layers=1, d_model=8, n_heads=2, steps=2,
+                      batch_size=3, eval_sequences=4)  # fmt: skip
+    got = BERT.experiment(cfg, Context(config=cfg, device="meta"))
+    assert seen == [("meta", "meta", -100)] * 4  # a step and the evaluation, for each model
+    assert got["bidirectional_loss"] == got["left_only_loss"] == 1.5
