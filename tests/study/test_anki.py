@@ -14,6 +14,7 @@ import pytest
 
 from repro.lab.library import Library
 from repro.study.anki import (
+    Card,
     card_guid,
     cloze_text,
     key_formulas,
@@ -914,3 +915,133 @@ def test_zh_contribution_cards_without_an_overlay_are_marked_and_id_less_ones_ke
         + hashlib.sha1(f"Contribution number {n}: more".encode()).hexdigest()[:10]
         for n in range(3)
     ]
+
+
+def _dive_and_outline(zh: dict):
+    def edit(note: dict) -> None:
+        note["short_title"] = "Toy & <Co>"
+        note["interview"]["deep_dive"] = {
+            "topic": "Why rank <r> & scale",
+            "explanation": "Because the update is low-rank.",
+        }
+        note["interview"]["answer_outline"] = {
+            "background": "Tuning <all> weights", "innovation": "Freeze & add BA",
+            "details": "r is 8", "impact": "Cheap adapters",
+            "follow_ups": ["Why is B zero at start?", "Which <layers>?", "Merge cost?"],
+        }  # fmt: skip
+        note["zh"] = {"short_title": "玩具 <论文>", "interview": zh}
+
+    return edit
+
+
+def test_the_deep_dive_and_outline_cards_in_full_in_each_language(tmp_path: Path) -> None:
+    """Both cards keyed by their kind (their GUIDs never move); the outline's back lists the
+    four timed parts with their labels and budgets, then the follow-ups; each card is marked
+    untranslated in zh exactly when its own part of the zh overlay is missing."""
+    zh_dive = {"topic": "为什么秩 <r> 够用", "explanation": "因为增量是低秩的。"}
+    paper = _toy_paper(tmp_path, _dive_and_outline({"deep_dive": zh_dive}))
+    en = {c.kind: c for c in paper_cards(paper)}
+    topic = "Why rank &lt;r&gt; &amp; scale"
+    assert en["deep-dive"] == Card(
+        "deep-dive", "deep-dive", f"[Toy &amp; &lt;Co&gt;] Deep dive: {topic}",
+        "<p>Because the update is low-rank.</p>", topic, True,
+    )  # fmt: skip
+    follow = "<li>Why is B zero at start?</li><li>Which &lt;layers&gt;?</li><li>Merge cost?</li>"
+    assert en["outline"] == Card(
+        "outline", "outline", "[Toy &amp; &lt;Co&gt;] Answer framework",
+        "<ol><li><b>Background (30 s)</b> Tuning &lt;all&gt; weights</li>"
+        "<li><b>Core innovation (1 min)</b> Freeze &amp; add BA</li>"
+        "<li><b>Technical details (1–2 min)</b> r is 8</li>"
+        "<li><b>Impact (30 s)</b> Cheap adapters</li>"
+        f"<li><b>Likely follow-ups</b><ul>{follow}</ul></li></ol>",
+        "Answer framework", True,
+    )  # fmt: skip
+    zh = {c.kind: c for c in paper_cards(paper, "zh")}
+    zh_topic = "为什么秩 &lt;r&gt; 够用"
+    assert zh["deep-dive"] == Card(
+        "deep-dive", "deep-dive", f"[玩具 &lt;论文&gt;] 深度技术细节：{zh_topic}",
+        "<p>因为增量是低秩的。</p>", zh_topic, True,
+    )  # fmt: skip
+    assert zh["outline"] == Card(
+        "outline", "outline",
+        '<span class="untranslated">【英文原文】</span> [玩具 &lt;论文&gt;] 回答框架',
+        "<ol><li><b>【背景】 （30秒）</b> Tuning &lt;all&gt; weights</li>"
+        "<li><b>【核心创新】 （1分钟）</b> Freeze &amp; add BA</li>"
+        "<li><b>【技术细节】 （1-2分钟）</b> r is 8</li>"
+        "<li><b>【影响】 （30秒）</b> Cheap adapters</li>"
+        f"<li><b>【准备追问】</b><ul>{follow}</ul></li></ol>",
+        "回答框架", False,
+    )  # fmt: skip
+    kinds = [c.kind for c in paper_cards(paper, "zh", only_translated=True)]
+    assert "deep-dive" in kinds and "outline" not in kinds
+    # the other way round: a zh outline and no zh deep dive
+    zh_outline = {"background": "背景", "innovation": "创新", "details": "细节", "impact": "影响",
+                  "follow_ups": ["追问一", "追问二"]}  # fmt: skip
+    other = _toy_paper(tmp_path, _dive_and_outline({"answer_outline": zh_outline}), "other")
+    flags = {c.kind: c.translated for c in paper_cards(other, "zh")}
+    assert (flags["deep-dive"], flags["outline"]) == (False, True)
+
+
+def test_a_formula_card_names_the_formula_and_an_id_less_one_is_keyed_by_its_name(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+
+    def edit(note: dict) -> None:
+        note["short_title"] = "Toy"
+        _formulas(note, (None, None))
+        note["formulas"][1]["name"] = "Scaled <dot> & product"
+        del note["formulas"][1]["id"]
+
+    cards = [c for c in paper_cards(_toy_paper(tmp_path, edit)) if c.kind == "formula"]
+    digest = hashlib.sha1(b"Scaled <dot> & product").hexdigest()[:10]
+    assert [c.key for c in cards] == ["formula:f1", f"formula:text-{digest}"]
+    assert [c.front for c in cards] == [
+        "[Toy] Key formulas: Formula 1",
+        "[Toy] Key formulas: Scaled &lt;dot&gt; &amp; product",
+    ]
+    assert [c.source for c in cards] == ["Formula 1", "Scaled &lt;dot&gt; &amp; product"]
+    # the back: the display formula, then the meaning as a paragraph
+    assert [c.back for c in cards] == [
+        "\\[y_1 = a + 1\\]<p>meaning 1</p>",
+        "\\[y_2 = a + 2\\]<p>meaning 2</p>",
+    ]
+    [cloze] = [c for c in paper_cards(_toy_paper(tmp_path, edit)) if c.kind == "cloze"]
+    assert cloze == Card(
+        "cloze:f1", "cloze", "[Toy] Formula 1<br>\\[y_1 = {{c1::a + 1}}\\]", "<p>meaning 1</p>",
+        "Formula 1", True,
+    )  # fmt: skip
+
+
+def test_an_id_less_cloze_is_keyed_by_its_name_and_marked_in_zh_unless_chinese(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+
+    def edit(note: dict) -> None:
+        note["short_title"] = "Toy"
+        _formulas(note, ("repro/nn/lora.py::merge_lora", "repro/nn/lora.py::LoRALinear"))
+        del note["formulas"][0]["id"]
+        note["formulas"][1]["meaning"] = "合并后的权重"
+
+    paper = _toy_paper(tmp_path, edit)
+    zh = [c for c in paper_cards(paper, "zh") if c.kind == "cloze"]
+    digest = hashlib.sha1(b"Formula 1").hexdigest()[:10]
+    assert [(c.key, c.translated, c.source) for c in zh] == [
+        (f"cloze:text-{digest}", False, "Formula 1"), ("cloze:f2", True, "Formula 2"),
+    ]  # fmt: skip
+    assert zh[0].front.startswith('<span class="untranslated">【英文原文】</span> [Toy] Formula 1')
+    assert all(c.translated for c in paper_cards(paper) if c.kind == "cloze")
+
+
+def test_a_sentence_end_inside_math_does_not_end_the_short_answer() -> None:
+    words = [f"w{i}" for i in range(80)]
+    first = "Here $a. B$ " + " ".join(words[:20]) + "."
+    assert short_answer(first + " Next " + " ".join(words[20:70])) == first
+
+
+def test_a_mark_that_opens_the_answer_is_its_first_sentence() -> None:
+    # the first sentence end wherever it is, even one character in (nothing before it is cut)
+    words = [f"w{i}" for i in range(80)]
+    assert short_answer("? W0 " + " ".join(words[1:70])) == "?"
+    assert short_answer("？" + " ".join(words[:70])) == "？"
