@@ -216,6 +216,20 @@ def test_validate_and_check_report_every_broken_note(invoke, library_dir: Path) 
         assert any(line.startswith("Error: papers/two/note.yaml:1:4:") for line in errors), errors
 
 
+@pytest.mark.parametrize("value", [".nan", "-.inf", "9" * 400])
+def test_validate_locates_a_meaningless_expected_value(invoke, library_dir: Path, value) -> None:
+    note = library_dir / "toy" / "note.yaml"
+    text = note.read_text(encoding="utf-8")
+    line = text[: text.index("    expected: 4\n")].count("\n") + 1
+    note.write_text(text.replace("    expected: 4\n", f"    expected: {value}\n", 1), "utf-8")
+    result = invoke("validate")
+    assert result.exit_code == 2
+    errors = [e for e in result.stderr.splitlines() if e.startswith("Error: papers/toy/note.yaml")]
+    assert any(f":{line}:" in e and "`expected` must be a finite number" in e for e in errors), (
+        result.stderr
+    )
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_fifo_note_does_not_hang_list_or_validate(library_dir: Path, tmp_path: Path) -> None:
     (library_dir / "pipe").mkdir()

@@ -131,6 +131,26 @@ def test_a_negative_seed_is_bad_input(toy) -> None:
         run_paper(toy, seed=-1)
 
 
+def test_a_run_keeps_the_partial_folder_of_a_process_it_may_not_signal(
+    toy, tmp_path: Path, monkeypatch
+) -> None:
+    """Another user's live process answers kill(pid, 0) with EPERM: its folder stays; a pid
+    that does not exist (ESRCH) is stale and goes."""
+    runs = tmp_path / "runs"
+    theirs, gone = runs / "toy" / ".partial-424242-1", runs / "toy" / ".partial-424243-1"
+    for folder in (theirs, gone):
+        folder.mkdir(parents=True)
+
+    def kill(pid: int, signal: int) -> None:
+        if pid == 424242:
+            raise PermissionError(1, "Operation not permitted")
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(os, "kill", kill)
+    run_paper(toy, runs_dir=runs, claim_ids=("two-plus-two",))
+    assert theirs.exists() and not gone.exists()
+
+
 def test_stale_partial_folders_are_removed_by_the_next_run(toy, tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -73,3 +73,18 @@ def test_a_partial_folder_of_a_process_we_may_not_signal_is_kept(tmp_path: Path,
     monkeypatch.setattr(os, "kill", not_ours)
     assert remove_stale_partials(tmp_path, "toy") == []
     assert folder.exists()
+
+
+def test_publish_gives_a_taken_stamp_the_next_free_suffix(tmp_path: Path) -> None:
+    from repro.lab.runs import publish
+
+    (tmp_path / "S-2").mkdir()  # taken by someone else: skipped, left as it was
+    finals = []
+    for i in range(3):
+        tmp = tmp_path / f".partial-1-{i}"
+        tmp.mkdir()
+        (tmp / "claims.json").write_text(str(i))
+        finals.append(publish(tmp, "S"))
+    assert [f.name for f in finals] == ["S", "S-3", "S-4"]
+    assert [(f / "claims.json").read_text() for f in finals] == ["0", "1", "2"]
+    assert list((tmp_path / "S-2").iterdir()) == []
