@@ -473,10 +473,19 @@ def test_experiment_moves_models_inputs_and_labels_to_the_context_device(monkeyp
         loss_fn(0)
         return [1.0] * steps
 
+    from repro.models.bert import Bert
+
+    class Recorded(Bert):
+        def forward(self, idx):
+            seen.append(("forward", idx.device.type))
+            return super().forward(idx)
+
+    monkeypatch.setattr(BERT, "Bert", Recorded)
     monkeypatch.setattr(BERT, "lm_loss", lm_loss)
     monkeypatch.setattr(BERT, "train", train)
     cfg = BERT.Config(markov_vocab=6, seq_len=5, n_layers=1, d_model=8, n_heads=2, steps=2,
                       batch_size=3, eval_sequences=4)  # fmt: skip
     got = BERT.experiment(cfg, Context(config=cfg, device="meta"))
-    assert seen == [("meta", "meta", -100)] * 4  # a step and the evaluation, for each model
+    # a step and the evaluation, for each model
+    assert seen == [("forward", "meta"), ("meta", "meta", -100)] * 4
     assert got["bidirectional_loss"] == got["left_only_loss"] == 1.5
