@@ -71,7 +71,7 @@ def test_expert_params_sums_all_routed_experts_and_the_k_largest():
     assert DSV2._expert_params(layer) == (sum(sizes), sizes[3] + sizes[1])
     dense = nn.Module()
     dense.ffn = GLUFeedForward(8, 4)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="^layer has a GLUFeedForward, not an MoE FFN$"):
         DSV2._expert_params(dense)
 
 
@@ -127,15 +127,36 @@ def test_inputs_are_seeded_and_cover_prompt_and_decode():
     assert x.shape == (2, DSV2.T_PROMPT + DSV2.T_DECODE, 48) and x.dtype == torch.float64
     assert torch.equal(x, DSV2._inputs(4)) and not torch.equal(x, DSV2._inputs(5))
     assert x.std().item() == pytest.approx(1.0, rel=0.1)
+    g = torch.Generator().manual_seed(1004)  # seed 1000 + 4: away from the models' seeds
+    assert torch.equal(x, torch.randn(2, 25, 48, generator=g, dtype=torch.float64))
+
+
+def test_per_head_reference_refuses_uncompressed_queries():
+    mla = MultiHeadLatentAttention(dataclasses.replace(DSV2.TINY, q_rank=None)).double()
+    with pytest.raises(AssertionError, match="^the reference is written for compressed queries$"):
+        DSV2.mla_per_head(mla, DSV2._inputs(0))
 
 
 def test_experiment_tabulates_cache_bytes_by_formula_and_plots_them(line_plots, tmp_path):
     drawn = line_plots(DSV2)  # bound to save_line_plot's signature: a dropped label fails
     m = DSV2.experiment(DSV2.Config(tokens=(3, 10)), Context(out_dir=tmp_path))
     plots = {path.name: (path.parent, series, other) for path, series, other in drawn}
-    for _, _, other in plots.values():
-        for label in ("xlabel", "ylabel", "title"):
-            other.pop(label)
+    labels = {
+        name: tuple(other.pop(label) for label in ("xlabel", "ylabel", "title"))
+        for name, (_, _, other) in plots.items()
+    }
+    assert labels == {
+        "kv_cache_bytes.svg": (
+            "context length T (tokens)",
+            "KV cache per sequence (GiB, bf16, 60 layers)",
+            "DeepSeek-V2 dims: MLA caches 576 numbers per token and layer",
+        ),
+        "absorption_error.svg": (
+            "position",
+            "max |difference| / max |output| (fp64)",
+            "MLA: absorption is exact only with decoupled RoPE",
+        ),
+    }
     assert m["tokens"] == [3, 10]
     bf16 = 2
     per_token = {"MHA": 2 * 128 * 128, "GQA-8": 2 * 8 * 128, "MQA": 2 * 128, "MLA": 512 + 64}
@@ -149,6 +170,10 @@ def test_experiment_tabulates_cache_bytes_by_formula_and_plots_them(line_plots, 
     # per position: absorbed cached decoding is exact (rounding), RoPE on c^KV is not
     folder, series, kwargs = plots["absorption_error.svg"]
     assert folder == tmp_path and kwargs == {"logy": True}
+    assert list(series) == [
+        "absorbed, latent cache (prefill 0–18, then decode)",
+        "RoPE on the compressed key (rejected design)",
+    ]
     (xs, absorbed), (xs2, coupled) = series.values()
     T = DSV2.T_PROMPT + DSV2.T_DECODE
     assert xs == xs2 == list(range(T))
@@ -339,6 +364,18 @@ def test_prefill_claim_is_the_largest_of_the_three_gaps(monkeypatch) -> None:
     assert out.details["absorbed_vs_per_head"] < 1e-12
 
 
+def test_prefill_claim_sees_an_absorbed_path_that_is_off(monkeypatch) -> None:
+    mla, x = DSV2.tiny_mla(3), DSV2._inputs(3)
+    with torch.no_grad():
+        scale = DSV2.mla_per_head(mla, x).abs().max().item()
+    _off_by(monkeypatch, "forward_absorbed", 0.01)
+    out = DSV2.naive_equals_absorbed_prefill(Context(seed=3))
+    assert out.value == pytest.approx(0.01 / scale, rel=1e-6)
+    assert out.details["absorbed_vs_per_head"] == pytest.approx(0.01 / scale, rel=1e-6)
+    assert out.details["naive_vs_absorbed"] == pytest.approx(0.01 / scale, rel=1e-6)
+    assert out.details["naive_vs_per_head"] < 1e-12
+
+
 def test_decode_claim_reads_the_one_token_steps_of_the_absorbed_path(monkeypatch) -> None:
     """An absorbed path off at the first decode step only (position 19) moves the value; one
     off in the prefill only moves the prefill detail; a naive path off in its steps moves its
@@ -409,5 +446,7 @@ def test_absorption_plot_is_the_absorbed_decode_and_the_coupled_model_per_positi
     assert path == tmp_path / "absorption_error.svg"
     (xs, got_absorbed), (xs2, got_coupled) = series.values()
     assert xs == xs2 == list(range(25))
-    assert got_absorbed == pytest.approx(by_hand(absorbed), rel=1e-9)
+    # abs=0: the errors are rounding (< 1e-12, pytest's default absolute tolerance), and the
+    # naive path's cached decoding rounds differently
+    assert got_absorbed == pytest.approx(by_hand(absorbed), rel=1e-9, abs=0)
     assert got_coupled == pytest.approx(by_hand(coupled), rel=1e-9)
