@@ -119,7 +119,13 @@ def test_experiment_plots_waste_in_percent_by_block_size(line_plots, tmp_path) -
     m = PA.experiment(cfg, Context(seed=5, out_dir=tmp_path))
     ((path, series, other),) = plots
     assert path == tmp_path / "waste_by_block_size.svg"
-    assert other["logx"] is True and "logy" not in other
+    assert other == {
+        "xlabel": "block size B (tokens)",
+        "ylabel": "KV slots wasted (%)",
+        "title": "Waste by block size (seeded ShareGPT-like trace, OPT-13B budget)",
+        "logx": True,
+    }
+    assert list(series) == ["paged (blocks of B)", "max-length preallocation"]
     paged, prealloc = series.values()
     assert paged == ([8, 32], [100 * m["waste"][8], 100 * m["waste"][32]])
     assert prealloc == ([8, 32], [100 * m["prealloc_waste"]] * 2)
