@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro.lab.library import Library
+from repro.lab.threads import torch_threads
 from repro.models.gpt import GPT, GPTConfig
 from repro.nn.lora import apply_lora, lora_parameters, merge_lora, unmerge_lora
 
@@ -490,7 +491,8 @@ def test_experiment_averages_the_repeats_and_plots_accuracy_vs_rank(
 
     monkeypatch.setattr(LORA, "run_once", run_once)
     drawn = line_plots(LORA)
-    got = LORA.experiment(cfg, ctx)
+    with torch_threads(2):  # the experiment sets one thread itself
+        got = LORA.experiment(cfg, ctx)
     assert seeds == [5, 1005, 2005]
     assert got["ranks"] == [2, 8]
     assert got["acc_a_pretrained"] == pytest.approx(0.85)
@@ -595,3 +597,11 @@ def test_adapt_refuses_an_empty_learning_rate_grid() -> None:
     x = torch.randn(9, 5)
     with pytest.raises(AssertionError, match="^empty learning-rate grid$"):
         LORA.adapt(base, None, 2, cfg, 0, Context(), x, x[:, 0].long())
+
+
+def test_mean_of_repeats_by_column_and_of_one_run() -> None:
+    assert LORA._mean([[1.0, 4.0], [2.0, 8.0]]) == [1.5, 6.0]
+    assert LORA._mean([[1.0, 4.0]]) == [1.0, 4.0]
+    assert LORA._mean([0.25]) == 0.25
+    with pytest.raises(ValueError):  # runs with different numbers of ranks do not average
+        LORA._mean([[1.0, 4.0], [2.0]])
