@@ -183,6 +183,26 @@ def test_table3_sizes_by_hand(claim: str, C: int, F: int, paper: float) -> None:
     }
 
 
+def test_table3_size_checks_the_built_model_against_the_formula(monkeypatch) -> None:
+    monkeypatch.setattr(TRANSFORMER, "count_parameters", lambda model: 5)
+    with pytest.raises(AssertionError, match=r"^built 5 != analytic 63045632$"):
+        TRANSFORMER._table3_size("transformer-base")
+
+
+def test_attention_probabilities_use_the_requested_backend(monkeypatch) -> None:
+    backends = []
+    real = TRANSFORMER.attention
+
+    def attention(q, k, v, **kwargs):
+        backends.append(kwargs)
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(TRANSFORMER, "attention", attention)
+    q, k = torch.randn(2, 1, 8, dtype=torch.float64), torch.randn(2, 20, 8, dtype=torch.float64)
+    TRANSFORMER.attention_probabilities(q, k, scaled=True, backend="flash")
+    assert backends == [{"backend": "flash"}] * 3  # ⌈20 / 8⌉ slices of V = I
+
+
 # --- the scaling claims on made-up statistics ----------------------------------------------
 
 FAKE_STATS = {
@@ -256,6 +276,10 @@ def test_scaled_variance_and_saturation_on_made_up_statistics(monkeypatch) -> No
         "scaled_variance_flash": [0.99, 0.85, 1.1],
         "unscaled_variance_control": [14.0, 35.0, 60.0],
     }
+    # the farthest from 1 above it this time (the largest value, not the smallest)
+    monkeypatch.setitem(FAKE_STATS, "var_scaled_flash", [0.99, 0.88, 1.18])
+    assert TRANSFORMER.scaled_variance(ctx).value == 1.18
+    monkeypatch.setitem(FAKE_STATS, "var_scaled_flash", [0.99, 0.85, 1.1])
     sat = TRANSFORMER.softmax_saturation(ctx)
     assert sat.value == pytest.approx(0.002 / 0.25)  # the largest d_k
     assert sat.details == {
@@ -264,7 +288,7 @@ def test_scaled_variance_and_saturation_on_made_up_statistics(monkeypatch) -> No
         "median_jacobian_scaled": [0.5, 0.4, 0.25],
         "ratio": pytest.approx([0.3 / 0.5, 0.06 / 0.4, 0.002 / 0.25]),
     }
-    assert calls == [((16, 32, 64), 30, 7, 2)] * 2
+    assert calls == [((16, 32, 64), 30, 7, 2)] * 3
 
 
 def test_sinusoid_shift_reads_the_models_table(monkeypatch) -> None:
