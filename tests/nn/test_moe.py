@@ -174,3 +174,54 @@ def test_topk_losses_pull_probability_off_the_busiest_expert(loss_fn):
     torch.testing.assert_close(g, g_ref)
     assert g.abs().max() > 1e-3
     assert g[:, int(counts.argmax())].mean() > 0
+
+
+def test_router_defaults_to_mixtral_gates_and_takes_a_bias():
+    """TopKRouter without `normalize` is Mixtral's Softmax(TopK(x·W_g)); a router bias, when
+    asked for, reaches the gate (DeepSeek's centroids have none, so it is off by default)."""
+    torch.manual_seed(6)
+    x = torch.randn(9, 6, dtype=F64)
+    r = TopKRouter(6, 5, 3).double()
+    out = r(x)
+    top = (x @ r.gate.weight.T).topk(3, -1).values
+    torch.testing.assert_close(out.gates, top.exp() / top.exp().sum(-1, keepdim=True))
+    assert r.gate.bias is None
+    biased = MoEFeedForward(6, 8, 5, 3, router_bias=True)
+    assert biased.router.gate.bias is not None and biased.router.gate.bias.shape == (5,)
+    assert MoEFeedForward(6, 8, 5, 3).router.gate.bias is None
+
+
+def test_dense_gates_default_to_renormalised_in_the_logits_dtype():
+    import math
+
+    logits = torch.tensor([[0.5, 2.0, -1.0, 1.0], [3.0, -2.0, 0.0, 1.5]])
+    G = dense_gates_ref(logits, 2)
+    assert G.dtype == torch.float32
+    a, b = math.exp(2.0), math.exp(1.0)
+    c, d = math.exp(3.0), math.exp(1.5)
+    want = [[0.0, a / (a + b), 0.0, b / (a + b)], [c / (c + d), 0.0, 0.0, d / (c + d)]]
+    assert G.tolist() == [pytest.approx(row, rel=1e-6) for row in want]
+
+
+def test_loss_statistics_are_exact_in_fp64_and_keep_an_unchosen_expert():
+    """f and the counts are taken in the probabilities' dtype (fp64: sevenths to 1e-14, where
+    fp32 would be off by ~1e-8), α defaults to 1, and expert 4, which no token chose, keeps
+    its zero entry."""
+    import math
+
+    first, second = [0, 0, 0, 1, 1, 2, 3], [1, 2, 3, 0, 2, 3, 0]
+    logits = torch.zeros(7, 5, dtype=F64)
+    for t, (a, b) in enumerate(zip(first, second, strict=True)):
+        logits[t, a], logits[t, b] = 2.0 + 0.1 * t, 1.0
+    r = routing(logits, 2)
+    assert r.experts.tolist() == [list(p) for p in zip(first, second, strict=True)]
+    rows = [[math.exp(v) for v in row] for row in logits.tolist()]
+    P = [sum(row[i] / sum(row) for row in rows) / 7 for i in range(5)]
+    f1 = [first.count(i) / 7 for i in range(5)]
+    switch = 5 * sum(f * p for f, p in zip(f1, P, strict=True))
+    assert switch_aux_loss(r).item() == pytest.approx(switch, rel=1e-14, abs=0)
+    counts = [(first + second).count(i) for i in range(5)]
+    deepseek = sum(5 / (2 * 7) * c * p for c, p in zip(counts, P, strict=True))
+    assert deepseek_balance_loss(r).item() == pytest.approx(deepseek, rel=1e-14, abs=0)
+    assert expert_load(r).tolist() == [c / 14 for c in counts]
+    assert counts[4] == 0
