@@ -36,9 +36,12 @@ def mla(q_rank: int | None = 28, seed: int = 0, **kw) -> MultiHeadLatentAttentio
     return m.eval()
 
 
-def per_head_reference(m: MultiHeadLatentAttention, x: torch.Tensor) -> torch.Tensor:
+def per_head_reference(
+    m: MultiHeadLatentAttention, x: torch.Tensor, rope_content: bool = False
+) -> torch.Tensor:
     """Appendix C (Eq. 37-47) written head by head and token by token, RoPE from the explicit
-    rotation matrices of `apply_rope_ref`, causal softmax over j <= t. x (B, T, C)."""
+    rotation matrices of `apply_rope_ref`, causal softmax over j <= t. x (B, T, C).
+    `rope_content`: the rejected design, the content query and key rotated too (§2.1.3)."""
     cfg = m.cfg
     B, T, _ = x.shape
     H, D, Dr = cfg.n_heads, cfg.head_dim, cfg.rope_dim
@@ -56,6 +59,9 @@ def per_head_reference(m: MultiHeadLatentAttention, x: torch.Tensor) -> torch.Te
         qr = apply_rope_ref(qr_all[..., i * Dr : (i + 1) * Dr][:, None], 0, cfg.rope_base)[:, 0]
         kc = ckv @ m.wuk.weight[i * D : (i + 1) * D].T  # (B, T, D)
         vc = ckv @ m.wuv.weight[i * D : (i + 1) * D].T
+        if rope_content:
+            qc = apply_rope_ref(qc[:, None], 0, cfg.rope_base)[:, 0]
+            kc = apply_rope_ref(kc[:, None], 0, cfg.rope_base)[:, 0]
         q = torch.cat([qc, qr], -1)  # Eq. 40
         k = torch.cat([kc, kr], -1)  # Eq. 44
         for t in range(T):
@@ -155,3 +161,77 @@ def test_cache_sizes_match_the_library_buffers():
         kv = KVCache(3, 20, n_kv, 16, torch.bfloat16, "meta")
         assert kv.nbytes == 3 * 20 * mha_cache_elems_per_token(n_kv, 16, 1) * 2
     assert mla_cache_elems_per_token(512, 64, 60) / mha_cache_elems_per_token(1, 128, 60) == 2.25
+
+
+@torch.no_grad()
+def test_both_paths_use_the_configured_rope_base_and_norm_eps():
+    """A base and an ε far from the defaults (the reference reads them from the config)."""
+    m = mla(rope_base=50.0, norm_eps=0.3)
+    x = torch.randn(2, 13, 40, dtype=F64)
+    ref = per_head_reference(m, x)
+    torch.testing.assert_close(m.forward_naive(x), ref, **TOL)
+    torch.testing.assert_close(m.forward_absorbed(x), ref, **TOL)
+    # both rotations' tables: θ_i = base^(−2i/d) at positions 0..max_seq_len−1
+    pos = torch.arange(48, dtype=F64)[:, None]
+    for rope, d in ((m.rope, 6), (m.rope_content, 10)):
+        theta = 50.0 ** (-torch.arange(0, d, 2, dtype=F64) / d)
+        torch.testing.assert_close(rope.cos, torch.cos(pos * theta), **TOL)
+        torch.testing.assert_close(rope.sin, torch.sin(pos * theta), **TOL)
+
+
+@torch.no_grad()
+def test_a_call_without_start_pos_starts_at_position_zero():
+    m = mla()
+    x = torch.randn(2, 7, 40, dtype=F64)
+    torch.testing.assert_close(m.forward_naive(x), m.forward_absorbed(x, None, 0), **TOL)
+    torch.testing.assert_close(m.forward_absorbed(x), m.forward_naive(x, None, 0), **TOL)
+    # without a cache RoPE's relative form hides a shifted start; a cache does not
+    for path in (m.forward_naive, m.forward_absorbed):
+        cache = LatentKVCache(2, 48, m.cfg.kv_rank, m.cfg.rope_dim, F64)
+        path(x, cache)
+        torch.testing.assert_close(cache.c[:, :7], m.latents(x, 0)[0], **TOL)
+        assert cache.c[:, 7:].abs().max() == 0
+
+
+@torch.no_grad()
+def test_the_rejected_design_rotates_content_at_the_query_and_key_positions():
+    """RoPE on the content query and key: equal to the reference with them rotated, and a
+    cached decode rotates the new queries at their own positions, the cached keys from 0."""
+    m = mla(rope_base=50.0)
+    x = torch.randn(2, 11, 40, dtype=F64)
+    full = m.forward_naive(x, rope_on_compressed=True)
+    torch.testing.assert_close(full, per_head_reference(m, x, rope_content=True), **TOL)
+    cache = LatentKVCache(2, 48, m.cfg.kv_rank, m.cfg.rope_dim, F64)
+    for a, b in ((0, 6), (6, 7), (7, 11)):
+        step = m.forward_naive(x[:, a:b], cache, a, rope_on_compressed=True)
+        torch.testing.assert_close(step, full[:, a:b], **TOL)
+
+
+def test_the_cache_fills_to_its_last_position_stays_out_of_state_dicts_and_honours_device():
+    cache = LatentKVCache(2, 8, 4, 2, F64)
+    c, kr = cache.update(5, torch.ones(2, 3, 4, dtype=F64), torch.ones(2, 3, 2, dtype=F64))
+    assert c.shape == (2, 8, 4) and kr.shape == (2, 8, 2)  # positions 5..7: the last is 7
+    with pytest.raises(ValueError) as err:
+        cache.update(6, torch.zeros(2, 3, 4, dtype=F64), torch.zeros(2, 3, 2, dtype=F64))
+    assert str(err.value) == (
+        "LatentKVCache.update: positions 6..8 are outside the cache (0..7); allocate a longer cache"
+    )
+    # scratch buffers: not saved with a checkpoint, and made where they are asked for
+    assert cache.state_dict() == {}
+    meta = LatentKVCache(2, 8, 4, 2, torch.bfloat16, "meta")
+    assert meta.c.device.type == meta.k_rope.device.type == "meta"
+
+
+def test_an_odd_rope_dim_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^rope_dim=5 must be even for RoPE$"):
+        MLAConfig(rope_dim=5)
+
+
+@torch.no_grad()
+def test_both_paths_run_where_the_layer_lives():
+    """The causal mask is built on the scores' device (meta here: shapes only, no CPU mask)."""
+    m = mla().to("meta")
+    x = torch.empty(2, 5, 40, dtype=F64, device="meta")
+    for path in (m.forward_naive, m.forward_absorbed):
+        y = path(x)
+        assert y.device.type == "meta" and y.shape == (2, 5, 40)
