@@ -231,6 +231,12 @@ def test_sample_reproduced_from_its_seed(gpt3) -> None:
                 assert targets[b, 2 * i] == answer and targets[b, 2 * i + 1] == -100
 
 
+def test_an_empty_batch_keeps_its_mapping_width(gpt3) -> None:
+    tasks = gpt3.MappingTasks(gpt3.Config(n_inputs=3, n_outputs=5))
+    f = tasks.mappings(0, held_out=True, g=torch.Generator().manual_seed(0))
+    assert f.shape == (0, 3) and f.dtype == torch.long
+
+
 def test_query_accuracy_scores_the_query_positions(gpt3) -> None:
     class Fixed(torch.nn.Module):
         def forward(self, seq):
