@@ -128,8 +128,11 @@ def test_grouped_vs_reference_measures_a_broken_library(monkeypatch) -> None:
     the output scale is the reference's largest |value|."""
     from repro.nn.attention import Attention
 
+    shapes = []
+
     class OffByOne(Attention):
         def forward(self, x):
+            shapes.append(tuple(x.shape))
             y = super().forward(x).clone()
             y[1, 5, 7] += 0.25
             y[2, 3, 1] -= 0.1
@@ -145,6 +148,7 @@ def test_grouped_vs_reference_measures_a_broken_library(monkeypatch) -> None:
             ref = naive_attention(x, attn, group_of)
         assert got == {"max_abs_diff": pytest.approx(0.25, abs=1e-9),
                        "max_abs_output": pytest.approx(float(ref.abs().max()))}  # fmt: skip
+    assert shapes == [(3, 17, 64)] * 2  # three sequences of 17 tokens, each layout
 
 
 def test_the_two_identity_claims_on_the_real_library() -> None:
@@ -197,6 +201,9 @@ def test_worst_diff_takes_the_worst_path_and_the_group_size(monkeypatch) -> None
     groups = []
     got = GQA._worst_diff(4, 7, lambda h, G: groups.append(G) or h // G)
     assert got == pytest.approx(0.3) and seen == [(4, 7)] and set(groups) == {2}
+    groups.clear()
+    GQA._worst_diff(1, 7, lambda h, G: groups.append(G) or 0)  # MQA: one group of all 8 heads
+    assert set(groups) == {8}
 
 
 def test_group_claims_pass_their_maps_and_report_each_hkv(monkeypatch) -> None:
@@ -228,14 +235,23 @@ def test_group_claims_on_the_real_library() -> None:
     assert GQA.gqa_wrong_group_map_differs(Context(seed=1)).value > 0.01
 
 
-def test_kv_cache_bytes_by_hand() -> None:
+def test_kv_cache_bytes_by_hand(monkeypatch) -> None:
     """24 layers × (K and V) × 2,048 positions × Hkv heads × 64 dims × 2 bytes (bf16)."""
     from repro.lab.claims import Context
 
     def bytes_(n_kv: int) -> int:
         return 24 * 2 * 2048 * n_kv * 64 * 2
 
+    devices, real = [], GQA.caches_for
+
+    def caches_for(cfg, batch, max_seq_len, dtype, device):
+        devices.append((cfg.n_kv_heads, batch, max_seq_len, dtype, device))
+        return real(cfg, batch, max_seq_len, dtype, device)
+
+    monkeypatch.setattr(GQA, "caches_for", caches_for)
     got = GQA.kv_cache_shrinks(Context())
+    # allocated on the meta device: 0.8 GB of MHA cache is never made
+    assert devices == [(n, 1, 2048, torch.bfloat16, "meta") for n in (64, 8, 1)]
     assert got.value == 8.0
     assert got.details == {"bytes_mha": bytes_(64), "bytes_gqa8": bytes_(8), "bytes_mqa": bytes_(1),
                            "mha_over_mqa": 64.0}  # fmt: skip
@@ -264,6 +280,7 @@ def test_experiment_recipe_with_training_recorded(
     held-out loss of the MHA model last. Losses here are made up, one per evaluation in order."""
     from repro.data.markov import MarkovConfig, MarkovSource
     from repro.lab.claims import Context
+    from repro.lab.threads import torch_threads
 
     runs, batches, evals, converted, progress = [], [], [], [], []
 
@@ -299,11 +316,13 @@ def test_experiment_recipe_with_training_recorded(
     monkeypatch.setattr(GQA, "evaluate_lm", evaluate_lm)
     monkeypatch.setattr(GQA, "convert_kv_heads", convert)
     drawn = line_plots(GQA)
-    cfg = GQA.Config(vocab_size=6, order=1, d_model=8, n_layers=1, n_heads=4, seq_len=5, batch=3,
-                     steps=30, lr=2e-3, uptrain_fraction=fraction, kv_heads=(2, 1),
+    cfg = GQA.Config(vocab_size=6, order=1, d_model=12, n_layers=1, n_heads=6, seq_len=5,
+                     batch=3, steps=30, lr=2e-3, uptrain_fraction=fraction, kv_heads=(2, 1),
                      eval_batch=4)  # fmt: skip
     s = 7
-    got = GQA.experiment(cfg, Context(seed=s, out_dir=tmp_path, progress=report))
+    with torch_threads(2):  # experiment trains on one thread, whatever it found
+        got = GQA.experiment(cfg, Context(seed=s, out_dir=tmp_path, progress=report))
+        assert torch.get_num_threads() == 2
 
     source = MarkovSource(MarkovConfig(vocab_size=6, order=1))
     g = torch.Generator().manual_seed(10_000 + s)
@@ -311,7 +330,7 @@ def test_experiment_recipe_with_training_recorded(
     held_out = source.sample(4, 6, g)
     from repro.models.gpt import GPT, GPTConfig
 
-    mha_cfg = GPTConfig(n_layers=1, d_model=8, n_heads=4, vocab_size=6, max_seq_len=5,
+    mha_cfg = GPTConfig(n_layers=1, d_model=12, n_heads=6, vocab_size=6, max_seq_len=5,
                         backend="sdpa")  # fmt: skip
     torch.manual_seed(s)
     fresh = GPT(mha_cfg)
