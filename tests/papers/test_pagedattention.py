@@ -26,6 +26,12 @@ def test_sharing_saving_on_hand_examples() -> None:
     assert none["saving"] == 0.0
 
 
+def test_sharing_saving_refuses_a_cache_that_leaks_blocks(monkeypatch) -> None:
+    monkeypatch.setattr(PA.PagedKVCache, "free", lambda self, seq: None)
+    with pytest.raises(AssertionError, match="^blocks leaked$"):
+        PA.parallel_sampling_saving([Request(20, 5)], 2, 16)
+
+
 def test_opt13b_block_bytes_and_scattered_allocation() -> None:
     cache = PA.opt13b_layer_cache(16)
     assert cache.bytes_per_block == 2 * 16 * 40 * 128 * 2
@@ -139,14 +145,15 @@ _OPT13B_PER_TOKEN = 2 * 40 * 5120 * 2  # k and v, 40 layers, d_model 5120, fp16:
 def test_size_claims_are_opt13b_by_hand() -> None:
     per_token = PA.kv_bytes_per_token(Context())
     assert per_token.value == _OPT13B_PER_TOKEN == 819_200
+    assert type(per_token.value) is int  # a byte count, not 819200.0
     assert per_token.details == {
         "bytes_2048_tokens": 2048 * 819_200,
         "GiB_2048_tokens": 2048 * 819_200 / 2**30,  # 1.5625
-        "GB_2048_tokens": pytest.approx(2048 * 819_200 / 1e9),
+        "GB_2048_tokens": pytest.approx(2048 * 819_200 / 1e9, rel=1e-12),
     }
     slots = PA.kv_slots_12gb(Context())
-    assert slots.value == pytest.approx(12 * 2**30 / 819_200)  # 15,728.64 (Table 1)
-    assert slots.details == {"decimal_12e9_bytes": pytest.approx(12e9 / 819_200)}
+    assert slots.value == pytest.approx(12 * 2**30 / 819_200, rel=1e-12)  # 15,728.64 (Table 1)
+    assert slots.details == {"decimal_12e9_bytes": pytest.approx(12e9 / 819_200, rel=1e-12)}
 
 
 def test_internal_waste_is_at_most_one_block_minus_one_slot() -> None:
@@ -170,6 +177,14 @@ def test_internal_waste_sees_an_allocator_that_over_allocates(monkeypatch) -> No
 
     monkeypatch.setattr(PA.PagedKVCache, "slots_allocated", one_more)
     assert PA.internal_waste_below_one_block(Context()).value == pytest.approx(128 / 127)
+
+
+def test_internal_waste_of_an_allocator_without_waste_is_zero(monkeypatch) -> None:
+    """Slots allocated = tokens stored for every B: the worst waste is 0 (not a floor of 1)."""
+    monkeypatch.setattr(PA.PagedKVCache, "slots_allocated", PA.PagedKVCache.tokens_stored)
+    out = PA.internal_waste_below_one_block(Context())
+    assert out.value == 0.0
+    assert out.details["B=128"] == {"max_waste_slots": 0, "mean_waste_slots": 0.0}
 
 
 def test_exactness_claims_read_one_measurement() -> None:
