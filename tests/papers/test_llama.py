@@ -343,3 +343,40 @@ def test_block_claims_read_the_right_metrics(llama):
     early = llama.block_early_learning(ctx)
     assert early.value == pytest.approx(2.4 - 3.3)
     assert early.details == {"llama": 2.4, "gpt": 3.3, "steps": 200, "entropy_floor": 1.1}
+
+
+def test_billions_rounds_the_count_itself(llama, monkeypatch):
+    """2,250,000,001 parameters: 2.250000001 billion, 2.3 to one decimal (a count a hair smaller
+    would round down)."""
+    monkeypatch.setattr(llama, "n_params", lambda preset: 2_250_000_001)
+    got = llama._billions("llama-7b")
+    assert got.value == 2.250000001
+    assert got.details == {"n_params": 2_250_000_001, "rounded": 2.3}
+
+
+def test_experiment_puts_data_and_models_on_the_contexts_device(llama, monkeypatch):
+    """ctx.device = "meta" (the CPU-only suite's stand-in for a GPU): the batches, the held-out
+    set and both stacks are moved there."""
+    from repro.lab.claims import Context
+
+    seen = []
+
+    def train_lm(model, data, steps, lr, progress, description):
+        seen.append((description, data.device.type, {p.device.type for p in model.parameters()}))
+        return [1.0] * steps
+
+    def evaluate_lm(model, tokens):
+        seen.append(("held-out", tokens.device.type, tokens.shape))
+        return 1.0
+
+    monkeypatch.setattr(llama, "train_lm", train_lm)
+    monkeypatch.setattr(llama, "evaluate_lm", evaluate_lm)
+    cfg = llama.Config(vocab_size=5, seq_len=4, d_model=8, n_heads=2, steps=3, batch=2,
+                       eval_sequences=3)  # fmt: skip
+    llama.experiment(cfg, Context(config=cfg, device="meta"))
+    assert seen == [
+        ("llama: gpt", "meta", {"meta"}),
+        ("held-out", "meta", (3, 5)),
+        ("llama: llama", "meta", {"meta"}),
+        ("held-out", "meta", (3, 5)),
+    ]
