@@ -605,3 +605,9 @@ def test_mean_of_repeats_by_column_and_of_one_run() -> None:
     assert LORA._mean([0.25]) == 0.25
     with pytest.raises(ValueError):  # runs with different numbers of ranks do not average
         LORA._mean([[1.0, 4.0], [2.0]])
+
+
+def test_summary_of_a_single_run_is_that_run_without_learning_rates() -> None:
+    run = _fake_task(1)
+    expected = {k: v for k, v in run.items() if k not in ("lr_full", "lr_lora")}
+    assert LORA._summary([run]) == pytest.approx(expected)
