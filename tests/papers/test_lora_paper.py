@@ -322,7 +322,7 @@ def test_adapt_all_collects_every_method_on_the_test_set(monkeypatch) -> None:
     y_val, y_test = (labels_by_hand(teacher.W1, teacher.W2, x) for x in (x_val, x_test))
     lrs = {None: 0.03, 1: 0.1, 3: 0.3, 2: 0.2}
     diffs = {None: 5.0, 1: 1e-7, 3: 4e-7, 2: 2e-7}
-    calls = []
+    calls, models = [], []
 
     def adapt(b, t, rank, c, seed, cx, xv, yv):
         assert b is base and t is teacher and c is cfg and cx is ctx and seed == 31
@@ -332,13 +332,14 @@ def test_adapt_all_collects_every_method_on_the_test_set(monkeypatch) -> None:
         if rank is not None:
             apply_lora(model, cfg.targets, r=rank)
         model.tag = rank
+        models.append(model)
         return model, lrs[rank], diffs[rank]
 
     acc = {"base": 0.25, None: 0.75, 1: 0.5, 3: 0.625, 2: 0.375}
 
     def accuracy(model, x, y):
         assert torch.equal(x, x_test) and torch.equal(y, y_test)
-        return acc[getattr(model, "tag", "base")]
+        return acc["base" if model is base else model.tag]
 
     errors = {1: (1e-6, 2e-7, 3e-15), 3: (4e-6, 5e-7, 1e-15), 2: (3e-6, 1e-7, 2e-15)}
 
@@ -355,6 +356,8 @@ def test_adapt_all_collects_every_method_on_the_test_set(monkeypatch) -> None:
     monkeypatch.setattr(LORA, "merge_error", merge_error)
     got = LORA.adapt_all(base, teacher_a, teacher, cfg, ctx, 30)
     assert calls == [None, 1, 3, 2]
+    # the fp64 check runs on a deep copy: the adapted models stay in fp32
+    assert all(p.dtype == torch.float32 for m in models for p in m.parameters())
     a_test = labels_by_hand(teacher_a.W1, teacher_a.W2, x_test)
     n_base = 5 * 6 + 6 + 6 * 6 + 6 + 6 * 3 + 3
     assert got == {
