@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
@@ -248,23 +247,15 @@ def test_io_sweeps_flag_a_closed_form_that_is_off(fa, monkeypatch) -> None:
     assert [r["closed_form_ok"] for r in got["io_rows"]] == [True] * 3 + [False, True, True]
 
 
-def _record_plots(monkeypatch) -> list:
+def _record_plots(line_plots) -> list:
     """save_plots imports save_line_plot when it runs: record it where it comes from."""
     import repro.study.plots as plots
 
-    drawn: list = []
-    signature = inspect.signature(plots.save_line_plot)
-
-    def record(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs).arguments
-        drawn.append((bound.pop("path"), bound.pop("series"), bound))
-
-    monkeypatch.setattr(plots, "save_line_plot", record)
-    return drawn
+    return line_plots(plots)
 
 
-def test_plots_show_the_sweeps_and_the_closed_forms(fa, monkeypatch, tmp_path) -> None:
-    drawn = _record_plots(monkeypatch)
+def test_plots_show_the_sweeps_and_the_closed_forms(fa, line_plots, tmp_path) -> None:
+    drawn = _record_plots(line_plots)
     cfg = fa.Config(**_IO_CFG)
     metrics = {"io_flash_over_m": [9, 8, 7], "io_flash_over_n": [1, 2, 3]}
     fa.save_plots(cfg, metrics, Context(out_dir=tmp_path))
@@ -292,14 +283,14 @@ def test_plots_show_the_sweeps_and_the_closed_forms(fa, monkeypatch, tmp_path) -
     ]  # fmt: skip
 
 
-def test_experiment_joins_its_parts(fa, monkeypatch, tmp_path) -> None:
+def test_experiment_joins_its_parts(fa, monkeypatch, line_plots, tmp_path) -> None:
     monkeypatch.setattr(fa, "start_peak_memory", lambda n, impl, B, H, d, block: (impl, n))
     monkeypatch.setattr(
         fa, "read_peak_memory", lambda p: (1 if p[0] == "flash" else 3) * p[1] * 2**20
     )
     cfg = fa.Config(exact_shape=(1, 2, 9, 4), exact_blocks=(4, 4), memory_shape=(1, 1, 8),
                     memory_n=10, **_IO_CFG)  # fmt: skip
-    drawn = _record_plots(monkeypatch)
+    drawn = _record_plots(line_plots)
     got = fa.experiment(cfg, Context(config=cfg, seed=5, out_dir=tmp_path))
     assert list(got) == ["exact", *fa.io_sweeps(cfg, Context()), "memory"]
     assert got["exact"] == fa.exactness(cfg, 5)
