@@ -89,6 +89,10 @@ def test_dataset_sizes_round_other_tables_to_thousands(monkeypatch) -> None:
     got = INSTRUCTGPT.dataset_sizes(Context())
     assert got.value == "2000k/1k/3k"  # 1,499 rounds down, 2,600 up
     assert got.details == {"sft": 2_000_000, "rm": 1_499, "ppo": 2_600}
+    # just past the half: thousands exactly (1,501 / 1,001 would round down)
+    table = {"sft": (1_501, 0), "rm": (1_400, 101), "ppo": (0, 2_501)}
+    monkeypatch.setattr(INSTRUCTGPT, "TABLE6_TRAIN", table)
+    assert INSTRUCTGPT.dataset_sizes(Context()).value == "2k/2k/3k"
 
 
 def test_big_config_keeps_at_least_one_row_a_step() -> None:
@@ -498,3 +502,7 @@ def test_save_plots_draws_the_sweep_the_rm_curve_and_the_ppo_histories(line_plot
     ]
     assert r3 == {"xlabel": "PPO iteration", "ylabel": "reward / nats",
                   "title": "Reward and KL over PPO iterations"}  # fmt: skip
+    # an RM curve whose rows are not (step, agreement) pairs is refused, not cut short
+    lm["rm"]["curve"] = [(0, 0.5, 9.0), (5, 0.6)]
+    with pytest.raises(ValueError):
+        INSTRUCTGPT.save_plots(metrics, tmp_path)

@@ -296,6 +296,15 @@ def test_overoptimisation_edge_cases() -> None:
     assert IG.overoptimisation(_ctx(late)).value == pytest.approx(0.2)
     # gold that only rises: no fall; an exact KL just below 0 (rounding) is tolerated
     assert IG.overoptimisation_control(_ctx(_bandit(rising, rising, rising))).value == 0.0
+    # the last of three iterations, not the second
+    three = _bandit(rising, None, rising, kl_exact=(0.0, 0.1, 0.3))
+    three["bandit"][0]["rl"][0]["history"] = [
+        {"kl_exact": k, "k1_negative": share, "kl_k1": k1}
+        for k, share, k1 in ((0.0, 0.9, 0.0), (0.1, 0.6, 0.05), (0.3, 0.45, 0.2))
+    ]
+    k1 = IG.bandit_k1_negative(_ctx(three))
+    assert k1.value == 0.45
+    assert k1.details == {"last_iteration": [{"kl_exact": 0.3, "kl_k1_mean": 0.2}]}
     for tolerated in (-1e-13, -1e-12):
         rounding = _bandit(rising, None, rising, kl_exact=(tolerated, 0.1))
         assert IG.bandit_k1_negative(_ctx(rounding)).value == 0.4

@@ -95,6 +95,9 @@ def test_attention_probabilities_are_the_librarys_softmax() -> None:
     for backend in ("ref", "flash"):
         p = TRANSFORMER.attention_probabilities(q, k, scaled=True, backend=backend)
         torch.testing.assert_close(p, (logits / 4).softmax(-1), atol=1e-12, rtol=1e-12)
+    # the default backend is the reference one
+    p_default = TRANSFORMER.attention_probabilities(q, k, scaled=True)
+    torch.testing.assert_close(p_default, (logits / 4).softmax(-1), atol=1e-12, rtol=1e-12)
     p_raw = TRANSFORMER.attention_probabilities(q, k, scaled=False)
     torch.testing.assert_close(p_raw, logits.softmax(-1), atol=1e-12, rtol=1e-12)
     # within-row variance of log p is that of the logits
