@@ -416,8 +416,18 @@ def test_experiment_recipe_with_the_model_recorded(monkeypatch, line_plots, tmp_
     answer[3, 1:3] = SEP  # two tokens wrong
     monkeypatch.setattr(_Bigram, "answer", answer, raising=False)
 
+    adams = []
+
+    class RecordedAdam(torch.optim.Adam):  # ε = 1e-9 is too small to show in these losses
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            adams.append(self)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordedAdam)
     ctx = Context(config=cfg, seed=4, out_dir=tmp_path, progress=lambda *a: progress.append(a))
     got = TRANSFORMER.experiment(cfg, ctx)
+    [adam] = adams
+    assert (adam.defaults["betas"], adam.defaults["eps"]) == ((0.9, 0.98), 1e-9)
     [model] = _Bigram.made
     c = model.cfg
     assert (c.n_layers, c.d_model, c.n_heads, c.d_ff, c.vocab_size) == (3, 12, 3, 20, 7)
