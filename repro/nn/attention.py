@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +105,8 @@ def attention(
     `auto` takes the Triton FlashAttention kernel on CUDA when Triton is installed and the tiled
     PyTorch FlashAttention elsewhere; `sdpa` is PyTorch's fused kernel, `ref` the plain formula.
     """
+    if backend not in get_args(Backend):  # a misspelt name would otherwise fall to flash
+        raise ValueError(f"unknown attention backend {backend!r}; one of {get_args(Backend)}")
     if backend == "ref":
         return attention_ref(q, k, v, causal, key_padding_mask)
     if backend == "sdpa":

@@ -215,6 +215,11 @@ def test_backend_names_pick_their_kernel_with_every_argument(monkeypatch):
     assert [c[0] for c in calls] == ["ref", "sdpa", "flash", "flash", "flash"]
     assert all(c[1] is True and c[2] is kpm for c in calls[:4])
     assert calls[4][1:] == (False, None)
+    # a misspelt name is refused, not sent to the flash kernel
+    for wrong in ["REF", "Flash", "triton", ""]:
+        with pytest.raises(ValueError, match=f"unknown attention backend '{wrong}'"):
+            attention(q, k, v, backend=wrong)
+    assert len(calls) == 5
 
 
 def test_module_passes_its_backend_mask_and_position_zero(monkeypatch):
