@@ -300,6 +300,7 @@ def test_speed_claim_times_the_four_candidates_alike(monkeypatch) -> None:
     monkeypatch.setattr(RMSNORM, "_fwd_bwd_seconds", fwd_bwd)
     with torch_threads(2):  # the claim times on one thread itself
         got = RMSNORM.speed_like_for_like(Context(seed=4))
+    assert len(calls) == 12  # three rounds, no more (a fourth would repeat the first's times)
     assert got.value == pytest.approx(1 - 3.6 / 4.5)
     assert got.details == {
         "seconds_fwd_bwd": {
