@@ -267,14 +267,14 @@ def with_extras(sheet: PaperSheet, lang: Lang) -> PaperSheet:
 def render_sheet(sheet: PaperSheet, mode: Mode = "md", lang: Lang = "en") -> str:
     """One paper as a complete document (`md`, `html` page, or `term` text for rich)."""
     if mode == "html":
-        return _render("sheet.html.j2", lang, s=with_extras(sheet, lang), combined=False)
+        return _render("sheet.html.j2", lang, s=with_extras(sheet, lang))
     return _render("sheet.md.j2", lang, s=sheet, mode=mode, level=1)
 
 
 def render_combined(sheets: list[PaperSheet], fmt: Format, lang: Lang = "en") -> str:
     """Several papers as one document with a table of contents."""
     sheets = [with_extras(s, lang) for s in sheets]
-    return _render(f"combined.{fmt}.j2", lang, sheets=sheets, combined=True, mode=fmt)
+    return _render(f"combined.{fmt}.j2", lang, sheets=sheets, mode=fmt)
 
 
 def render_index(

@@ -16,6 +16,7 @@ from repro.study.sheets import (
     MUST_KNOW,
     must_know_entries,
     paper_sheet,
+    render_combined,
     render_must_know,
     render_sheet,
 )
@@ -70,6 +71,26 @@ def test_html_has_mathml_and_no_raw_latex(slug: str, runs_dir: Path) -> None:
         assert raw not in text, f"{slug}: raw {raw!r} in the visible text"
     assert "bad-math" not in html
     assert "http" not in re.sub(r'<a href="https?://[^"]+"', "", html).split("</style>")[0]
+
+
+def test_combined_document_lists_the_papers_in_order_in_its_language(runs_dir: Path) -> None:
+    def sheets():  # fresh: a sheet keeps the page extras of the first language it is shown in
+        return [
+            paper_sheet(LIBRARY.get(slug), runs_dir, library=LIBRARY) for slug in ("lora", "gpt3")
+        ]
+
+    md = render_combined(sheets(), "md")  # English unless asked
+    assert md.startswith("# paperlab study sheets\n\n**Contents**\n")
+    lora, gpt3 = LIBRARY.get("lora").note.title, LIBRARY.get("gpt3").note.title
+    assert f"1. [{lora}](#lora)\n2. [{gpt3}](#gpt3)\n" in md
+    assert md.index(f"## {lora}") < md.index(f"## {gpt3}")  # each paper one level down
+    html = render_combined(sheets(), "html", "zh")
+    assert "<h1>paperlab 论文学习笔记</h1>" in html and "<b>目录</b>" in html
+    toc = html[html.index('<nav class="toc"') : html.index("</nav>")]
+    assert re.findall(r'<a href="#([^"]+)">([^<]+)</a>', toc) == [
+        ("lora", "LoRA 低秩适配"),  # the page's language decides the names
+        ("gpt3", "GPT-3"),
+    ]
 
 
 def test_html_page_is_complete(runs_dir: Path) -> None:
