@@ -333,6 +333,7 @@ def test_terminal_math_is_read_back_by_markdown_as_the_same_characters(latex: st
     from repro.study.sheets import text_term
 
     shown = to_unicode(latex)
-    html = _md().renderInline(text_term(f"see ${latex}$ here"))
-    assert "<" not in html.replace("&lt;", "")  # no element at all
-    assert unescape(html) == f"see {shown} here"
+    for text in (f"see ${latex}$ here", f"see $${latex}$$ here"):  # inline and display math
+        html = _md().renderInline(text_term(text))
+        assert "<" not in html.replace("&lt;", "")  # no element at all
+        assert unescape(html) == f"see {shown} here"
