@@ -292,7 +292,7 @@ def render_index(
     counts = {s.slug: c for s, c in rows}
     ran = {s.slug: s.run is not None for s in sheets}
     return _render(
-        f"index.{fmt}.j2", lang, rows=rows, mode=fmt, counts=counts, ran=ran,
+        f"index.{fmt}.j2", lang, rows=rows, counts=counts, ran=ran,
         groups=site.grouped(sheets), topic_names=site.TOPIC_NAMES,
         path=site.reading_path(sheets), tables=site.comparisons(sheets, lang),
         links=links or {}, study=study or {},

@@ -523,6 +523,18 @@ def test_the_index_counts_each_verdict_and_shows_the_drills_progress(
     assert row.endswith("| 1 cited, 1 failed, 3 not yet run, 1 verified |")
     quiet = render_index([paper_sheet(lib.get("toy"), runs_dir)], "html", "en")
     assert "due for review" not in quiet  # no study database: no progress line
+    assert render_index([paper_sheet(lib.get("toy"), runs_dir)], "html") == quiet  # English
+
+
+def test_the_index_names_the_papers_in_its_language(runs_dir: Path) -> None:
+    from repro.study.sheets import render_index
+
+    def names(html: str) -> list[str]:
+        return re.findall(r'<a class="name" href="lora\.html">([^<]+)</a>', html)
+
+    for lang, name in (("en", "LoRA"), ("zh", "LoRA 低秩适配")):
+        sheet = paper_sheet(LIBRARY.get("lora"), runs_dir, lang, LIBRARY)  # no page extras yet
+        assert names(render_index([sheet], "html", lang)) == [name]
 
 
 def test_the_pack_adds_other_must_know_notes_once_after_the_five(
