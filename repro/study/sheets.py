@@ -305,7 +305,7 @@ def render_cheatsheet(entries: list, lang: Lang = "en") -> str:
     for e in entries:
         if e.sheet is not None:
             with_extras(e.sheet, lang)
-    return _render("cheatsheet.html.j2", lang, entries=entries, mode="html")
+    return _render("cheatsheet.html.j2", lang, entries=entries)
 
 
 @dataclass(frozen=True)
@@ -337,4 +337,4 @@ def render_must_know(entries: list[PackEntry], fmt: Format, lang: Lang = "en") -
     for e in entries:
         if e.sheet is not None:
             with_extras(e.sheet, lang)
-    return _render(f"mustknow.{fmt}.j2", lang, entries=entries, mode=fmt)
+    return _render(f"mustknow.{fmt}.j2", lang, entries=entries)

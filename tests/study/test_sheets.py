@@ -368,6 +368,16 @@ def test_cheatsheet_has_every_part(runs_dir: Path) -> None:
     for part in ("5-minute spoken summary", "3 core contributions", "Key formula",
                  "Interview questions", "Answer framework"):  # fmt: skip
         assert text.count(part) == len(entries), part
+    assert render_cheatsheet(must_know_entries(LIBRARY, runs_dir, "en")) == html  # English
+
+
+def test_cheatsheet_names_the_papers_in_its_language(runs_dir: Path) -> None:
+    from repro.study.sheets import PackEntry, render_cheatsheet
+
+    for lang, name in (("en", "LoRA"), ("zh", "LoRA 低秩适配")):
+        sheet = paper_sheet(LIBRARY.get("lora"), runs_dir, lang)  # no page extras yet
+        html = render_cheatsheet([PackEntry("lora", sheet)], lang)
+        assert re.findall(r"<h1>([^<]+) <span", html) == [name]
 
 
 def test_note_markdown_makes_no_request_images_stay_text() -> None:
