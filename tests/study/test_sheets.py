@@ -545,6 +545,12 @@ def test_the_index_names_the_papers_in_its_language(runs_dir: Path) -> None:
     for lang, name in (("en", "LoRA"), ("zh", "LoRA 低秩适配")):
         sheet = paper_sheet(LIBRARY.get("lora"), runs_dir, lang, LIBRARY)  # no page extras yet
         assert names(render_index([sheet], "html", lang)) == [name]
+    # and its comparison tables: two notes fill the norms table
+    pair = [
+        paper_sheet(LIBRARY.get(s), runs_dir, "zh", LIBRARY) for s in ("rmsnorm", "transformer")
+    ]
+    text = visible_text(render_index(pair, "html", "zh"))
+    assert "归一化：LayerNorm / RMSNorm" in text and "Normalisation" not in text
 
 
 def test_the_pack_adds_other_must_know_notes_once_after_the_five(
