@@ -223,7 +223,7 @@ def _compare_manifest(guids: dict[str, str], manifest: Path) -> list[str]:
     if not isinstance(before, dict):
         before = {}
     removed = [str(v) for k, v in before.items() if k not in guids]
-    with contextlib.suppress(OSError, PaperlabError):
+    with contextlib.suppress(PaperlabError):  # write_user_file reports OSErrors as BadOption
         write_user_file(manifest, json.dumps(guids, ensure_ascii=False, indent=0) + "\n")
     return removed
 

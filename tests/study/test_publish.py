@@ -97,6 +97,66 @@ def test_a_folder_gets_one_named_file_per_kind(
         assert zipfile.is_zipfile(out / name)
 
 
+PACK_ALONE = "--must-know picks its own five papers; give no paper names or --all"
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (Request(("toy",), must_know=True), PACK_ALONE),
+        (Request(all_papers=True, must_know=True), PACK_ALONE),
+        (Request(("toy",), must_know=True, fmt="anki"), PACK_ALONE),
+        (Request(("toy",), all_papers=True), "give paper names or --all, not both"),
+    ],
+)
+def test_a_contradictory_selection_is_refused_before_anything_is_written(
+    lib: Library, tmp_path: Path, request_: Request, message: str
+) -> None:
+    import dataclasses
+
+    out = tmp_path / "out"
+    with pytest.raises(BadOption) as info:
+        publish(lib, tmp_path / "runs", dataclasses.replace(request_, output=out))
+    assert str(info.value) == message
+    assert not out.exists()
+
+
+def test_a_site_folder_is_made_with_its_parents_and_may_already_exist(
+    lib: Library, tmp_path: Path
+) -> None:
+    out = tmp_path / "a" / "b" / "site"
+    for _ in range(2):  # the second export finds the folder there
+        publish(lib, tmp_path / "runs", Request(("toy", "toy2"), fmt="md", output=out))
+        assert _names(out) == {"toy.md", "toy2.md", "index.md"}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x", encoding="utf-8")
+    with pytest.raises(BadOption) as info:
+        publish(lib, tmp_path / "runs", Request(("toy",), fmt="md", output=blocker / "site"))
+    assert str(info.value) == f"cannot create {blocker / 'site'}: Not a directory"
+
+
+def test_the_card_manifest_is_readable_utf8_one_card_a_line(lib: Library, tmp_path: Path) -> None:
+    """The manifest beside a deck (the cards of the last export) is for people too: no \\u
+    escapes for Chinese fronts, one card per line; one that is not a JSON object, or that
+    cannot be written, costs only the report of dropped cards."""
+    out = tmp_path / "deck.apkg"
+    publish(lib, tmp_path / "runs", Request(("toy",), fmt="anki", lang="zh", output=out))
+    manifest = tmp_path / "deck.apkg.cards.json"
+    text = manifest.read_text(encoding="utf-8")
+    cards = json.loads(text)
+    lines = text.splitlines()
+    assert (lines[0], lines[-1]) == ("{", "}") and len(lines) == len(cards) + 2
+    assert all(line.startswith('"') for line in lines[1:-1])  # no indentation
+    assert "\\u" not in text and any("\u4e00" <= ch <= "\u9fff" for ch in text)
+    manifest.write_text("[1, 2]\n", encoding="utf-8")  # JSON, but not the manifest's object
+    again = publish(lib, tmp_path / "runs", Request(("toy",), fmt="anki", lang="zh", output=out))
+    assert again.removed == [] and json.loads(manifest.read_text(encoding="utf-8")) == cards
+    manifest.unlink()
+    manifest.mkdir()  # cannot be written: the deck is still exported
+    third = publish(lib, tmp_path / "runs", Request(("toy",), fmt="anki", lang="zh", output=out))
+    assert third.removed == [] and third.written == [out] and manifest.is_dir()
+
+
 def test_the_chinese_combined_document_and_tsv(lib: Library, tmp_path: Path) -> None:
     out = tmp_path / "both.md"
     publish(lib, tmp_path / "runs", Request(("toy", "toy2"), lang="zh", output=out))
