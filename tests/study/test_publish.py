@@ -157,6 +157,17 @@ def test_the_card_manifest_is_readable_utf8_one_card_a_line(lib: Library, tmp_pa
     assert third.removed == [] and third.written == [out] and manifest.is_dir()
 
 
+def test_dash_is_standard_output(lib: Library, tmp_path: Path) -> None:
+    import dataclasses
+
+    runs = tmp_path / "runs"
+    for request in (Request(("toy",)), Request(("toy",), fmt="tsv"), Request(must_know=True)):
+        to_stdout = publish(lib, runs, request)
+        dash = publish(lib, runs, dataclasses.replace(request, output=Path("-")))
+        assert dash.stdout == to_stdout.stdout != "" and not dash.written
+    assert not Path("-").exists()
+
+
 def test_the_chinese_combined_document_and_tsv(lib: Library, tmp_path: Path) -> None:
     out = tmp_path / "both.md"
     publish(lib, tmp_path / "runs", Request(("toy", "toy2"), lang="zh", output=out))

@@ -196,6 +196,13 @@ def test_must_know_pack_picks_up_a_new_note(library_dir: Path, runs_dir: Path) -
     assert "5分钟口述总结" in html and "缺失：papers/llama/" in html
 
 
+def test_the_pack_names_its_papers_in_its_language(runs_dir: Path) -> None:
+    for lang, name in (("en", "InstructGPT"), ("zh", "InstructGPT（RLHF）")):
+        entries = must_know_entries(LIBRARY, runs_dir, lang)  # fresh sheets: no page extras
+        html = render_must_know(entries, "html", lang)
+        assert '<a href="#instructgpt">' + name + "</a>" in html
+
+
 # --- pages built for revision: card first, code beside the math, plots beside claims ---------
 
 
