@@ -196,6 +196,31 @@ def test_must_know_pack_picks_up_a_new_note(library_dir: Path, runs_dir: Path) -
     assert "5分钟口述总结" in html and "缺失：papers/llama/" in html
 
 
+def test_the_pack_holds_each_papers_own_sheet_in_its_language(
+    library_dir: Path, runs_dir: Path
+) -> None:
+    """Both ways into the pack (one of the five by alias, another must-know note) give the sheet
+    `paper_sheet` gives: the note in the pack's language, related papers found in the library."""
+    for slug, alias in (("toy2", "[llama]"), ("toy3", "[]")):
+        shutil.copytree(library_dir / "toy", library_dir / slug)
+        note = library_dir / slug / "note.yaml"
+        note.write_text(
+            note.read_text()
+            .replace("aliases: [toy-alias]", f"aliases: {alias}")
+            .replace("priority: core", "priority: must-know")
+            .replace("related: []", "related: [toy]")
+        )
+    lib = Library(library_dir)
+    english = paper_sheet(lib.get("toy2"), runs_dir, "en", lib)
+    assert english != paper_sheet(lib.get("toy2"), runs_dir, "zh", lib)  # the languages differ
+    assert english != paper_sheet(lib.get("toy2"), runs_dir, "en")  # and so do related links
+    for lang in ("en", "zh"):
+        made = [e for e in must_know_entries(lib, runs_dir, lang) if e.sheet is not None]
+        assert [e.slug for e in made] == ["toy2", "toy3"]
+        for e in made:
+            assert e.sheet == paper_sheet(lib.get(e.slug), runs_dir, lang, lib)
+
+
 def test_the_pack_names_its_papers_in_its_language(runs_dir: Path) -> None:
     for lang, name in (("en", "InstructGPT"), ("zh", "InstructGPT（RLHF）")):
         entries = must_know_entries(LIBRARY, runs_dir, lang)  # fresh sheets: no page extras
@@ -385,6 +410,13 @@ def test_cheatsheet_names_the_papers_in_its_language(runs_dir: Path) -> None:
         sheet = paper_sheet(LIBRARY.get("lora"), runs_dir, lang)  # no page extras yet
         html = render_cheatsheet([PackEntry("lora", sheet)], lang)
         assert re.findall(r"<h1>([^<]+) <span", html) == [name]
+
+
+def test_note_markdown_is_inline_unless_a_block_is_asked_for() -> None:
+    from repro.study.sheets import markdown_html
+
+    assert markdown_html("*a*") == "<em>a</em>"
+    assert markdown_html("*a*", block=True) == "<p><em>a</em></p>"
 
 
 def test_note_markdown_makes_no_request_images_stay_text() -> None:
