@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from repro.cli.common import (
@@ -32,7 +30,7 @@ from repro.cli.common import (
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=click.Path(),  # kept as typed: a trailing "/" asks for a folder (Path() drops it)
     help="FILE (one paper, or several in one document) or DIR/ (a site: index + one page "
     "per paper); default: stdout.",
 )

@@ -43,7 +43,7 @@ class Request:
     must_know: bool = False
     fmt: OutFormat | None = None  # None: from the output's suffix, else md
     lang: Lang = "en"
-    output: Path | None = None
+    output: Path | str | None = None  # as typed: a trailing separator means a folder
     only_translated: bool = False  # anki/tsv in zh: leave out cards with no Chinese text
 
 
@@ -55,16 +55,16 @@ class Outcome:
     removed: list[str] | None = None  # anki: cards of the previous export that are gone
 
 
-def is_folder(path: Path) -> bool:
-    """A folder when it is one already, ends with a separator, or has no suffix."""
-    text = str(path)
-    if path.is_dir() or text.endswith(("/", os.sep)):
+def is_folder(path: Path | str) -> bool:
+    """A folder when it is one already, ends with a separator, or has no suffix. The separator
+    is only seen in the text as typed: `Path("site.v2/")` has already dropped it."""
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():
         return True
-    return not path.exists() and not path.suffix
+    return not Path(path).exists() and not Path(path).suffix
 
 
 def resolve_format(request: Request) -> OutFormat:
-    suffix = request.output.suffix.lower() if request.output is not None else ""
+    suffix = Path(request.output).suffix.lower() if request.output is not None else ""
     guessed = FORMAT_OF_SUFFIX.get(suffix)
     if request.fmt is None:
         return guessed or "md"
@@ -108,7 +108,8 @@ def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
     if request.output is not None and str(request.output) == "-":  # `-o -`: stdout
         request = dataclasses.replace(request, output=None)
     fmt = resolve_format(request)
-    lang, output = request.lang, request.output
+    lang = request.lang
+    output = Path(request.output) if request.output is not None else None
     written: list[Path] = []
     if request.must_know:
         _papers(library, request)
@@ -117,7 +118,7 @@ def publish(library: Library, runs_dir: Path, request: Request) -> Outcome:
         papers = [e.sheet.paper for e in entries if e.sheet is not None]
     else:
         papers, missing = _papers(library, request), None
-    folder = output is not None and is_folder(output)
+    folder = request.output is not None and is_folder(request.output)
     if folder:
         _make_folder(output)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -155,6 +156,19 @@ def test_the_card_manifest_is_readable_utf8_one_card_a_line(lib: Library, tmp_pa
     manifest.mkdir()  # cannot be written: the deck is still exported
     third = publish(lib, tmp_path / "runs", Request(("toy",), fmt="anki", lang="zh", output=out))
     assert third.removed == [] and third.written == [out] and manifest.is_dir()
+
+
+def test_a_folder_is_known_by_the_separator_as_typed(tmp_path: Path) -> None:
+    from repro.study.publish import is_folder
+
+    assert is_folder(f"{tmp_path}/site.v2/") and is_folder(f"{tmp_path}/site.v2{os.sep}")
+    assert not is_folder(tmp_path / "site.v2/")  # a Path has dropped the separator already
+    assert is_folder(tmp_path / "site") and is_folder(tmp_path)  # no suffix, or a folder
+    (tmp_path / "made").write_text("x", encoding="utf-8")
+    assert not is_folder(tmp_path / "made")  # a file without a suffix
+    assert resolve_format(Request(fmt="md", output=f"{tmp_path}/site.html/")) == "md"
+    with pytest.raises(BadOption, match="looks like html"):
+        resolve_format(Request(fmt="md", output=f"{tmp_path}/site.html"))
 
 
 def test_dash_is_standard_output(lib: Library, tmp_path: Path) -> None:

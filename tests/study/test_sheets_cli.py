@@ -74,6 +74,19 @@ def test_a_folder_gets_a_site_with_resolving_links(invoke, tmp_path: Path) -> No
     assert 'href="toy.html"' in page and "nowhere" in page and 'href="nowhere' not in page
 
 
+def test_a_trailing_slash_makes_a_folder_even_with_a_dot_in_its_name(
+    invoke, tmp_path: Path
+) -> None:
+    result = invoke("sheet", "toy", "toy2", "-o", f"{tmp_path / 'notes.v2'}/")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "notes.v2").iterdir()) == [
+        "index.md", "toy.md", "toy2.md",
+    ]  # fmt: skip
+    result = invoke("sheet", "toy", "toy2", "-o", str(tmp_path / "notes.v3"))  # no slash: a file
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "notes.v3").is_file()
+
+
 def test_format_and_suffix_must_agree(invoke, tmp_path: Path) -> None:
     result = invoke("sheet", "toy", "--format", "html", "-o", str(tmp_path / "x.md"))
     assert result.exit_code == 2 and "looks like md, but --format is html" in result.stderr
