@@ -57,6 +57,7 @@ def runs_dir(tmp_path: Path) -> Path:
 
 def test_markdown_keeps_dollar_math(runs_dir: Path) -> None:
     md = render_sheet(paper_sheet(LIBRARY.get("lora"), runs_dir), "md")
+    assert render_sheet(paper_sheet(LIBRARY.get("lora"), runs_dir)) == md  # Markdown by default
     assert "$W_0$" in md and "$$\n" in md
     assert "<math" not in md
 
@@ -413,10 +414,12 @@ def test_cheatsheet_names_the_papers_in_its_language(runs_dir: Path) -> None:
 
 
 def test_note_markdown_is_inline_unless_a_block_is_asked_for() -> None:
-    from repro.study.sheets import markdown_html
+    from repro.study.sheets import markdown_html, text_html
 
     assert markdown_html("*a*") == "<em>a</em>"
     assert markdown_html("*a*", block=True) == "<p><em>a</em></p>"
+    assert text_html("*b*") == "<em>b</em>"
+    assert text_html("*b*", block=True) == "<p><em>b</em></p>"
 
 
 def test_note_markdown_makes_no_request_images_stay_text() -> None:
