@@ -158,6 +158,25 @@ def test_the_card_manifest_is_readable_utf8_one_card_a_line(lib: Library, tmp_pa
     assert third.removed == [] and third.written == [out] and manifest.is_dir()
 
 
+def test_the_pack_in_every_format_holds_the_notes_it_has_and_names_the_rest(
+    library_dir: Path, tmp_path: Path
+) -> None:
+    """toy2 stands in for LLaMA (by alias): the pack shows its Chinese page, its cards go to
+    the table, and the other four of the five are reported missing."""
+    second = library_dir / "toy2"
+    shutil.copytree(library_dir / "toy", second)
+    note = second / "note.yaml"
+    note.write_text(note.read_text().replace("aliases: [toy-alias]", "aliases: [llama]"))
+    lib, runs = Library(library_dir), tmp_path / "runs"
+    four = ["transformer", "bert", "gpt3", "instructgpt"]
+    pack = publish(lib, runs, Request(must_know=True, lang="zh"))
+    assert pack.missing == four
+    assert "Toy: a paper for tests" in pack.stdout and "5分钟口述总结" in pack.stdout
+    table = publish(lib, runs, Request(must_know=True, fmt="tsv", lang="zh"))
+    assert table.missing == four and "paperlab::zh::toy2" in table.stdout
+    assert "paperlab::zh::toy\t" not in table.stdout  # toy is no must-know paper
+
+
 def test_a_folder_is_known_by_the_separator_as_typed(tmp_path: Path) -> None:
     from repro.study.publish import is_folder
 
