@@ -177,6 +177,14 @@ def test_the_pack_in_every_format_holds_the_notes_it_has_and_names_the_rest(
     assert "paperlab::zh::toy\t" not in table.stdout  # toy is no must-know paper
 
 
+def test_only_translated_leaves_out_the_cards_still_in_english(tmp_path: Path) -> None:
+    library, runs = Library(REPO / "papers"), tmp_path / "runs"
+    every = publish(library, runs, Request(("lora",), fmt="tsv", lang="zh")).stdout
+    chosen = publish(library, runs, Request(("lora",), fmt="tsv", lang="zh", only_translated=True))
+    assert "【英文原文】" in every and "【英文原文】" not in chosen.stdout
+    assert set(chosen.stdout.splitlines()) < set(every.splitlines())
+
+
 def test_a_folder_is_known_by_the_separator_as_typed(tmp_path: Path) -> None:
     from repro.study.publish import is_folder
 
