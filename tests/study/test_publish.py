@@ -158,16 +158,22 @@ def test_the_card_manifest_is_readable_utf8_one_card_a_line(lib: Library, tmp_pa
     assert third.removed == [] and third.written == [out] and manifest.is_dir()
 
 
-def test_the_pack_in_every_format_holds_the_notes_it_has_and_names_the_rest(
-    library_dir: Path, tmp_path: Path
-) -> None:
-    """toy2 stands in for LLaMA (by alias): the pack shows its Chinese page, its cards go to
-    the table, and the other four of the five are reported missing."""
+@pytest.fixture
+def pack_lib(library_dir: Path) -> Library:
+    """toy, and toy2 standing in for LLaMA (by alias) in the must-know pack."""
     second = library_dir / "toy2"
     shutil.copytree(library_dir / "toy", second)
     note = second / "note.yaml"
     note.write_text(note.read_text().replace("aliases: [toy-alias]", "aliases: [llama]"))
-    lib, runs = Library(library_dir), tmp_path / "runs"
+    return Library(library_dir)
+
+
+def test_the_pack_in_every_format_holds_the_notes_it_has_and_names_the_rest(
+    pack_lib: Library, tmp_path: Path
+) -> None:
+    """The pack shows toy2's Chinese page, its cards go to the table, and the other four of
+    the five are reported missing."""
+    lib, runs = pack_lib, tmp_path / "runs"
     four = ["transformer", "bert", "gpt3", "instructgpt"]
     pack = publish(lib, runs, Request(must_know=True, lang="zh"))
     assert pack.missing == four
@@ -175,6 +181,48 @@ def test_the_pack_in_every_format_holds_the_notes_it_has_and_names_the_rest(
     table = publish(lib, runs, Request(must_know=True, fmt="tsv", lang="zh"))
     assert table.missing == four and "paperlab::zh::toy2" in table.stdout
     assert "paperlab::zh::toy\t" not in table.stdout  # toy is no must-know paper
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("md", "pack.md"), ("html", "pack.html"), ("tsv", "pack.tsv"), ("anki", "pack.apkg"),
+     ("cheatsheet", "pack.html")],
+)  # fmt: skip
+def test_the_pack_to_a_file_reports_what_it_wrote_and_what_it_lacks(
+    pack_lib: Library, tmp_path: Path, fmt: str, name: str
+) -> None:
+    target = tmp_path / name
+    outcome = publish(pack_lib, tmp_path / "runs", Request(must_know=True, fmt=fmt, output=target))
+    assert outcome.written == [target] and target.is_file()
+    assert outcome.missing == ["transformer", "bert", "gpt3", "instructgpt"]
+    assert outcome.stdout == ""
+
+
+def test_a_deck_needs_a_file_and_keeps_no_manifest_beside_a_device(
+    lib: Library, tmp_path: Path
+) -> None:
+    with pytest.raises(BadOption) as info:
+        publish(lib, tmp_path / "runs", Request(("toy",), fmt="anki"))
+    assert str(info.value) == "--format anki writes a binary .apkg: give -o FILE.apkg"
+    beside = Path(os.devnull + ".cards.json")
+    assert not beside.exists()
+    try:
+        outcome = publish(lib, tmp_path / "runs", Request(("toy",), fmt="anki", output=os.devnull))
+        assert outcome.removed == [] and outcome.written == [Path(os.devnull)]
+        assert not beside.exists()
+    finally:
+        beside.unlink(missing_ok=True)
+
+
+def test_only_translated_reaches_the_deck(tmp_path: Path) -> None:
+    library, runs = Library(REPO / "papers"), tmp_path / "runs"
+    sizes = []
+    for only in (False, True):
+        deck = tmp_path / f"{only}.apkg"
+        publish(library, runs, Request(("lora",), fmt="anki", lang="zh", output=deck,
+                                       only_translated=only))  # fmt: skip
+        sizes.append(len(json.loads(Path(f"{deck}.cards.json").read_text(encoding="utf-8"))))
+    assert 0 < sizes[1] < sizes[0]
 
 
 def test_only_translated_leaves_out_the_cards_still_in_english(tmp_path: Path) -> None:
