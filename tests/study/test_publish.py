@@ -310,6 +310,10 @@ def test_a_related_paper_whose_note_is_broken_is_named_not_linked(
     assert [(r.slug, r.title, r.href) for r in ok.related] == [
         ("toy", "Toy: a paper for tests", TOY_URL), ("nowhere", "", ""),
     ]  # fmt: skip
+    alone = paper_sheet(lib.get("toy2"), tmp_path / "runs", "zh")  # no library to look in
+    assert [(r.slug, r.title, r.href) for r in alone.related] == [
+        ("toy", "", ""), ("nowhere", "", ""),
+    ]  # fmt: skip
     assert "- nowhere (资料库中暂无)" in render_sheet(ok, "md", "zh")
     (library_dir / "toy" / "note.yaml").write_text("title: [unclosed\n", encoding="utf-8")
     broken = Library(library_dir)
