@@ -183,6 +183,26 @@ def test_the_pack_in_every_format_holds_the_notes_it_has_and_names_the_rest(
     assert "paperlab::zh::toy\t" not in table.stdout  # toy is no must-know paper
 
 
+def test_a_cheatsheet_of_chosen_papers_is_their_sheets_in_its_language(
+    lib: Library, tmp_path: Path
+) -> None:
+    from repro.study.sheets import PackEntry, paper_sheet, render_cheatsheet
+
+    runs = tmp_path / "runs"
+    got = publish(lib, runs, Request(("toy2", "toy"), fmt="cheatsheet", lang="zh"))
+    entries = [PackEntry(s, paper_sheet(lib.get(s), runs, "zh", lib)) for s in ("toy2", "toy")]
+    assert got.stdout == render_cheatsheet(entries, "zh") and got.missing is None
+    assert got.stdout.index('id="toy2"') < got.stdout.index('id="toy"')
+    assert render_cheatsheet(entries, "en") != got.stdout  # the language shows
+
+
+def test_the_pack_as_a_cheatsheet_on_stdout_names_what_it_lacks(
+    pack_lib: Library, tmp_path: Path
+) -> None:
+    pack = publish(pack_lib, tmp_path / "runs", Request(must_know=True, fmt="cheatsheet"))
+    assert pack.missing == ["transformer", "bert", "gpt3", "instructgpt"] and "<html" in pack.stdout
+
+
 @pytest.mark.parametrize(
     ("fmt", "name"),
     [("md", "pack.md"), ("html", "pack.html"), ("tsv", "pack.tsv"), ("anki", "pack.apkg"),

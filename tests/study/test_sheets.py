@@ -58,6 +58,9 @@ def runs_dir(tmp_path: Path) -> Path:
 def test_markdown_keeps_dollar_math(runs_dir: Path) -> None:
     md = render_sheet(paper_sheet(LIBRARY.get("lora"), runs_dir), "md")
     assert render_sheet(paper_sheet(LIBRARY.get("lora"), runs_dir)) == md  # Markdown by default
+    assert paper_sheet(LIBRARY.get("lora"), runs_dir) == paper_sheet(
+        LIBRARY.get("lora"), runs_dir, "en"
+    )  # in English by default
     assert "$W_0$" in md and "$$\n" in md
     assert "<math" not in md
 
