@@ -266,6 +266,31 @@ def test_a_folder_is_known_by_the_separator_as_typed(tmp_path: Path) -> None:
         resolve_format(Request(fmt="md", output=f"{tmp_path}/site.html"))
 
 
+@pytest.mark.parametrize(("fmt", "lang"), [("md", "en"), ("html", "zh"), ("md", "zh")])
+def test_one_paper_on_stdout_is_its_sheet_with_related_papers_on_arxiv(
+    lib: Library, tmp_path: Path, fmt: str, lang: str
+) -> None:
+    from repro.study.sheets import paper_sheet, render_sheet
+
+    runs = tmp_path / "runs"
+    got = publish(lib, runs, Request(("toy2",), fmt=fmt, lang=lang))
+    sheet = paper_sheet(lib.get("toy2"), runs, lang, lib, lambda other: other.note.url)
+    assert got.stdout == render_sheet(sheet, fmt, lang) and not got.written
+    assert TOY_URL in got.stdout  # toy, found in the library, linked to its arXiv page
+
+
+def test_several_papers_on_stdout_are_refused_with_the_two_ways_out(
+    lib: Library, tmp_path: Path
+) -> None:
+    for fmt, ext in (("md", ".md"), ("html", ".html")):
+        with pytest.raises(BadOption) as info:
+            publish(lib, tmp_path / "runs", Request(("toy", "toy2"), fmt=fmt))
+        assert str(info.value) == (
+            "2 papers make 2 documents: give -o DIR/ for a site (index + one page each) "
+            f"or -o FILE{ext} for one combined document"
+        )
+
+
 def test_dash_is_standard_output(lib: Library, tmp_path: Path) -> None:
     import dataclasses
 
