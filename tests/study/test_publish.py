@@ -291,6 +291,49 @@ def test_several_papers_on_stdout_are_refused_with_the_two_ways_out(
         )
 
 
+@pytest.mark.parametrize(("fmt", "lang"), [("md", "zh"), ("html", "en")])
+def test_every_file_output_is_its_rendering_with_links_for_where_it_lands(
+    lib: Library, library_dir: Path, tmp_path: Path, fmt: str, lang: str
+) -> None:
+    """One paper to a file, several to one document, several to a folder: each file is the
+    sheet, document or index rendered in the request's language, with each related paper
+    linked where the reader will find it (an anchor, a sibling page, else its arXiv page)."""
+    from repro.study.sheets import paper_sheet, render_combined, render_index, render_sheet
+
+    third = library_dir / "toy3"  # relates to toy, which the selections below leave out
+    shutil.copytree(library_dir / "toy", third)
+    note = third / "note.yaml"
+    note.write_text(note.read_text().replace("aliases: [toy-alias]", "aliases: []")
+                    .replace("related: []", "related: [toy]"))  # fmt: skip
+    lib, runs, ext = Library(library_dir), tmp_path / "runs", f".{fmt}"
+
+    def sheets(slugs, link):
+        return [paper_sheet(lib.get(s), runs, lang, lib, link) for s in slugs]
+
+    def read(path: Path) -> str:
+        return path.read_text(encoding="utf-8")
+
+    one = tmp_path / f"one{ext}"
+    got = publish(lib, runs, Request(("toy2",), fmt=fmt, lang=lang, output=one))
+    assert got.written == [one]
+    [sheet] = sheets(["toy2"], lambda other: other.note.url)
+    assert read(one) == render_sheet(sheet, fmt, lang) and TOY_URL in read(one)
+
+    pair, inside = ("toy2", "toy3"), {"toy2", "toy3"}
+    both = tmp_path / f"both{ext}"
+    assert publish(lib, runs, Request(pair, fmt=fmt, lang=lang, output=both)).written == [both]
+    expected = sheets(pair, lambda o: f"#{o.slug}" if o.slug in inside else o.note.url)
+    assert read(both) == render_combined(expected, fmt, lang) and TOY_URL in read(both)
+
+    folder = tmp_path / "site"
+    md_site = publish(lib, runs, Request(("toy", "toy2"), fmt="md", lang=lang, output=folder))
+    assert md_site.written == [folder / "toy.md", folder / "toy2.md", folder / "index.md"]
+    linked = sheets(("toy", "toy2"), lambda o: f"{o.slug}.md")
+    for sheet in linked:
+        assert read(folder / f"{sheet.slug}.md") == render_sheet(sheet, "md", lang)
+    assert read(folder / "index.md") == render_index(linked, "md", lang)
+
+
 def test_dash_is_standard_output(lib: Library, tmp_path: Path) -> None:
     import dataclasses
 
