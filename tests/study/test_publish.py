@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -61,8 +62,9 @@ def test_a_site_of_some_papers_has_no_second_language_pack_or_deck(
     lib: Library, tmp_path: Path
 ) -> None:
     out = tmp_path / "site"
-    publish(lib, tmp_path / "runs", Request(("toy2",), fmt="html", output=out))
+    outcome = publish(lib, tmp_path / "runs", Request(("toy2",), fmt="html", output=out))
     assert _names(out) == {"toy2.html", "index.html"}
+    assert sorted(outcome.written) == [out / "index.html", out / "toy2.html"]
     page = (out / "toy2.html").read_text(encoding="utf-8")
     assert f'href="{TOY_URL}"' in page  # toy is not in this site: its arXiv page
     assert 'href="zh/' not in page and "paperlab-en.apkg" not in (out / "index.html").read_text()
@@ -89,8 +91,6 @@ def test_a_site_of_some_papers_has_no_second_language_pack_or_deck(
 def test_a_folder_gets_one_named_file_per_kind(
     lib: Library, tmp_path: Path, request_: Request, name: str
 ) -> None:
-    import dataclasses
-
     out = tmp_path / "out"
     publish(lib, tmp_path / "runs", dataclasses.replace(request_, output=Path(f"{out}/")))
     assert name in _names(out)
@@ -113,8 +113,6 @@ PACK_ALONE = "--must-know picks its own five papers; give no paper names or --al
 def test_a_contradictory_selection_is_refused_before_anything_is_written(
     lib: Library, tmp_path: Path, request_: Request, message: str
 ) -> None:
-    import dataclasses
-
     out = tmp_path / "out"
     with pytest.raises(BadOption) as info:
         publish(lib, tmp_path / "runs", dataclasses.replace(request_, output=out))
@@ -334,9 +332,35 @@ def test_every_file_output_is_its_rendering_with_links_for_where_it_lands(
     assert read(folder / "index.md") == render_index(linked, "md", lang)
 
 
-def test_dash_is_standard_output(lib: Library, tmp_path: Path) -> None:
-    import dataclasses
+def test_every_chinese_output_carries_the_chinese_note(tmp_path: Path) -> None:
+    """The toy's Chinese overlay is thin; LoRA's and the Transformer's contributions are in
+    Chinese, so each way out shows whether the request's language reached the note."""
+    root = tmp_path / "papers"
+    for slug in ("lora", "transformer"):
+        shutil.copytree(REPO / "papers" / slug, root / slug)
+    lib, runs = Library(root), tmp_path / "runs"
+    lora, transformer = "冻结预训练权重", "完全基于注意力的 encoder-decoder 架构"
+    both = ("lora", "transformer")
+    shown = {
+        "stdout": publish(lib, runs, Request(("lora",), lang="zh")).stdout,
+        "cheatsheet": publish(lib, runs, Request(both, fmt="cheatsheet", lang="zh")).stdout,
+        "pack": publish(lib, runs, Request(must_know=True, lang="zh")).stdout,
+    }
+    for name, request in (
+        ("one.md", Request(("lora",), lang="zh")),
+        ("both.md", Request(both, lang="zh")),
+        ("site", Request(both, fmt="md", lang="zh")),
+    ):
+        publish(lib, runs, dataclasses.replace(request, output=tmp_path / name))
+    shown["file"] = (tmp_path / "one.md").read_text(encoding="utf-8")
+    shown["combined"] = (tmp_path / "both.md").read_text(encoding="utf-8")
+    shown["folder"] = (tmp_path / "site" / "lora.md").read_text(encoding="utf-8")
+    for where, text in shown.items():
+        assert (transformer if where == "pack" else lora) in text, where
+    assert transformer in shown["cheatsheet"] and transformer in shown["combined"]
 
+
+def test_dash_is_standard_output(lib: Library, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for request in (Request(("toy",)), Request(("toy",), fmt="tsv"), Request(must_know=True)):
         to_stdout = publish(lib, runs, request)
