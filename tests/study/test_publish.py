@@ -332,32 +332,37 @@ def test_every_file_output_is_its_rendering_with_links_for_where_it_lands(
     assert read(folder / "index.md") == render_index(linked, "md", lang)
 
 
-def test_every_chinese_output_carries_the_chinese_note(tmp_path: Path) -> None:
+def test_every_output_carries_the_note_in_the_requested_language(tmp_path: Path) -> None:
     """The toy's Chinese overlay is thin; LoRA's and the Transformer's contributions are in
-    Chinese, so each way out shows whether the request's language reached the note."""
+    Chinese, so each way out shows whether the request's language reached the note (English
+    must not show the Chinese text, Chinese must)."""
     root = tmp_path / "papers"
     for slug in ("lora", "transformer"):
         shutil.copytree(REPO / "papers" / slug, root / slug)
     lib, runs = Library(root), tmp_path / "runs"
     lora, transformer = "冻结预训练权重", "完全基于注意力的 encoder-decoder 架构"
     both = ("lora", "transformer")
-    shown = {
-        "stdout": publish(lib, runs, Request(("lora",), lang="zh")).stdout,
-        "cheatsheet": publish(lib, runs, Request(both, fmt="cheatsheet", lang="zh")).stdout,
-        "pack": publish(lib, runs, Request(must_know=True, lang="zh")).stdout,
-    }
-    for name, request in (
-        ("one.md", Request(("lora",), lang="zh")),
-        ("both.md", Request(both, lang="zh")),
-        ("site", Request(both, fmt="md", lang="zh")),
-    ):
-        publish(lib, runs, dataclasses.replace(request, output=tmp_path / name))
-    shown["file"] = (tmp_path / "one.md").read_text(encoding="utf-8")
-    shown["combined"] = (tmp_path / "both.md").read_text(encoding="utf-8")
-    shown["folder"] = (tmp_path / "site" / "lora.md").read_text(encoding="utf-8")
-    for where, text in shown.items():
-        assert (transformer if where == "pack" else lora) in text, where
-    assert transformer in shown["cheatsheet"] and transformer in shown["combined"]
+    for lang in ("en", "zh"):
+        out = tmp_path / lang
+        out.mkdir()
+        shown = {
+            "stdout": publish(lib, runs, Request(("lora",), lang=lang)).stdout,
+            "cheatsheet": publish(lib, runs, Request(both, fmt="cheatsheet", lang=lang)).stdout,
+            "pack": publish(lib, runs, Request(must_know=True, lang=lang)).stdout,
+        }
+        for name, request in (
+            ("one.md", Request(("lora",), lang=lang)),
+            ("both.md", Request(both, lang=lang)),
+            ("site", Request(both, fmt="md", lang=lang)),
+        ):
+            publish(lib, runs, dataclasses.replace(request, output=out / name))
+        shown["file"] = (out / "one.md").read_text(encoding="utf-8")
+        shown["combined"] = (out / "both.md").read_text(encoding="utf-8")
+        shown["folder"] = (out / "site" / "lora.md").read_text(encoding="utf-8")
+        for where, text in shown.items():
+            marker = transformer if where == "pack" else lora
+            assert (marker in text) == (lang == "zh"), (lang, where)
+        assert (transformer in shown["combined"]) == (lang == "zh")
 
 
 def test_dash_is_standard_output(lib: Library, tmp_path: Path) -> None:
