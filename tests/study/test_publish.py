@@ -298,11 +298,11 @@ def test_every_file_output_is_its_rendering_with_links_for_where_it_lands(
     linked where the reader will find it (an anchor, a sibling page, else its arXiv page)."""
     from repro.study.sheets import paper_sheet, render_combined, render_index, render_sheet
 
-    third = library_dir / "toy3"  # relates to toy, which the selections below leave out
+    third = library_dir / "toy3"  # relates to toy, which the selections below leave out, and toy2
     shutil.copytree(library_dir / "toy", third)
     note = third / "note.yaml"
     note.write_text(note.read_text().replace("aliases: [toy-alias]", "aliases: []")
-                    .replace("related: []", "related: [toy]"))  # fmt: skip
+                    .replace("related: []", "related: [toy, toy2]"))  # fmt: skip
     lib, runs, ext = Library(library_dir), tmp_path / "runs", f".{fmt}"
 
     def sheets(slugs, link):
@@ -322,6 +322,7 @@ def test_every_file_output_is_its_rendering_with_links_for_where_it_lands(
     assert publish(lib, runs, Request(pair, fmt=fmt, lang=lang, output=both)).written == [both]
     expected = sheets(pair, lambda o: f"#{o.slug}" if o.slug in inside else o.note.url)
     assert read(both) == render_combined(expected, fmt, lang) and TOY_URL in read(both)
+    assert "#toy2" in read(both)  # toy3 finds toy2 in the same document
 
     folder = tmp_path / "site"
     md_site = publish(lib, runs, Request(("toy", "toy2"), fmt="md", lang=lang, output=folder))
