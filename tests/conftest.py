@@ -37,6 +37,26 @@ def library_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def toy_copy(library_dir: Path):
+    """`toy_copy(slug, {old: new, ...})`: the toy paper copied as `slug` into the temporary
+    library, its note edited text for text. An edit whose old text is not in the note fails,
+    so a fixture note that changes cannot leave a test checking nothing."""
+
+    def copy(slug: str, edits: dict[str, str]) -> Path:
+        folder = library_dir / slug
+        shutil.copytree(library_dir / "toy", folder)
+        note = folder / "note.yaml"
+        text = note.read_text(encoding="utf-8")
+        for old, new in edits.items():
+            assert old in text, f"{old!r} is not in the toy note"
+            text = text.replace(old, new)
+        note.write_text(text, encoding="utf-8")
+        return folder
+
+    return copy
+
+
+@pytest.fixture
 def valid_note_text() -> str:
     return (FIXTURES / "notes" / "valid.yaml").read_text(encoding="utf-8")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,8 @@ def two_plus_two(ctx: Context) -> int:
 
 
 @pytest.fixture
-def two_papers(library_dir: Path) -> Path:
-    slow = library_dir / "slow"
-    shutil.copytree(library_dir / "toy", slow)
-    note = slow / "note.yaml"
-    note.write_text(note.read_text().replace("id: two-plus-two", "id: slow-two"))
+def two_papers(library_dir: Path, toy_copy) -> Path:
+    slow = toy_copy("slow", {"id: two-plus-two": "id: slow-two"})
     repro = slow / "repro.py"
     old = '@claim("two-plus-two")\ndef two_plus_two(ctx: Context) -> int:\n    return 2 + 2\n'
     assert old in repro.read_text()

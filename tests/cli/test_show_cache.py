@@ -107,13 +107,12 @@ def test_a_hit_prints_what_a_fresh_render_prints(
 
 
 @pytest.fixture
-def related(library_dir: Path, cache_dir: Path) -> Path:
+def related(library_dir: Path, toy_copy, cache_dir: Path) -> Path:
     """`toy` names `other` (in the library) and `ghost` (not yet) as related papers."""
-    other = library_dir / "other"
-    shutil.copytree(library_dir / "toy", other)
-    note = other / "note.yaml"
-    text = note.read_text().replace('title: "Toy:', 'title: "Other:')
-    note.write_text(text.replace("aliases: [toy-alias]", "aliases: [other-alias]"))
+    toy_copy(
+        "other",
+        {'title: "Toy:': 'title: "Other:', "aliases: [toy-alias]": "aliases: [other-alias]"},
+    )
     toy = library_dir / "toy" / "note.yaml"
     toy.write_text(toy.read_text().replace("related: []", "related: [other-alias, ghost]"))
     return library_dir

@@ -20,19 +20,15 @@ TOY_URL = "https://arxiv.org/abs/2106.09685"  # the toy note's url
 
 
 @pytest.fixture
-def lib(library_dir: Path) -> Library:
+def lib(library_dir: Path, toy_copy) -> Library:
     """toy, and toy2 which names toy and a paper that is nowhere as related."""
-    second = library_dir / "toy2"
-    shutil.copytree(library_dir / "toy", second)
-    note = second / "note.yaml"
-    note.write_text(
-        note.read_text()
-        .replace('title: "Toy: a paper for tests"', 'title: "Second toy"')
-        .replace("aliases: [toy-alias]", "aliases: []")
-        .replace("related: []", "related: [toy, nowhere]")
-        .replace('arxiv: "2106.09685"', 'arxiv: "2106.00002"')
-        .replace("url: https://arxiv.org/abs/2106.09685", "url: https://arxiv.org/abs/2106.00002")
-    )
+    toy_copy("toy2", {
+        'title: "Toy: a paper for tests"': 'title: "Second toy"',
+        "aliases: [toy-alias]": "aliases: []",
+        "related: []": "related: [toy, nowhere]",
+        'arxiv: "2106.09685"': 'arxiv: "2106.00002"',
+        "url: https://arxiv.org/abs/2106.09685": "url: https://arxiv.org/abs/2106.00002",
+    })  # fmt: skip
     return Library(library_dir)
 
 
@@ -157,12 +153,9 @@ def test_the_card_manifest_is_readable_utf8_one_card_a_line(lib: Library, tmp_pa
 
 
 @pytest.fixture
-def pack_lib(library_dir: Path) -> Library:
+def pack_lib(library_dir: Path, toy_copy) -> Library:
     """toy, and toy2 standing in for LLaMA (by alias) in the must-know pack."""
-    second = library_dir / "toy2"
-    shutil.copytree(library_dir / "toy", second)
-    note = second / "note.yaml"
-    note.write_text(note.read_text().replace("aliases: [toy-alias]", "aliases: [llama]"))
+    toy_copy("toy2", {"aliases: [toy-alias]": "aliases: [llama]"})
     return Library(library_dir)
 
 
@@ -291,18 +284,15 @@ def test_several_papers_on_stdout_are_refused_with_the_two_ways_out(
 
 @pytest.mark.parametrize(("fmt", "lang"), [("md", "zh"), ("html", "en")])
 def test_every_file_output_is_its_rendering_with_links_for_where_it_lands(
-    lib: Library, library_dir: Path, tmp_path: Path, fmt: str, lang: str
+    lib: Library, library_dir: Path, toy_copy, tmp_path: Path, fmt: str, lang: str
 ) -> None:
     """One paper to a file, several to one document, several to a folder: each file is the
     sheet, document or index rendered in the request's language, with each related paper
     linked where the reader will find it (an anchor, a sibling page, else its arXiv page)."""
     from repro.study.sheets import paper_sheet, render_combined, render_index, render_sheet
 
-    third = library_dir / "toy3"  # relates to toy, which the selections below leave out, and toy2
-    shutil.copytree(library_dir / "toy", third)
-    note = third / "note.yaml"
-    note.write_text(note.read_text().replace("aliases: [toy-alias]", "aliases: []")
-                    .replace("related: []", "related: [toy, toy2]"))  # fmt: skip
+    # toy3 relates to toy, which the selections below leave out, and to toy2
+    toy_copy("toy3", {"aliases: [toy-alias]": "aliases: []", "related: []": "related: [toy, toy2]"})
     lib, runs, ext = Library(library_dir), tmp_path / "runs", f".{fmt}"
 
     def sheets(slugs, link):

@@ -189,10 +189,8 @@ def test_must_know_pack_lists_missing_papers(runs_dir: Path) -> None:
     assert text.count("**Q3.") == 0  # exactly two questions per paper
 
 
-def test_must_know_pack_picks_up_a_new_note(library_dir: Path, runs_dir: Path) -> None:
-    shutil.copytree(library_dir / "toy", library_dir / "instructgpt")
-    note = library_dir / "instructgpt" / "note.yaml"
-    note.write_text(note.read_text().replace("aliases: [toy-alias]\n", ""))
+def test_must_know_pack_picks_up_a_new_note(library_dir: Path, toy_copy, runs_dir: Path) -> None:
+    toy_copy("instructgpt", {"aliases: [toy-alias]\n": ""})
     entries = must_know_entries(Library(library_dir), runs_dir, "zh")
     by_slug = {e.slug: e for e in entries}
     assert by_slug["instructgpt"].sheet is not None and by_slug["llama"].sheet is None
@@ -201,19 +199,16 @@ def test_must_know_pack_picks_up_a_new_note(library_dir: Path, runs_dir: Path) -
 
 
 def test_the_pack_holds_each_papers_own_sheet_in_its_language(
-    library_dir: Path, runs_dir: Path
+    library_dir: Path, toy_copy, runs_dir: Path
 ) -> None:
     """Both ways into the pack (one of the five by alias, another must-know note) give the sheet
     `paper_sheet` gives: the note in the pack's language, related papers found in the library."""
     for slug, alias in (("toy2", "[llama]"), ("toy3", "[]")):
-        shutil.copytree(library_dir / "toy", library_dir / slug)
-        note = library_dir / slug / "note.yaml"
-        note.write_text(
-            note.read_text()
-            .replace("aliases: [toy-alias]", f"aliases: {alias}")
-            .replace("priority: core", "priority: must-know")
-            .replace("related: []", "related: [toy]")
-        )
+        toy_copy(slug, {
+            "aliases: [toy-alias]": f"aliases: {alias}",
+            "priority: core": "priority: must-know",
+            "related: []": "related: [toy]",
+        })  # fmt: skip
     lib = Library(library_dir)
     english = paper_sheet(lib.get("toy2"), runs_dir, "en", lib)
     assert english != paper_sheet(lib.get("toy2"), runs_dir, "zh", lib)  # the languages differ
@@ -599,25 +594,13 @@ def test_the_index_names_the_papers_in_its_language(runs_dir: Path) -> None:
 
 
 def test_the_pack_adds_other_must_know_notes_once_after_the_five(
-    library_dir: Path, runs_dir: Path
+    library_dir: Path, toy_copy, runs_dir: Path
 ) -> None:
     """The five in the source's order (a note found by its alias takes that place), then every
     other must-know note once; a core note never."""
-    second = library_dir / "toy2"
-    shutil.copytree(library_dir / "toy", second)
-    note = second / "note.yaml"
-    note.write_text(
-        note.read_text()
-        .replace("aliases: [toy-alias]", "aliases: [llama]")
-        .replace("priority: core", "priority: must-know")
-    )
-    third = library_dir / "toy3"
-    shutil.copytree(library_dir / "toy", third)
-    (third / "note.yaml").write_text(
-        (third / "note.yaml").read_text()
-        .replace("aliases: [toy-alias]\n", "")
-        .replace("priority: core", "priority: must-know")
-    )  # fmt: skip
+    toy_copy("toy2", {"aliases: [toy-alias]": "aliases: [llama]",
+                      "priority: core": "priority: must-know"})  # fmt: skip
+    toy_copy("toy3", {"aliases: [toy-alias]\n": "", "priority: core": "priority: must-know"})
     entries = must_know_entries(Library(library_dir), runs_dir, "en")
     assert [e.slug for e in entries] == [
         "transformer", "bert", "gpt3", "instructgpt", "toy2", "toy3",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,16 +16,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def invoke(library_dir: Path):
-    second = library_dir / "toy2"
-    shutil.copytree(library_dir / "toy", second)
-    note = second / "note.yaml"
-    note.write_text(
-        note.read_text()
-        .replace('title: "Toy: a paper for tests"', 'title: "Second toy"')
-        .replace("aliases: [toy-alias]", "aliases: []")
-        .replace("related: []", "related: [toy, nowhere]")
-    )
+def invoke(toy_copy):
+    toy_copy("toy2", {
+        'title: "Toy: a paper for tests"': 'title: "Second toy"',
+        "aliases: [toy-alias]": "aliases: []",
+        "related: []": "related: [toy, nowhere]",
+    })  # fmt: skip
     runner = CliRunner()
 
     def go(*args: str):
