@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Backend = Literal["auto", "flash", "sdpa", "ref"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -105,8 +106,8 @@ def attention(
     `auto` takes the Triton FlashAttention kernel on CUDA when Triton is installed and the tiled
     PyTorch FlashAttention elsewhere; `sdpa` is PyTorch's fused kernel, `ref` the plain formula.
     """
-    if backend not in get_args(Backend):  # a misspelt name would otherwise fall to flash
-        raise ValueError(f"unknown attention backend {backend!r}; one of {get_args(Backend)}")
+    if backend not in BACKENDS:  # a misspelt name would otherwise fall through to flash
+        raise ValueError(f"unknown attention backend {backend!r}; one of {BACKENDS}")
     if backend == "ref":
         return attention_ref(q, k, v, causal, key_padding_mask)
     if backend == "sdpa":

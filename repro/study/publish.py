@@ -58,9 +58,10 @@ class Outcome:
 def is_folder(path: Path | str) -> bool:
     """A folder when it is one already, ends with a separator, or has no suffix. The separator
     is only seen in the text as typed: `Path("site.v2/")` has already dropped it."""
-    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():
+    if str(path).endswith(("/", os.sep)):
         return True
-    return not Path(path).exists() and not Path(path).suffix
+    path = Path(path)
+    return path.is_dir() or (not path.exists() and not path.suffix)
 
 
 def resolve_format(request: Request) -> OutFormat:
